@@ -1,0 +1,142 @@
+"""Timing, accuracy and peak measurements; `python -m edgequant.benchmark` measures one method in a fresh process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils import benchmark as tbench
+
+from edgequant.registry import Runner, get_method
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
+def machine_info() -> dict[str, object]:
+    """What the numbers were measured on: CPU, the SIMD flags INT8 speed depends on, library versions."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model", "Hardware") and value.strip():
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags = set(value.split())
+    info: dict[str, object] = {
+        "cpu": model,
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "quantized_engine": torch.backends.quantized.engine,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    info.update({f"flag_{f}": f in flags for f in FLAGS})
+    for module in ("onnxruntime", "executorch", "torchao"):
+        try:
+            info[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            info[module] = None
+    return info
+
+
+def measure_latency(run: Runner, x: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
+    """Per-call latency percentiles (ms) over `runs` timed calls after `warmup` untimed ones.
+
+    Each call is timed on its own with perf_counter_ns (≈100 ns resolution, far below a call),
+    because the tail (p99) is what an interactive device feels and a batch average hides it.
+    """
+    for _ in range(warmup):
+        run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        run(x)
+        times[i] = (time.perf_counter_ns() - start) / 1e6
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {
+        "latency_ms_p50": float(p50),
+        "latency_ms_p90": float(p90),
+        "latency_ms_p99": float(p99),
+        "latency_ms_mean": float(times.mean()),
+    }
+
+
+def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, threads: int) -> dict[str, float]:
+    """Images per second at batch len(x), from torch.utils.benchmark's blocked median."""
+    timer = tbench.Timer(stmt="run(x)", globals={"run": run, "x": x}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time_s)
+    return {"throughput_ips": len(x) / m.median, "batch_ms_median": m.median * 1e3, "batch_ms_iqr": m.iqr * 1e3}
+
+
+def predict(run: Runner, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Top-1 class for every row of `x`; the last partial batch is zero-padded for static-shape artifacts."""
+    preds = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, *chunk.shape[1:])])
+        preds.append(run(chunk)[:n].argmax(1))
+    return torch.cat(preds)
+
+
+def measure_peak(threads: int, size: int, min_run_time_s: float) -> dict[str, float]:
+    """GMAC/s of a large FP32 `torch.mm` and INT8 `torch._int_mm` on this CPU: the roofline we compare to."""
+    torch.manual_seed(0)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    ai, bi = torch.randint(-128, 128, (size, size), dtype=torch.int8), torch.randint(-128, 128, (size, size), dtype=torch.int8)
+    macs = size**3
+    fp32 = tbench.Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b}, num_threads=threads)
+    int8 = tbench.Timer("torch._int_mm(a, b)", globals={"torch": torch, "a": ai, "b": bi}, num_threads=threads)
+    return {
+        "fp32_gmacs": macs / fp32.blocked_autorange(min_run_time=min_run_time_s).median / 1e9,
+        "int8_gmacs": macs / int8.blocked_autorange(min_run_time=min_run_time_s).median / 1e9,
+    }
+
+
+def measure_method(request: dict) -> dict:
+    """Load one method's artifacts with `threads` and measure latency, throughput and (optionally) predictions."""
+    method = get_method(request["method"])
+    threads, out_dir = request["threads"], Path(request["artifacts"])
+    lat_bs, tp_bs = request["latency_batch"], request["throughput_batch"]
+    torch.set_num_threads(threads)
+    images = torch.load(request["test"], map_location="cpu", weights_only=True)["images"]
+    x = images.unsqueeze(1).float().div_(255.0)
+    result: dict = {}
+    start = time.perf_counter()
+    run = method.load(out_dir, lat_bs, threads)
+    result["load_s"] = time.perf_counter() - start
+    result.update(measure_latency(run, x[:lat_bs].contiguous(), request["warmup_runs"], request["latency_runs"]))
+    if tp_bs != lat_bs:
+        run = method.load(out_dir, tp_bs, threads)
+    result.update(measure_throughput(run, x[:tp_bs].contiguous(), request["min_run_time_s"], threads))
+    if request.get("predict"):
+        result["predictions"] = predict(run, x, tp_bs).tolist()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure one method (or the CPU peak) in this fresh process.")
+    parser.add_argument("--request", required=True, help="JSON request")
+    parser.add_argument("--result", required=True, help="where to write the JSON result")
+    args = parser.parse_args(argv)
+    request = json.loads(args.request)
+    if request.get("peak"):
+        result = measure_peak(request["threads"], request["peak_gemm_size"], request["min_run_time_s"])
+    else:
+        result = measure_method(request)
+    Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

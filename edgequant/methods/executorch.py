@@ -1,0 +1,69 @@
+"""ExecuTorch with the XNNPACK delegate: the on-device path for phones and embedded boards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgequant.io import atomic_path
+from edgequant.methods.pt2e import calibrate_and_convert, export_static, quantized_layer_sqnr
+from edgequant.model import Net
+from edgequant.registry import Exported, register
+
+
+def _write_pte(module: torch.nn.Module, out_dir: Path, batch_sizes: tuple[int, ...]) -> Path:
+    """Lower `module` to XNNPACK once per batch size (a dynamic-batch .pte failed at run time)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    paths = []
+    for bs in batch_sizes:
+        program = to_edge_transform_and_lower(export_static(module, bs), partitioner=[XnnpackPartitioner()])
+        with atomic_path(out_dir / f"model_b{bs}.pte") as tmp:
+            tmp.write_bytes(program.to_executorch().buffer)
+        paths.append(out_dir / f"model_b{bs}.pte")
+    return paths[0]
+
+
+def _load_pte(out_dir: Path, batch_size: int, threads: int):
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    # XNNPACK's threadpool is process-wide and sized on first use: reset it before loading.
+    portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(out_dir / f"model_b{batch_size}.pte").load_method("forward")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return method.execute([x])[0]
+
+    return run
+
+
+@register("executorch_xnnpack_fp32", runtime="executorch-xnnpack", precision="fp32", baseline="executorch_xnnpack_fp32", static_shapes=True)
+class ExecuTorchFP32:
+    """ExecuTorch .pte, FP32, delegated to XNNPACK: the on-device FP32 baseline."""
+
+    @staticmethod
+    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return Exported(_write_pte(model.eval(), out_dir, batch_sizes))
+
+    load = staticmethod(_load_pte)
+
+
+@register("executorch_xnnpack_int8", runtime="executorch-xnnpack", precision="int8", baseline="executorch_xnnpack_fp32", static_shapes=True)
+class ExecuTorchInt8:
+    """ExecuTorch .pte, static INT8 (XNNPACKQuantizer, per-channel, calibrated): ARM NEON / x86 INT8 kernels."""
+
+    @staticmethod
+    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        converted = calibrate_and_convert(model, calib, quantizer)
+        return Exported(_write_pte(converted, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
+
+    load = staticmethod(_load_pte)

@@ -1,0 +1,121 @@
+"""ONNX Runtime: FP32 and static QDQ INT8, the portable path for NPUs and other runtimes."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgequant.io import atomic_path
+from edgequant.model import Net
+from edgequant.registry import Exported, layer_outputs, register, sqnr_db
+
+INPUT = "pixels"
+CALIB_BATCH = 64
+
+
+def _export_onnx(model: Net, path: Path) -> None:
+    """Dynamo export with a dynamic batch: ORT handles any batch from one file."""
+    program = torch.onnx.export(
+        model.eval(),
+        (torch.zeros(2, 1, 28, 28),),
+        dynamo=True,
+        input_names=[INPUT],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        verbose=False,
+    )
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
+
+
+def _session(path: Path, threads: int, extra_outputs: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _load(out_dir: Path, batch_size: int, threads: int):
+    session = _session(out_dir / "model.onnx", threads)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {INPUT: x.numpy()})[0])
+
+    return run
+
+
+@register("onnx_fp32", runtime="onnxruntime", precision="fp32", baseline="onnx_fp32")
+class OnnxFP32:
+    """ONNX (dynamo export), FP32, on ONNX Runtime's CPU provider."""
+
+    @staticmethod
+    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        _export_onnx(model, out_dir / "model.onnx")
+        return Exported(out_dir / "model.onnx")
+
+    load = staticmethod(_load)
+
+
+class _Reader:
+    """Feeds calibration batches to ORT's calibrator."""
+
+    def __init__(self, calib: torch.Tensor):
+        self._batches = iter([{INPUT: calib[i : i + CALIB_BATCH].numpy()} for i in range(0, len(calib), CALIB_BATCH)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+    def rewind(self):  # some calibrators call it; one pass is all we need
+        pass
+
+
+def onnx_layer_sqnr(model: Net, path: Path, x: torch.Tensor) -> dict[str, float]:
+    """SQNR of each Conv/Gemm/MatMul output of the QDQ model against the FP32 model's layers."""
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    compute = [n.output[0] for n in graph_model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    graph_model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in compute)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx.save(graph_model, str(probe))
+        outputs = _session(probe, 1).run(compute, {INPUT: x.numpy()})
+    reference = layer_outputs(model, x)
+    if len(outputs) != len(reference):
+        raise RuntimeError(f"found {len(outputs)} conv/linear ops in {path.name}, expected {len(reference)}")
+    return {name: sqnr_db(ref, torch.from_numpy(np.asarray(q))) for (name, ref), q in zip(reference.items(), outputs, strict=True)}
+
+
+@register("onnx_qdq_int8", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
+class OnnxQdqInt8:
+    """ONNX static INT8 in QDQ format (per-channel weights, calibrated): runs on ORT and most NPU toolchains."""
+
+    @staticmethod
+    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+            _export_onnx(model, fp32)
+            quant_pre_process(str(fp32), str(pre))  # shape inference + graph cleanup the quantizer relies on
+            with atomic_path(out_dir / "model.onnx") as dest:
+                quantize_static(
+                    str(pre),
+                    str(dest),
+                    _Reader(calib),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                )
+        shipped = out_dir / "model.onnx"
+        return Exported(shipped, onnx_layer_sqnr(model, shipped, sample))
+
+    load = staticmethod(_load)

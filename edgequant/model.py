@@ -1,0 +1,95 @@
+"""The classic MNIST CNN from pytorch/examples, with input normalization folded in."""
+
+from __future__ import annotations
+
+import pickle
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+INPUT_SHAPE = (1, 28, 28)  # channels, height, width of one image, pixels scaled to [0, 1]
+NUM_CLASSES = 10
+
+
+class Net(nn.Module):
+    """conv 1→32 3×3, conv 32→64 3×3, max-pool 2, fc 9216→128, fc 128→10.
+
+    Normalization lives inside the model as buffers so every exported artifact (ONNX, .pte,
+    compiled graph) takes plain [0, 1] pixels: the device app then cannot forget or mistype it.
+    """
+
+    def __init__(self, dropout_conv: float = 0.25, dropout_fc: float = 0.5, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(dropout_conv)
+        self.dropout2 = nn.Dropout(dropout_fc)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, NUM_CLASSES)
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        return self.fc2(x)
+
+
+# Multiply-accumulates per image for each layer: output elements × inputs each one sums over.
+LAYER_MACS = {
+    "conv1": 26 * 26 * 32 * (1 * 3 * 3),
+    "conv2": 24 * 24 * 64 * (32 * 3 * 3),
+    "fc1": 9216 * 128,
+    "fc2": 128 * 10,
+}
+
+
+def count_macs(model: nn.Module) -> dict[str, int]:
+    """Measure MACs per image per Conv2d/Linear layer with forward hooks (checks LAYER_MACS, not trusts it)."""
+    macs: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                macs[name] = output[0].numel() * k
+            else:
+                macs[name] = output[0].numel() * module.in_features
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *INPUT_SHAPE))
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def load_fp32(path: str, map_location: str = "cpu") -> Net:
+    """Load a state dict saved by the train stage; `weights_only=True` refuses pickled code."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{path}: not a readable edgequant model ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-run `dvc repro train`"
+        ) from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}; re-run `dvc repro train`")
+    model = Net()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path}: weights do not fit edgequant's Net (different architecture?): {str(exc).splitlines()[0]}; re-run `dvc repro train`"
+        ) from exc
+    return model.eval()

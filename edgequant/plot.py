@@ -1,0 +1,126 @@
+"""Plots people would rather look at than read: training curve, trade-offs, MACs and SQNR per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from edgequant.io import atomic_path  # noqa: E402
+from edgequant.reference import REFERENCE  # noqa: E402
+
+RUNTIME_COLORS = {"pytorch": "#4C72B0", "pytorch-inductor": "#8172B3", "executorch-xnnpack": "#DD8452", "onnxruntime": "#55A868"}
+MARKERS = {"fp32": "o", "int8": "D"}
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+
+
+def plot_training(history: pd.DataFrame, path: Path) -> None:
+    """Loss and test accuracy per epoch, with the reference losses as hollow markers."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(history["epoch"], history["train_loss"], "o-", label="edgequant (train loss)")
+    ref = REFERENCE["train_loss_per_epoch"]
+    ax1.plot(range(1, len(ref) + 1), ref, "s--", mfc="none", color="gray", label="reference")
+    ax1.set(xlabel="epoch", ylabel="mean training loss", title="Training loss", yscale="log")
+    ax1.legend()
+    ax2.plot(history["epoch"], history["test_accuracy_pct"], "o-", color="#55A868", label="edgequant (FP32 test)")
+    ax2.axhline(REFERENCE["fp32_accuracy_pct"], ls="--", color="gray", label=f"reference {REFERENCE['fp32_accuracy_pct']} %")
+    ax2.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Test accuracy")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _save(fig, path)
+
+
+def _scatter_pairs(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
+    """One point per method; FP32 → INT8 of the same runtime joined by an arrow so pairs read at a glance."""
+    # Alternate label offsets by rank along y so neighbours (FP32 twins of similar speed) do not overprint.
+    for rank, (_, row) in enumerate(df.sort_values([y, x]).iterrows()):
+        ax.scatter(row[x], row[y], s=80, marker=MARKERS[row["precision"]], color=RUNTIME_COLORS.get(row["runtime"], "k"), zorder=3)
+        ax.annotate(row["method"], (row[x], row[y]), textcoords="offset points", xytext=(6, 6 if rank % 2 else -12), fontsize=8)
+    for _, row in df[df["precision"] == "int8"].iterrows():
+        base = df[(df["runtime"].str.split("-").str[0] == row["runtime"].split("-")[0]) & (df["precision"] == "fp32")]
+        if len(base):
+            b = base.iloc[0]
+            ax.annotate(
+                "",
+                (row[x], row[y]),
+                (b[x], b[y]),
+                arrowprops={"arrowstyle": "->", "color": RUNTIME_COLORS.get(row["runtime"], "k"), "alpha": 0.5},
+            )
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in RUNTIME_COLORS.items() if r in set(df["runtime"])]
+    handles += [plt.Line2D([], [], ls="", marker=m, color="gray", label=p.upper()) for p, m in MARKERS.items()]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+
+
+def plot_tradeoffs(bench: pd.DataFrame, path: Path) -> None:
+    """Latency vs accuracy and throughput vs size, at the smallest thread count (the edge-device case)."""
+    t = bench["threads"].min()
+    df = bench[bench["threads"] == t].copy()
+    df["size_kb"] = df["size_bytes"] / 1024
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    _scatter_pairs(ax1, df, "latency_ms_p50", "accuracy_pct")
+    ax1.set(
+        xscale="log",
+        xlabel=f"latency p50 at batch 1, {t} thread (ms, log)",
+        ylabel="top-1 accuracy (%)",
+        title="Latency vs accuracy (up-left is better)",
+    )
+    ax1.axhline(REFERENCE["fp32_accuracy_pct"], ls=":", color="gray", label="reference FP32")
+    acc = list(df["accuracy_pct"]) + [REFERENCE["fp32_accuracy_pct"]]
+    ax1.set_ylim(min(acc) - 0.15, max(acc) + 0.15)  # tenths of a point matter here; autoscale hides them
+    _scatter_pairs(ax2, df, "size_kb", "throughput_ips")
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="artifact size (KB, log)",
+        ylabel=f"throughput at batch 256, {t} thread (img/s, log)",
+        title="Throughput vs size (up-left is better)",
+    )
+    ax2.axvline(REFERENCE["dynamic_int8_size_bytes"] / 1024, ls=":", color="gray")
+    for ax in (ax1, ax2):
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _save(fig, path)
+
+
+def plot_speedups(bench: pd.DataFrame, path: Path) -> None:
+    """Throughput speed-up over FP32 eager per method and thread count: the headline number."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    sns.barplot(data=bench, x="method", y="throughput_speedup_vs_fp32_eager", hue="threads", ax=ax, palette="Blues")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set(ylabel="× FP32 eager throughput (batch 256)", xlabel="", title="INT8 speed-up per runtime, same machine, same run")
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.1f×", fontsize=7)
+    ax.tick_params(axis="x", rotation=20)
+    _save(fig, path)
+
+
+def plot_layers(layers: pd.DataFrame, path: Path) -> None:
+    """MACs per layer (why dynamic INT8 on Linear layers cannot help) and SQNR per layer (where precision goes)."""
+    sqnr_cols = [c for c in layers.columns if c.startswith("sqnr_db_")]
+    fig, axes = plt.subplots(1, 2 if sqnr_cols else 1, figsize=(12 if sqnr_cols else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    colors = ["#C44E52" if layer.startswith("conv") else "#4C72B0" for layer in layers["layer"]]
+    bars = ax.bar(layers["layer"], layers["macs"] / 1e6, color=colors)
+    ax.bar_label(bars, labels=[f"{s:.1f} %" for s in layers["macs_share_pct"]], fontsize=8)
+    ax.set(ylabel="MMAC per image", title="Compute per layer: convs (red) stay FP32 under dynamic INT8")
+    if sqnr_cols:
+        long = layers.melt(id_vars="layer", value_vars=sqnr_cols, var_name="method", value_name="sqnr_db")
+        long["method"] = long["method"].str.removeprefix("sqnr_db_")
+        sns.barplot(data=long, x="layer", y="sqnr_db", hue="method", ax=axes[0][1])
+        axes[0][1].set(ylabel="SQNR vs FP32 (dB, higher is better)", title="Per-layer SQNR of static INT8 methods")
+        axes[0][1].legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,120 @@
+"""Stage `benchmark`: measure every method's size, accuracy, latency and throughput on this machine."""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgequant import params
+from edgequant.benchmark import machine_info
+from edgequant.data import load_prepared
+from edgequant.io import atomic_path, write_json
+from edgequant.model import LAYER_MACS
+from edgequant.report import summarize
+
+WORKER_TIMEOUT_S = 600
+
+
+def measure(request: dict) -> dict:
+    """Run one measurement in a fresh interpreter: thread pools (OpenMP, XNNPACK, ORT) are sized once per
+    process, and one runtime's warm caches must not flatter the next one's numbers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "edgequant.benchmark", "--request", json.dumps(request), "--result", str(result)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"measuring {request.get('method', 'peak')} with {request['threads']} thread(s) failed:\n{proc.stderr[-3000:]}"
+            )
+        return json.loads(result.read_text())
+
+
+def clamp_threads(requested: list[int]) -> list[int]:
+    cores = os.cpu_count() or 1
+    kept = sorted({min(t, cores) for t in requested})
+    if any(t > cores for t in requested):
+        print(f"benchmark: this machine has {cores} cores; thread counts {requested} clamped to {kept}", file=sys.stderr)
+    return kept
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifacts", required=True, help="directory with one sub-directory per method")
+    parser.add_argument("--data", required=True, help="prepared data directory (test.pt)")
+    parser.add_argument("--metrics", required=True, help="output: combined metrics JSON")
+    parser.add_argument("--sqnr", required=True, help="output: per-layer SQNR metrics JSON")
+    parser.add_argument("--csv", required=True, help="output: one row per (method, threads)")
+    parser.add_argument("--layers-csv", required=True, help="output: MACs and SQNR per layer")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        p = params.load(params.BenchmarkParams, "benchmark", args.params)
+        methods = params.load(params.QuantizeParams, "quantize", args.params).methods
+    except ValueError as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 1
+    artifacts = Path(args.artifacts)
+    missing = [m for m in methods if not (artifacts / m / "meta.json").is_file()]
+    if missing:
+        print(f"benchmark: no artifacts for {missing} in {artifacts}; run `dvc repro` (or the quantize stage) first", file=sys.stderr)
+        return 1
+    meta = {m: json.loads((artifacts / m / "meta.json").read_text()) for m in methods}
+    threads = clamp_threads(p.threads)
+    test_path = str(Path(args.data) / "test.pt")
+    labels = load_prepared(test_path)["labels"]
+    common = {k: getattr(p, k) for k in ("latency_batch", "throughput_batch", "warmup_runs", "latency_runs", "min_run_time_s")}
+
+    peaks = {
+        t: measure({"peak": True, "threads": t, "peak_gemm_size": p.peak_gemm_size, "min_run_time_s": p.min_run_time_s}) for t in threads
+    }
+    runs, predictions = {}, {}
+    jobs = [(m, t) for t in threads for m in methods]
+    for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
+        # Accuracy does not depend on threads: predict once, at the largest count (fastest).
+        request = {"method": m, "threads": t, "artifacts": str(artifacts / m), "test": test_path, "predict": t == threads[-1], **common}
+        runs[(m, t)] = measure(request)
+        if "predictions" in runs[(m, t)]:
+            predictions[m] = torch.tensor(runs[(m, t)].pop("predictions"))
+        tqdm.write(f"  {m:<26} {t} thr: p50 {runs[(m, t)]['latency_ms_p50']:.3f} ms, {runs[(m, t)]['throughput_ips']:.0f} img/s")
+
+    accuracy = {
+        m: {
+            "accuracy_pct": 100.0 * (predictions[m] == labels).float().mean().item(),
+            "agreement_with_fp32_pct": 100.0 * (predictions[m] == predictions["fp32"]).float().mean().item(),
+        }
+        for m in methods
+    }
+    for m in methods:
+        accuracy[m]["accuracy_drop_pp"] = accuracy["fp32"]["accuracy_pct"] - accuracy[m]["accuracy_pct"]
+    metrics, rows = summarize(methods, meta, runs, peaks, accuracy)
+    metrics["machine"] = machine_info()
+    sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}
+    layer_rows = [
+        {"layer": layer, "macs": macs, "macs_share_pct": 100.0 * macs / metrics["macs_per_image"]} for layer, macs in LAYER_MACS.items()
+    ]
+    for row in layer_rows:
+        row.update({f"sqnr_db_{m}": values[row["layer"]] for m, values in sqnr.items()})
+    write_json(args.metrics, metrics)
+    write_json(args.sqnr, sqnr)
+    write_csv(args.csv, rows)
+    write_csv(args.layers_csv, layer_rows)
+    print(f"benchmark: {len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

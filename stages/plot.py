@@ -1,0 +1,42 @@
+"""Stage `plot`: render the training curve and the trade-off, speed-up and per-layer charts as PNGs."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from edgequant.plot import plot_layers, plot_speedups, plot_tradeoffs, plot_training
+
+
+def read_live_history(live_dir: Path) -> pd.DataFrame:
+    """dvclive keeps one TSV per metric; join them on step into one frame per epoch."""
+    frames = []
+    for name in ("train_loss", "test_accuracy_pct"):
+        df = pd.read_csv(live_dir / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+        frames.append(df[["step", name]].set_index("step"))
+    history = pd.concat(frames, axis=1).reset_index()
+    history["epoch"] = history["step"] + 1
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--live", required=True, help="dvclive directory from the train stage")
+    parser.add_argument("--bench", required=True, help="combined benchmark CSV")
+    parser.add_argument("--layers", required=True, help="per-layer MACs/SQNR CSV")
+    parser.add_argument("--out", required=True, help="directory for the PNGs")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = pd.read_csv(args.bench)
+    plot_training(read_live_history(Path(args.live)), out / "training.png")
+    plot_tradeoffs(bench, out / "tradeoffs.png")
+    plot_speedups(bench, out / "speedups.png")
+    plot_layers(pd.read_csv(args.layers), out / "layers.png")
+    print(f"plot: 4 charts -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Stage `prepare`: parse the IDX files into uint8 tensors for train, test and a seeded calibration subset."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from edgequant import params
+from edgequant.data import draw_calibration, load_split
+from edgequant.io import atomic_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", required=True, help="directory with the four MNIST .gz files")
+    parser.add_argument("--out", required=True, help="directory for train.pt, test.pt, calib.pt")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        p = params.load(params.PrepareParams, "prepare", args.params)
+        train_x, train_y = load_split(Path(args.raw), "train")
+        test_x, test_y = load_split(Path(args.raw), "t10k")
+        calib_idx = draw_calibration(len(train_x), p.calib_size, p.calib_seed)
+    except (ValueError, FileNotFoundError) as exc:  # IdxError and ParamsError are ValueErrors
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 1
+    train_x, train_y = torch.from_numpy(train_x.copy()), torch.from_numpy(train_y.copy())
+    splits = {
+        "train": (train_x, train_y),
+        "test": (torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.copy())),
+        "calib": (train_x[calib_idx].clone(), train_y[calib_idx].clone()),
+    }
+    with atomic_dir(args.out) as tmp:
+        for name, (images, labels) in splits.items():
+            torch.save({"images": images, "labels": labels}, tmp / f"{name}.pt")
+    print(f"prepare: train {len(train_x)}, test {len(test_x)}, calib {len(calib_idx)} images -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

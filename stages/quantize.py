@@ -1,0 +1,54 @@
+"""Stage `quantize@<method>`: export the FP32 model with one registered method into its own directory."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from edgequant import params
+from edgequant.data import load_prepared, to_input
+from edgequant.io import atomic_dir, write_json
+from edgequant.model import load_fp32
+from edgequant.registry import get_method
+
+SQNR_IMAGES = 512  # test images used to measure per-layer SQNR (a diagnostic; never used to calibrate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--model", required=True, help="FP32 state dict from the train stage")
+    parser.add_argument("--data", required=True, help="prepared data directory (calib.pt, test.pt)")
+    parser.add_argument("--out", required=True, help="output directory for this method's artifacts")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        bench = params.load(params.BenchmarkParams, "benchmark", args.params)
+        method = get_method(args.method)
+        model = load_fp32(args.model)
+    except ValueError as exc:
+        print(f"quantize: {exc}", file=sys.stderr)
+        return 1
+    calib = to_input(load_prepared(Path(args.data) / "calib.pt")["images"])
+    sample = to_input(load_prepared(Path(args.data) / "test.pt")["images"][:SQNR_IMAGES])
+    batch_sizes = tuple(dict.fromkeys((bench.latency_batch, bench.throughput_batch)))
+    start = time.perf_counter()
+    with atomic_dir(args.out) as tmp:
+        exported = method.export(model, calib, sample, tmp, batch_sizes)
+        meta = {
+            "method": method.name,
+            "runtime": method.runtime,
+            "precision": method.precision,
+            "shipped": exported.shipped.name,
+            "size_bytes": exported.shipped.stat().st_size,
+            "batch_sizes": list(batch_sizes),
+            "sqnr_db": exported.sqnr_db,
+            "export_time_s": round(time.perf_counter() - start, 3),
+        }
+        write_json(tmp / "meta.json", meta)
+    print(f"quantize: {method.name} -> {args.out}/{meta['shipped']} ({meta['size_bytes']} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

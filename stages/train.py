@@ -1,0 +1,63 @@
+"""Stage `train`: train the CNN deterministically, log per-epoch metrics with dvclive, save the FP32 state dict."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from edgequant import params
+from edgequant.data import load_prepared
+from edgequant.io import atomic_dir, atomic_path, write_json
+from edgequant.train import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, help="prepared data directory (train.pt, test.pt)")
+    parser.add_argument("--model", required=True, help="output: FP32 state dict")
+    parser.add_argument("--metrics", required=True, help="output: summary metrics JSON")
+    parser.add_argument("--live", required=True, help="output: dvclive directory with per-epoch curves")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        p = params.load(params.TrainParams, "train", args.params)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 1
+    from dvclive import Live
+
+    train_set = load_prepared(Path(args.data) / "train.pt")
+    test_set = load_prepared(Path(args.data) / "test.pt")
+    start = time.perf_counter()
+    # dvclive writes as it goes; logging into a temporary directory that replaces the output only
+    # at the end keeps an interrupted run from leaving half a history behind.
+    with atomic_dir(args.live) as live_dir:
+        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+            def log_epoch(epoch: int, record: dict[str, float]) -> None:
+                live.step = epoch
+                for key in ("train_loss", "train_accuracy_pct", "test_loss", "test_accuracy_pct"):
+                    live.log_metric(key, record[key])
+                live.next_step()
+
+            model, history = train(p, train_set["images"], train_set["labels"], test_set["images"], test_set["labels"], log_epoch)
+        with atomic_path(args.model) as tmp:
+            torch.save(model.state_dict(), tmp)
+        write_json(
+            args.metrics,
+            {
+                "test_accuracy_pct": history[-1]["test_accuracy_pct"],
+                "train_loss": history[-1]["train_loss"],
+                "train_loss_per_epoch": [round(h["train_loss"], 6) for h in history],
+                "train_time_s": time.perf_counter() - start,
+                "fp32_state_dict_bytes": Path(args.model).stat().st_size,
+            },
+        )
+    print(f"train: test accuracy {history[-1]['test_accuracy_pct']:.2f} % -> {args.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

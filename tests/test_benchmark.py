@@ -1,0 +1,52 @@
+"""Timing helpers, padded prediction, and the summary's ratios."""
+
+import pytest
+import torch
+
+from edgequant.benchmark import machine_info, measure_latency, measure_peak, measure_throughput, predict
+from edgequant.report import MACS_PER_IMAGE, summarize
+
+
+def test_latency_percentiles_are_ordered():
+    r = measure_latency(lambda x: x * 2, torch.ones(4), warmup=2, runs=50)
+    assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
+
+
+def test_throughput_counts_images():
+    r = measure_throughput(lambda x: x.sum(), torch.ones(16, 3), min_run_time_s=0.05, threads=1)
+    assert r["throughput_ips"] > 0 and r["batch_ms_median"] > 0
+
+
+def test_predict_pads_the_last_batch_for_static_shapes():
+    seen = []
+
+    def run(x):
+        seen.append(len(x))
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
+
+    x = torch.arange(10).float().view(10, 1, 1, 1)
+    assert predict(run, x, 4).tolist() == list(range(10))
+    assert seen == [4, 4, 4]
+
+
+def test_peak_and_machine_info():
+    peak = measure_peak(1, 64, 0.02)
+    assert peak["fp32_gmacs"] > 0 and peak["int8_gmacs"] > 0
+    info = machine_info()
+    assert info["torch"].startswith("2.13") and "flag_avx512_vnni" in info
+
+
+def test_summarize_ratios():
+    meta = {"fp32": {"size_bytes": 4000}, "dynamic_int8": {"size_bytes": 1000}}
+    runs = {
+        ("fp32", 1): {"latency_ms_p50": 2.0, "latency_ms_p90": 3, "latency_ms_p99": 4, "throughput_ips": 100.0},
+        ("dynamic_int8", 1): {"latency_ms_p50": 1.0, "latency_ms_p90": 2, "latency_ms_p99": 3, "throughput_ips": 400.0},
+    }
+    accuracy = {m: {"accuracy_pct": 99.0, "agreement_with_fp32_pct": 100.0, "accuracy_drop_pp": 0.0} for m in meta}
+    metrics, rows = summarize(["fp32", "dynamic_int8"], meta, runs, {1: {"fp32_gmacs": 10.0, "int8_gmacs": 40.0}}, accuracy)
+    d = metrics["methods"]["dynamic_int8"]
+    assert d["size_ratio_vs_fp32"] == 0.25
+    assert d["threads_1"]["throughput_speedup_vs_fp32_eager"] == 4.0
+    assert d["threads_1"]["latency_speedup_vs_fp32_eager"] == 2.0
+    assert d["threads_1"]["peak_fraction"] == pytest.approx(MACS_PER_IMAGE * 400 / 1e9 / 40)
+    assert len(rows) == 2 and rows[1]["threads"] == 1 and "threads_1" not in rows[1]

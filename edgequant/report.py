@@ -71,21 +71,27 @@ def markdown_table(metrics: dict) -> str:
         for t in threads:
             r = m[f"threads_{t}"]
             own = r["throughput_speedup_vs_runtime_fp32"]
-            cells += [f"{r['latency_ms_p50']:.3f}", f"{r['throughput_ips']:.0f}", f"{r['throughput_speedup_vs_fp32_eager']:.1f}×", f"{own:.1f}×"]
+            cells += [
+                f"{r['latency_ms_p50']:.3f}",
+                f"{r['throughput_ips']:.0f}",
+                f"{r['throughput_speedup_vs_fp32_eager']:.1f}×",
+                f"{own:.1f}×",
+            ]
         cells.append(f"{m[f'threads_{threads[0]}']['peak_fraction'] * 100:.0f} % ({m['precision']})")
         lines.append("| " + " | ".join(cells) + " |")
-    peak = metrics["peak"]
-    lines.append("")
-    lines.append(
-        "Measured peaks: "
-        + "; ".join(f"{t} thread(s): FP32 {peak[f'threads_{t}']['fp32_gmacs']:.0f}, INT8 {peak[f'threads_{t}']['int8_gmacs']:.0f} GMAC/s" for t in threads)
-        + f". Machine: {metrics['machine']['cpu']}, avx512_vnni={metrics['machine']['flag_avx512_vnni']}, amx_int8={metrics['machine']['flag_amx_int8']}, torch {metrics['machine']['torch']}."
+    peak, machine = metrics["peak"], metrics["machine"]
+    peaks = "; ".join(
+        f"{t} thread(s): FP32 {peak[f'threads_{t}']['fp32_gmacs']:.0f}, INT8 {peak[f'threads_{t}']['int8_gmacs']:.0f} GMAC/s"
+        for t in threads
     )
+    flags = f"avx512_vnni={machine['flag_avx512_vnni']}, amx_int8={machine['flag_amx_int8']}"
+    lines += ["", f"Measured peaks: {peaks}. Machine: {machine['cpu']}, {flags}, torch {machine['torch']}."]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     import json
     import sys
+    from pathlib import Path
 
-    print(markdown_table(json.loads(open(sys.argv[1] if len(sys.argv) > 1 else "metrics/benchmark.json").read())))
+    print(markdown_table(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "metrics/benchmark.json").read_text())))

@@ -1,0 +1,60 @@
+"""Faults a user hits: a stage killed mid-run, too many threads asked for."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from stages.benchmark import clamp_threads
+
+from .conftest import ROOT, make_digits
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    images, labels = make_digits(512, 0)
+    data = tmp_path / "prepared"
+    data.mkdir()
+    for name in ("train", "test"):
+        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, data / f"{name}.pt")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(epochs=200, batch_size=32, threads=1)  # long enough to be killed mid-run
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_train_stage_leaves_no_partial_outputs(prepared, subprocess_env, sig):
+    out = prepared / "out"
+    cmd = [sys.executable, "-m", "stages.train", "--data", str(prepared / "prepared"), "--model", str(out / "fp32.pt")]
+    cmd += ["--metrics", str(out / "train.json"), "--live", str(out / "live"), "--params", str(prepared / "params.yaml")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".live.*.tmp/**/*.tsv")):  # mid-run: the first epoch has been logged
+        assert proc.poll() is None and time.monotonic() < deadline, "train stage ended before it could be interrupted"
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert not (out / "fp32.pt").exists() and not (out / "train.json").exists() and not (out / "live").exists()
+
+    # The next run completes normally and sweeps what a SIGKILL left behind.
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(cmd, cwd=ROOT, env=subprocess_env, check=True, capture_output=True)
+    assert (out / "fp32.pt").is_file() and (out / "live").is_dir()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_threads_above_cores_are_clamped_with_a_message(capsys, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert clamp_threads([1, 2, 8]) == [1, 2]
+    assert "has 2 cores; thread counts [1, 2, 8] clamped to [1, 2]" in capsys.readouterr().err
+    assert clamp_threads([1]) == [1] and capsys.readouterr().err == ""

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from edgequant.model import Net
+from edgequant.params import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,25 +60,20 @@ def tiny_mirror(tmp_path: Path) -> tuple[Path, Path]:
     return mirror, checksums
 
 
+def tiny_train_params(**overrides) -> TrainParams:
+    """The classic recipe at test scale: one thread, small batches, one epoch unless overridden."""
+    values = {"seed": 0, "epochs": 1, "batch_size": 32, "test_batch_size": 64, "optimizer": "adadelta", "lr": 1.0, "gamma": 0.7}
+    values.update(dropout_conv=0.25, dropout_fc=0.5, threads=1)
+    return TrainParams(**{**values, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Net:
     """A briefly trained model: quantization tests need real activations, not random weights."""
-    from edgequant.params import TrainParams
     from edgequant.train import train
 
     images, labels = make_digits(512, 0)
-    p = TrainParams(
-        seed=0,
-        epochs=1,
-        batch_size=32,
-        test_batch_size=128,
-        optimizer="adadelta",
-        lr=1.0,
-        gamma=0.7,
-        dropout_conv=0.25,
-        dropout_fc=0.5,
-        threads=1,
-    )
+    p = tiny_train_params()
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     model, _ = train(p, x, y, x[:64], y[:64])
     torch.use_deterministic_algorithms(False)

@@ -4,27 +4,15 @@ import io
 
 import torch
 
-from edgequant.params import TrainParams
 from edgequant.train import train
 
-from .conftest import make_digits
+from .conftest import make_digits, tiny_train_params
 
 
 def run(seed: int) -> tuple[bytes, list[dict]]:
     images, labels = make_digits(256, 0)
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    p = TrainParams(
-        seed=seed,
-        epochs=2,
-        batch_size=32,
-        test_batch_size=64,
-        optimizer="adadelta",
-        lr=1.0,
-        gamma=0.7,
-        dropout_conv=0.25,
-        dropout_fc=0.5,
-        threads=1,
-    )
+    p = tiny_train_params(seed=seed, epochs=2)
     model, history = train(p, x, y, x[:64], y[:64])
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

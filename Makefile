@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint clean-venv
+.PHONY: setup repro test lint compare vega clean-venv
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,32 @@ test: setup lint
 lint: setup
 	ruff check edgequant stages tests
 	ruff format --check edgequant stages tests
+
+# The Markdown report a reviewer reads: `make compare A=main B=my-branch` (also experiments, commits).
+A ?= main
+B ?= workspace
+compare: setup
+	python -m edgequant.compare $(A) $(B) --out reports/$(subst /,_,$(A))_vs_$(subst /,_,$(B)) \
+		$(if $(wildcard $(VEGA_DIR)/vega-embed.min.js),--vega-dir $(VEGA_DIR),)
+
+# The versions `dvc plots` HTML loads from a CDN, fetched once from the npm registry (checksums pinned),
+# for offline, self-contained plot pages and the headless-browser test.
+VEGA_DIR := .cache/vega
+VEGA_PKGS := vega@5.20.2:d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d \
+	vega-lite@5.2.0:f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b \
+	vega-embed@6.18.2:93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b
+vega: $(VEGA_DIR)/vega-embed.min.js
+
+$(VEGA_DIR)/vega-embed.min.js:
+	mkdir -p $(VEGA_DIR)
+	set -e; for spec in $(VEGA_PKGS); do \
+		pkg=$${spec%%:*}; sha=$${spec##*:}; name=$${pkg%@*}; version=$${pkg#*@}; \
+		tgz=$(VEGA_DIR)/$$name-$$version.tgz; \
+		curl -fsSL --retry 3 -o $$tgz https://registry.npmjs.org/$$name/-/$$name-$$version.tgz; \
+		echo "$$sha  $$tgz" | sha256sum -c --quiet; \
+		tar -xzOf $$tgz package/build/$$name.min.js > $(VEGA_DIR)/$$name.min.js.tmp; \
+		mv $(VEGA_DIR)/$$name.min.js.tmp $(VEGA_DIR)/$$name.min.js; rm $$tgz; \
+	done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,11 @@ def machine_info() -> dict[str, object]:
         except (ImportError, AttributeError):
             info[module] = None
     return info
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_latency(run: Runner, x: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure_peak(request["threads"], request["peak_gemm_size"], request["min_run_time_s"])
     else:
         result = measure_method(request)
+    result["peak_rss_mib"] = peak_rss_mib()
     Path(args.result).write_text(json.dumps(result))
     return 0
 

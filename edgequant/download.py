@@ -74,7 +74,7 @@ def fetch_one(url: str, dest: Path, md5: str, timeout_s: float) -> None:
     that hangs or trickles bytes forever cannot stall the pipeline.
     """
     deadline = time.monotonic() + timeout_s
-    digest = hashlib.md5()
+    digest, received = hashlib.md5(), 0
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         name = Path(urlparse(url).path).name
@@ -86,7 +86,10 @@ def fetch_one(url: str, dest: Path, md5: str, timeout_s: float) -> None:
                     raise TimeoutError(f"took longer than {timeout_s:g} s")
                 digest.update(chunk)
                 out.write(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+    if total is not None and received < total:
+        raise ConnectionError(f"connection closed after {received} of {total} bytes (truncated transfer)")
     if digest.hexdigest() != md5:
         raise ValueError(f"md5 {digest.hexdigest()} != expected {md5} (different or corrupt file)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -82,3 +83,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_torch(obj: object, path: str | os.PathLike) -> None:
+    """`torch.save`, atomically and byte-reproducibly.
+
+    torch names the archive's inner folder after the file it writes; saving to a random temporary
+    name would make every run's bytes (and so DVC's hash) differ. A buffer is always named "archive".
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())

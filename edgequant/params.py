@@ -134,13 +134,20 @@ class BenchmarkParams:
 
 @dataclasses.dataclass(frozen=True)
 class GateParams:
-    max_accuracy_drop_pp: float  # an INT8 method may lose at most this much top-1 accuracy against fp32
-    min_size_ratio_saving: float  # INT8 artifact must be at most (1 - this) of its FP32 counterpart
-    enforce: bool  # false: report violations without failing the stage
+    methods: list[str]  # the INT8 candidates a release may ship; each must pass every limit
+    max_accuracy_drop_pp: float  # top-1 accuracy lost against fp32, in percentage points
+    min_speedup: float  # batch throughput against the same runtime's FP32, at every benchmarked thread count
+    max_size_ratio: float  # shipped artifact size over the same runtime's FP32 artifact
 
     def __post_init__(self) -> None:
+        _require(len(self.methods) > 0, "gate.methods is empty: list the INT8 methods to hold to the limits")
         _require(self.max_accuracy_drop_pp >= 0, f"gate.max_accuracy_drop_pp must be >= 0, got {self.max_accuracy_drop_pp}")
-        _require(0 <= self.min_size_ratio_saving < 1, f"gate.min_size_ratio_saving must be in [0, 1), got {self.min_size_ratio_saving}")
+        _require(self.min_speedup > 0, f"gate.min_speedup must be > 0, got {self.min_speedup}")
+        _require(0 < self.max_size_ratio <= 1, f"gate.max_size_ratio must be in (0, 1], got {self.max_size_ratio}")
+        from edgequant.registry import get_method
+
+        for name in self.methods:
+            get_method(name)
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", required=True, help="directory with one sub-directory per method")
-    parser.add_argument("--data", required=True, help="prepared data directory (test.pt)")
+    parser.add_argument("--test", required=True, help="prepared test split")
     parser.add_argument("--metrics", required=True, help="output: combined metrics JSON")
     parser.add_argument("--sqnr", required=True, help="output: per-layer SQNR metrics JSON")
     parser.add_argument("--csv", required=True, help="output: one row per (method, threads)")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = {m: json.loads((artifacts / m / "meta.json").read_text()) for m in methods}
     threads = clamp_threads(p.threads)
-    test_path = str(Path(args.data) / "test.pt")
+    test_path = args.test
     labels = load_prepared(test_path)["labels"]
     common = {k: getattr(p, k) for k in ("latency_batch", "throughput_batch", "warmup_runs", "latency_runs", "min_run_time_s")}
 
@@ -86,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
         # Accuracy does not depend on threads: predict once, at the largest count (fastest).
         request = {"method": m, "threads": t, "artifacts": str(artifacts / m), "test": test_path, "predict": t == threads[-1], **common}
+        start = time.perf_counter()
         runs[(m, t)] = measure(request)
         if "predictions" in runs[(m, t)]:
             predictions[m] = torch.tensor(runs[(m, t)].pop("predictions"))
-        tqdm.write(f"  {m:<26} {t} thr: p50 {runs[(m, t)]['latency_ms_p50']:.3f} ms, {runs[(m, t)]['throughput_ips']:.0f} img/s")
+        r = runs[(m, t)]
+        took = time.perf_counter() - start
+        speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
+        tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({took:.1f} s)")
 
     accuracy = {
         m: {

@@ -8,13 +8,15 @@ import torch
 
 from edgequant import params
 from edgequant.data import draw_calibration, load_split
-from edgequant.io import atomic_dir
+from edgequant.io import save_torch
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", required=True, help="directory with the four MNIST .gz files")
-    parser.add_argument("--out", required=True, help="directory for train.pt, test.pt, calib.pt")
+    parser.add_argument("--train", required=True, help="output: training images and labels")
+    parser.add_argument("--test", required=True, help="output: test images and labels")
+    parser.add_argument("--calib", required=True, help="output: the seeded calibration subset of the training set")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
@@ -31,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         "test": (torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.copy())),
         "calib": (train_x[calib_idx].clone(), train_y[calib_idx].clone()),
     }
-    with atomic_dir(args.out) as tmp:
-        for name, (images, labels) in splits.items():
-            torch.save({"images": images, "labels": labels}, tmp / f"{name}.pt")
-    print(f"prepare: train {len(train_x)}, test {len(test_x)}, calib {len(calib_idx)} images -> {args.out}")
+    # Three outputs, not one directory: a new calibration size then re-runs quantize, not train.
+    for name, (images, labels) in splits.items():
+        save_torch({"images": images, "labels": labels}, getattr(args, name))
+    print(f"prepare: train {len(train_x)}, test {len(test_x)}, calib {len(calib_idx)} images")
     return 0
 
 

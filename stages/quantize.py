@@ -3,9 +3,9 @@
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from edgequant import params
+from edgequant.benchmark import peak_rss_mib
 from edgequant.data import load_prepared, to_input
 from edgequant.io import atomic_dir, write_json
 from edgequant.model import load_fp32
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", required=True)
     parser.add_argument("--model", required=True, help="FP32 state dict from the train stage")
-    parser.add_argument("--data", required=True, help="prepared data directory (calib.pt, test.pt)")
+    parser.add_argument("--calib", required=True, help="prepared calibration images (calib.pt)")
+    parser.add_argument("--test", required=True, help="prepared test images (test.pt); a few measure per-layer SQNR")
     parser.add_argument("--out", required=True, help="output directory for this method's artifacts")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"quantize: {exc}", file=sys.stderr)
         return 1
-    calib = to_input(load_prepared(Path(args.data) / "calib.pt")["images"])
-    sample = to_input(load_prepared(Path(args.data) / "test.pt")["images"][:SQNR_IMAGES])
+    calib = to_input(load_prepared(args.calib)["images"])
+    sample = to_input(load_prepared(args.test)["images"][:SQNR_IMAGES])
     batch_sizes = tuple(dict.fromkeys((bench.latency_batch, bench.throughput_batch)))
     start = time.perf_counter()
     with atomic_dir(args.out) as tmp:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_sizes": list(batch_sizes),
             "sqnr_db": exported.sqnr_db,
             "export_time_s": round(time.perf_counter() - start, 3),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
         }
         write_json(tmp / "meta.json", meta)
     print(f"quantize: {method.name} -> {args.out}/{meta['shipped']} ({meta['size_bytes']} bytes)")

@@ -5,17 +5,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from edgequant import params
+from edgequant.benchmark import peak_rss_mib
 from edgequant.data import load_prepared
-from edgequant.io import atomic_dir, atomic_path, write_json
+from edgequant.io import atomic_dir, save_torch, write_json
 from edgequant.train import train
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", required=True, help="prepared data directory (train.pt, test.pt)")
+    parser.add_argument("--train", required=True, help="prepared training split")
+    parser.add_argument("--test", required=True, help="prepared test split")
     parser.add_argument("--model", required=True, help="output: FP32 state dict")
     parser.add_argument("--metrics", required=True, help="output: summary metrics JSON")
     parser.add_argument("--live", required=True, help="output: dvclive directory with per-epoch curves")
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from dvclive import Live
 
-    train_set = load_prepared(Path(args.data) / "train.pt")
-    test_set = load_prepared(Path(args.data) / "test.pt")
+    train_set = load_prepared(args.train)
+    test_set = load_prepared(args.test)
     start = time.perf_counter()
     # dvclive writes as it goes; logging into a temporary directory that replaces the output only
     # at the end keeps an interrupted run from leaving half a history behind.
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                 live.next_step()
 
             model, history = train(p, train_set["images"], train_set["labels"], test_set["images"], test_set["labels"], log_epoch)
-        with atomic_path(args.model) as tmp:
-            torch.save(model.state_dict(), tmp)
+        save_torch(model.state_dict(), args.model)
         write_json(
             args.metrics,
             {
@@ -53,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_loss_per_epoch": [round(h["train_loss"], 6) for h in history],
                 "train_time_s": time.perf_counter() - start,
                 "fp32_state_dict_bytes": Path(args.model).stat().st_size,
+                "peak_rss_mib": round(peak_rss_mib(), 1),
             },
         )
     print(f"train: test accuracy {history[-1]['test_accuracy_pct']:.2f} % -> {args.model}")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
 import os
+import re
+import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from edgequant.model import Net
 from edgequant.params import TrainParams
@@ -80,15 +85,127 @@ def tiny_model() -> Net:
     return model
 
 
-@pytest.fixture
-def subprocess_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for CLI/DVC subprocesses: this interpreter's bin first, caches in the temp dir."""
+def make_env(tmp: Path) -> dict[str, str]:
+    """Environment for CLI/DVC subprocesses: this interpreter's bin first, caches under `tmp`."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)
     env["DVC_NO_ANALYTICS"] = "1"
-    env["DVC_SITE_CACHE_DIR"] = str(tmp_path / "dvc-site-cache")
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor-cache")
+    env["DVC_SITE_CACHE_DIR"] = str(tmp / "dvc-site-cache")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor-cache")
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "edgequant test"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@edgequant.invalid"
     return env
+
+
+@pytest.fixture
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    return make_env(tmp_path)
+
+
+# --- A tiny copy of the real pipeline in a temp git repo, shared by the end-to-end and team-workflow tests.
+
+TINY = {
+    "prepare": {"calib_size": 32, "calib_seed": 0},
+    "train": {
+        "seed": 0,
+        "epochs": 1,
+        "batch_size": 32,
+        "test_batch_size": 64,
+        "optimizer": "adadelta",
+        "lr": 1.0,
+        "gamma": 0.7,
+        "dropout_conv": 0.25,
+        "dropout_fc": 0.5,
+        "threads": 1,
+    },
+    "quantize": {"methods": ["fp32", "dynamic_int8", "onnx_fp32", "onnx_qdq_int8"]},
+    "benchmark": {
+        "threads": [1],
+        "latency_batch": 1,
+        "throughput_batch": 16,
+        "warmup_runs": 1,
+        "latency_runs": 5,
+        "min_run_time_s": 0.02,
+        "peak_gemm_size": 64,
+    },
+    # Loose limits: tiny data says nothing about speed; test_team.py tightens them to see the gate fail.
+    "gate": {"methods": ["onnx_qdq_int8"], "max_accuracy_drop_pp": 100.0, "min_speedup": 0.01, "max_size_ratio": 0.3},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """The tiny repo after one full run on main and one on branch `calib-16`, both pushed to `remote`."""
+
+    work: Path
+    env: dict[str, str]
+    remote: Path
+    mirror: Path
+    first_run: str  # output of the first `dvc repro` on main
+    branch_run: str  # output of `dvc repro` after changing prepare.calib_size on calib-16
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, ok: bool = True) -> str:
+    """Run a command; unless ok=False, a failure raises with its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_params(work: Path, section: str, **values) -> None:
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_origin(tmp_path_factory) -> Origin:
+    base = tmp_path_factory.mktemp("team")
+    mirror = base / "mirror"
+    (base / "md5.json").write_text(json.dumps(write_mirror(mirror)))
+    env = dict(make_env(base), MNIST_MIRROR=str(mirror), MNIST_CHECKSUMS=str(base / "md5.json"))
+    env.pop("PYTHONPATH")  # the copy in the temp repo is what the stages must import
+    work, remote = base / "origin", base / "remote"
+    work.mkdir()
+    for item in ("dvc.yaml", "stages", "edgequant"):
+        src = ROOT / item
+        (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / item))
+    (work / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], work, env)
+    sh(["dvc", "init", "-q"], work, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")  # the custom plot templates
+    for cmd in (
+        ["dvc", "config", "core.analytics", "false"],
+        ["dvc", "remote", "add", "-d", "storage", str(remote)],  # in the first commit, before any data
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "tiny pipeline"],
+    ):
+        sh(cmd, work, env)
+    first = sh(["dvc", "repro"], work, env)
+    sh(["git", "add", "-A"], work, env)
+    sh(["git", "commit", "-qm", "run"], work, env)
+    sh(["dvc", "push"], work, env)
+    sh(["git", "checkout", "-qb", "calib-16"], work, env)
+    set_params(work, "prepare", calib_size=16)
+    branch = sh(["dvc", "repro"], work, env)
+    sh(["git", "add", "-A"], work, env)
+    sh(["git", "commit", "-qm", "calibrate on 16 images"], work, env)
+    sh(["dvc", "push"], work, env)
+    sh(["git", "checkout", "-q", "main"], work, env)
+    sh(["dvc", "checkout"], work, env)
+    return Origin(work, env, remote, mirror, first, branch)
+
+
+@pytest.fixture
+def clone(tiny_origin: Origin, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A teammate's fresh clone of the tiny repo with its data pulled from the shared remote."""
+    work = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(tiny_origin.work), str(work)], tmp_path, tiny_origin.env)
+    sh(["dvc", "pull"], work, tiny_origin.env)
+    return work, tiny_origin.env

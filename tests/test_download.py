@@ -20,7 +20,8 @@ from .conftest import ROOT, write_mirror
 
 @pytest.fixture
 def server(tmp_path):
-    """Serve /good/ (the tiny dataset), /other/ (a different dataset, same names), /hang/, /error/ and /slow/."""
+    """Serve /good/ (the tiny dataset), /other/ (a different dataset, same names), /short/ and /cut/ (half of
+    each file, served whole or cut off mid-transfer), /hang/, /error/ and /slow/."""
     good, other = tmp_path / "good", tmp_path / "other"
     sums = write_mirror(good)
     write_mirror(other, n_train=300)  # right names, different bytes: checksum must catch it
@@ -36,13 +37,17 @@ def server(tmp_path):
             if kind == "error":
                 self.send_error(503, "Service Unavailable")
                 return
-            root = {"good": good, "other": other, "slow": good}.get(kind)
+            root = {"good": good, "other": other, "slow": good, "short": good, "cut": good}.get(kind)
             if root is None or not (root / name).is_file():
                 self.send_error(404, "Not Found")
                 return
             data = (root / name).read_bytes()
+            length = len(data)
+            if kind in ("short", "cut"):  # short: a truncated file on the mirror; cut: the connection drops midway
+                data = data[: len(data) // 2]
+                length = len(data) if kind == "short" else length
             self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             if kind == "slow":  # trickles: every read succeeds, the whole never arrives in time
                 for i in range(0, len(data), 64):
@@ -96,6 +101,17 @@ def test_all_mirrors_failing_names_file_mirrors_and_reasons(server, tmp_path):
     assert "timed out" in message.lower()
     # Nothing half-written: no output directory, no stray temporaries.
     assert not (tmp_path / "raw").exists() and not list(tmp_path.glob(".raw*"))
+
+
+@pytest.mark.parametrize("kind", ["short", "cut"])
+def test_truncated_file_is_refused_and_next_mirror_used(server, tmp_path, kind):
+    url, sums, requests = server
+    with pytest.raises(DownloadError, match="train-images-idx3-ubyte.gz") as info:
+        download_mnist(tmp_path / "raw", [f"{url}/{kind}/"], timeout_s=5, checksums=sums)
+    assert ("md5" if kind == "short" else "truncated transfer") in str(info.value)
+    assert not (tmp_path / "raw").exists()
+    download_mnist(tmp_path / "raw", [f"{url}/{kind}/", f"{url}/good/"], timeout_s=5, checksums=sums)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(sums)
 
 
 def test_trickling_mirror_hits_the_deadline(server, tmp_path):

@@ -6,12 +6,12 @@ import pytest
 import yaml
 
 from edgequant import params
-from edgequant.params import BenchmarkParams, ParamsError, PrepareParams, QuantizeParams, TrainParams, parse
+from edgequant.params import BenchmarkParams, GateParams, ParamsError, PrepareParams, QuantizeParams, TrainParams, parse
 
 from .conftest import ROOT
 
 REAL = yaml.safe_load((ROOT / "params.yaml").read_text())
-SECTIONS = {"prepare": PrepareParams, "train": TrainParams, "quantize": QuantizeParams, "benchmark": BenchmarkParams}
+SECTIONS = {"prepare": PrepareParams, "train": TrainParams, "quantize": QuantizeParams, "benchmark": BenchmarkParams, "gate": GateParams}
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -87,3 +87,17 @@ def test_missing_file_and_section(tmp_path):
     (tmp_path / "p.yaml").write_text("prepare: {calib_size: 1, calib_seed: 0}\n")
     with pytest.raises(ParamsError, match="missing section 'train'"):
         params.load(TrainParams, "train", tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("methods", [], "gate.methods is empty"),
+        ("methods", ["int3"], "unknown quantization method 'int3'"),
+        ("min_speedup", 0, "gate.min_speedup must be > 0"),
+        ("max_size_ratio", 1.5, "gate.max_size_ratio must be in"),
+    ],
+)
+def test_bad_gate_values_rejected(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse(GateParams, {**REAL["gate"], key: value}, "gate")

@@ -32,7 +32,9 @@ def prepared(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_killed_train_stage_leaves_no_partial_outputs(prepared, subprocess_env, sig):
     out = prepared / "out"
-    cmd = [sys.executable, "-m", "stages.train", "--data", str(prepared / "prepared"), "--model", str(out / "fp32.pt")]
+    data = prepared / "prepared"
+    cmd = [sys.executable, "-m", "stages.train", "--train", str(data / "train.pt"), "--test", str(data / "test.pt")]
+    cmd += ["--model", str(out / "fp32.pt")]
     cmd += ["--metrics", str(out / "train.json"), "--live", str(out / "live"), "--params", str(prepared / "params.yaml")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgequant.io import atomic_path
+from edgequant.io import save_torch
 from edgequant.model import Net, load_fp32
 from edgequant.registry import Exported, register
 
 
 def _save_state(model: nn.Module, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch(model.state_dict(), path)
     return path
 
 

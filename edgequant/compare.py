@@ -1,0 +1,122 @@
+"""Compare two revisions (commits, branches, experiments): the Markdown report a reviewer reads in a pull request.
+
+    python -m edgequant.compare main my-branch --out reports/main_vs_my-branch
+
+writes `compare.md` (params changed, headline metrics per method, every changed metric, plot images of
+both revisions) and `plots/index.html` (`dvc plots diff`, both revisions overlaid). With `--vega-dir`
+(a folder holding vega, vega-lite and vega-embed `.min.js`, see `make vega`) the HTML gets those
+scripts inlined instead of loading them from a CDN, so it renders offline and can be attached as-is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from edgequant.io import atomic_dir
+
+# Per method, the figures a reviewer decides on; the full list follows in a collapsed section.
+HEADLINE = ("accuracy_pct", "accuracy_drop_pp", "size_bytes", "threads_1.latency_ms_p50", "threads_1.throughput_ips")
+VEGA_SCRIPTS = {"vega": "vega.min.js", "vega-lite": "vega-lite.min.js", "vega-embed": "vega-embed.min.js"}
+CDN_SCRIPT = re.compile(r'<script src="https://cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@[^"]*"></script>')
+
+
+def dvc_json(*args: str) -> dict:
+    """Run a `dvc ... --json` command and parse its output; a failure names the command and dvc's message."""
+    proc = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return json.loads(proc.stdout or "{}")
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def table(head: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def flatten(diff: dict) -> dict[str, dict]:
+    """{file: {key: {old, new, diff}}} → {"file: key": {...}}, files dropped when only one has metrics."""
+    return {f"{key}" if len(diff) == 1 else f"{file}: {key}": v for file, keys in diff.items() for key, v in keys.items()}
+
+
+def headline_rows(metrics: dict[str, dict]) -> list[list[object]]:
+    rows = []
+    for key, v in metrics.items():
+        match = re.search(r"methods\.([^.]+)\.(.+)$", key)
+        if match and match.group(2) in HEADLINE:
+            old, new = v.get("old"), v.get("new")
+            change = f"{(new - old) / old * 100:+.1f} %" if isinstance(old, (int, float)) and isinstance(new, (int, float)) and old else "—"
+            rows.append([f"`{match.group(1)}`", match.group(2), old, new, change])
+    return rows
+
+
+def read_vega(vega_dir: Path) -> dict[str, str]:
+    """The three vega scripts' text by package name; checked before any dvc work starts."""
+    missing = [name for name in VEGA_SCRIPTS.values() if not (vega_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{vega_dir} lacks {missing}; run `make vega` to fetch them from the npm registry")
+    return {package: (vega_dir / name).read_text() for package, name in VEGA_SCRIPTS.items()}
+
+
+def inline_vega(html: str, scripts: dict[str, str]) -> str:
+    """Replace the CDN <script src> tags of `dvc plots` HTML with the scripts' text."""
+    # "</script" inside the library text would end the tag early; "<\/script" means the same in JS strings.
+    return CDN_SCRIPT.sub(lambda m: "<script>" + scripts[m.group(1)].replace("</script", "<\\/script") + "</script>", html)
+
+
+def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
+    """Write the comparison of revisions `a` and `b` into `out`; returns the Markdown file."""
+    scripts = read_vega(vega_dir) if vega_dir is not None else None
+    params = flatten(dvc_json("params", "diff", a, b))
+    metrics = flatten(dvc_json("metrics", "diff", a, b))
+    with atomic_dir(out) as tmp:
+        plots = subprocess.run(["dvc", "plots", "diff", a, b, "-o", str(tmp / "plots")], capture_output=True, text=True)
+        if plots.returncode != 0:
+            raise RuntimeError(f"`dvc plots diff {a} {b}` failed: {plots.stderr.strip()}")
+        index = tmp / "plots" / "index.html"
+        if scripts is not None:
+            index.write_text(inline_vega(index.read_text(), scripts))
+        images = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "plots").rglob("*.png"))
+        md = [f"# edgequant: `{a}` → `{b}`", ""]
+        md += ["## Params changed", ""]
+        md += [table(["param", a, b], [[f"`{k}`", v.get("old"), v.get("new")] for k, v in params.items()]) if params else "None.", ""]
+        md += ["## Headline metrics per method", ""]
+        rows = headline_rows(metrics)
+        md += [table(["method", "metric", a, b, "change"], rows) if rows else "No headline metric changed.", ""]
+        md += [f"<details><summary>All {len(metrics)} changed metrics</summary>", ""]
+        md += [table(["metric", a, b, "diff"], [[f"`{k}`", v.get("old"), v.get("new"), v.get("diff")] for k, v in metrics.items()]), ""]
+        md += ["</details>", "", "## Plots", "", "Interactive, both revisions overlaid: [plots/index.html](plots/index.html)", ""]
+        md += [f"![{Path(p).stem}]({p})" for p in images]
+        (tmp / "compare.md").write_text("\n".join(md) + "\n")
+    return out / "compare.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", help="base revision (e.g. main)")
+    parser.add_argument("b", help="revision to compare (branch, commit, experiment; `workspace` for uncommitted)")
+    parser.add_argument("--out", required=True, help="output directory (replaced whole)")
+    parser.add_argument("--vega-dir", type=Path, help="inline vega scripts from here for offline HTML")
+    args = parser.parse_args(argv)
+    try:
+        path = compare(args.a, args.b, Path(args.out), args.vega_dir)
+    except (RuntimeError, FileNotFoundError) as exc:
+        print(f"compare: {exc}", file=sys.stderr)
+        return 1
+    print(f"compare: {args.a} vs {args.b} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Stage `gate`: fail `dvc repro` when a gated INT8 method misses a limit; the metrics are written either way."""
+
+import argparse
+import json
+import sys
+
+from edgequant import params
+from edgequant.gate import check, report
+from edgequant.io import write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", required=True, help="combined benchmark metrics JSON")
+    parser.add_argument("--out", required=True, help="output: gate verdict and every check, JSON")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        gate = params.load(params.GateParams, "gate", args.params)
+        with open(args.metrics) as f:
+            checks = check(json.load(f), gate)
+    except (ValueError, OSError) as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+        return 1
+    result = report(checks)
+    # Written before failing: the benchmark's metrics are already safe, and the verdict is the evidence.
+    write_json(args.out, result)
+    for c in checks:
+        print(f"gate: {c.describe()}", file=sys.stdout if c.passed else sys.stderr)
+    if not result["passed"]:
+        failed = f"gate: {result['failures']} check(s) failed; see {args.out}."
+        print(f"{failed} Fix the method, or relax the limit in params.yaml if the trade-off is acceptable.", file=sys.stderr)
+        return 1
+    print(f"gate: all {len(checks)} checks passed -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The README's "What happens when…" table is checked against the tests it cites, so it cannot drift from them."""
+
+import ast
+import re
+
+from .conftest import ROOT
+
+CITED = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
+
+
+def faults_table() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## What happens when…", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| fault")]
+
+
+def test_every_fault_row_cites_tests_that_exist():
+    rows = faults_table()
+    assert len(rows) >= 20
+    defined: dict[str, set[str]] = {}
+    for row in rows:
+        cited = CITED.findall(row)
+        assert cited, f"README row cites no test: {row}"
+        for path, name in cited:
+            if path not in defined:
+                tree = ast.parse((ROOT / path).read_text())
+                defined[path] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert name in defined[path], f"README cites {path}::{name}, which does not exist"
+
+
+def test_results_table_is_the_one_generated_from_committed_metrics():
+    import json
+
+    from edgequant.readme import BEGIN, END, markdown_table
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == markdown_table(json.loads((ROOT / "metrics/benchmark.json").read_text()))

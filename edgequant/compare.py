@@ -35,7 +35,7 @@ def dvc_json(*args: str) -> dict:
 
 def fmt(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return "—" if value is None else str(value)
 
 
@@ -50,15 +50,24 @@ def flatten(diff: dict) -> dict[str, dict]:
     return {f"{key}" if len(diff) == 1 else f"{file}: {key}": v for file, keys in diff.items() for key, v in keys.items()}
 
 
+def change(metric: str, old: object, new: object) -> str:
+    """Percentages and percentage points change by points; everything else by a relative change."""
+    if not (isinstance(old, (int, float)) and isinstance(new, (int, float))):
+        return "—"
+    if metric.endswith(("_pct", "_pp")):
+        return f"{new - old:+.2f} pp"
+    return f"{(new - old) / old * 100:+.1f} %" if old else "—"
+
+
 def headline_rows(metrics: dict[str, dict]) -> list[list[object]]:
+    """One row per (method, headline metric) that changed, grouped by method in the order of HEADLINE."""
     rows = []
     for key, v in metrics.items():
         match = re.search(r"methods\.([^.]+)\.(.+)$", key)
         if match and match.group(2) in HEADLINE:
-            old, new = v.get("old"), v.get("new")
-            change = f"{(new - old) / old * 100:+.1f} %" if isinstance(old, (int, float)) and isinstance(new, (int, float)) and old else "—"
-            rows.append([f"`{match.group(1)}`", match.group(2), old, new, change])
-    return rows
+            method, metric = match.groups()
+            rows.append([f"`{method}`", metric, v.get("old"), v.get("new"), change(metric, v.get("old"), v.get("new"))])
+    return sorted(rows, key=lambda r: (r[0], HEADLINE.index(r[1])))
 
 
 def read_vega(vega_dir: Path) -> dict[str, str]:
@@ -87,7 +96,11 @@ def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
         index = tmp / "plots" / "index.html"
         if scripts is not None:
             index.write_text(inline_vega(index.read_text(), scripts))
-        images = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "plots").rglob("*.png"))
+        # dvc names the copies "<rev>_<path>.png"; show each plot's two revisions one after the other.
+        images = sorted(
+            (p.relative_to(tmp).as_posix() for p in (tmp / "plots").rglob("*.png")),
+            key=lambda p: (Path(p).stem.rsplit("_plots_", 1)[-1], not Path(p).name.startswith(a.replace("/", "_"))),
+        )
         md = [f"# edgequant: `{a}` → `{b}`", ""]
         md += ["## Params changed", ""]
         md += [table(["param", a, b], [[f"`{k}`", v.get("old"), v.get("new")] for k, v in params.items()]) if params else "None.", ""]

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from edgequant.model import Net
+
+
+def quiet_known_upstream_noise() -> None:
+    """Silence harmless upstream messages that buried real warnings in the stage logs.
+
+    torchao logs a failure for each CUDA-only kernel library it cannot load on a CPU build, and for an
+    Enum it registers with pytree; the ONNX exporter logs that torchvision (deliberately not installed)
+    is missing; torch's pytree warns dozens of times per ExecuTorch export about its own LeafSpec check;
+    inductor's INT8 conv lowering copy-constructs a tensor. None is actionable by a user of this
+    pipeline. Everything else, the quantizers' own warnings included, still prints.
+    """
+    for name in ("torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", module=r"torch\._inductor\.mkldnn_lowerings")
+
+
+quiet_known_upstream_noise()  # before any method imports its runtime
 
 # A runner maps a float32 batch (N, 1, 28, 28) of [0, 1] pixels to logits (N, 10).
 Runner = Callable[[torch.Tensor], torch.Tensor]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils import benchmark as tbench
 
+from edgequant.data import load_prepared, to_input
 from edgequant.registry import Runner, get_method
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
@@ -115,8 +116,7 @@ def measure_method(request: dict) -> dict:
     threads, out_dir = request["threads"], Path(request["artifacts"])
     lat_bs, tp_bs = request["latency_batch"], request["throughput_batch"]
     torch.set_num_threads(threads)
-    images = torch.load(request["test"], map_location="cpu", weights_only=True)["images"]
-    x = images.unsqueeze(1).float().div_(255.0)
+    x = to_input(load_prepared(request["test"])["images"])
     result: dict = {}
     start = time.perf_counter()
     run = method.load(out_dir, lat_bs, threads)

@@ -25,12 +25,16 @@ VEGA_SCRIPTS = {"vega": "vega.min.js", "vega-lite": "vega-lite.min.js", "vega-em
 CDN_SCRIPT = re.compile(r'<script src="https://cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@[^"]*"></script>')
 
 
-def dvc_json(*args: str) -> dict:
-    """Run a `dvc ... --json` command and parse its output; a failure names the command and dvc's message."""
-    proc = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
+def dvc(*args: str, as_json: bool = False) -> str:
+    """Run a dvc command and return its stdout; a failure names the command and dvc's message."""
+    proc = subprocess.run(["dvc", *args, *(["--json"] if as_json else [])], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return json.loads(proc.stdout or "{}")
+    return proc.stdout
+
+
+def dvc_json(*args: str) -> dict:
+    return json.loads(dvc(*args, as_json=True) or "{}")
 
 
 def fmt(value: object) -> str:
@@ -90,9 +94,7 @@ def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
     params = flatten(dvc_json("params", "diff", a, b))
     metrics = flatten(dvc_json("metrics", "diff", a, b))
     with atomic_dir(out) as tmp:
-        plots = subprocess.run(["dvc", "plots", "diff", a, b, "-o", str(tmp / "plots")], capture_output=True, text=True)
-        if plots.returncode != 0:
-            raise RuntimeError(f"`dvc plots diff {a} {b}` failed: {plots.stderr.strip()}")
+        dvc("plots", "diff", a, b, "-o", str(tmp / "plots"))
         index = tmp / "plots" / "index.html"
         if scripts is not None:
             index.write_text(inline_vega(index.read_text(), scripts))

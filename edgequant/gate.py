@@ -15,10 +15,10 @@ class Check:
     limit: float
     param: str  # the params.yaml key that sets the limit
     at_least: bool  # the limit is a minimum (speed-up) rather than a maximum (accuracy drop, size)
-    passed: bool = dataclasses.field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "passed", self.measured >= self.limit if self.at_least else self.measured <= self.limit)
+    @property
+    def passed(self) -> bool:
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAIL"
@@ -58,5 +58,5 @@ def report(checks: list[Check]) -> dict:
     return {
         "passed": all(c.passed for c in checks),
         "failures": sum(not c.passed for c in checks),
-        "checks": [dataclasses.asdict(c) for c in checks],
+        "checks": [{**dataclasses.asdict(c), "passed": c.passed} for c in checks],
     }

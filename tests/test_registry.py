@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from edgequant.data import to_input
 from edgequant.registry import Exported, get_method, known_methods, register, sqnr_db
 
 from .conftest import make_digits
@@ -36,7 +37,7 @@ def test_sqnr():
 @pytest.fixture(scope="module")
 def data():
     images, _ = make_digits(96, 5)
-    x = torch.from_numpy(images).unsqueeze(1).float() / 255
+    x = to_input(torch.from_numpy(images))
     return x[:64], x[64:]  # calibration, evaluation
 
 

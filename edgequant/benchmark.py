@@ -1,13 +1,10 @@
-"""Timing, accuracy and peak measurements; `python -m edgequant.benchmark` measures one method in a fresh process."""
+"""Timing, accuracy and peak measurements; `write_measurement` measures one method (or the peak) in its own process."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from torch.utils import benchmark as tbench
 
 from edgequant.data import load_prepared, to_input
 from edgequant.registry import Runner, get_method
+from edgequant.runtime import keep_freed_memory, minor_faults, peak_rss_mib
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
@@ -50,11 +48,6 @@ def machine_info() -> dict[str, object]:
     return info
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure_latency(run: Runner, x: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
     """Per-call latency percentiles (ms) over `runs` timed calls after `warmup` untimed ones.
 
@@ -78,10 +71,23 @@ def measure_latency(run: Runner, x: torch.Tensor, warmup: int, runs: int) -> dic
 
 
 def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, threads: int) -> dict[str, float]:
-    """Images per second at batch len(x), from torch.utils.benchmark's blocked median."""
+    """Images per second at batch len(x), from torch.utils.benchmark's blocked median, and page faults per batch.
+
+    Faults are counted because they explain speed: a runtime that allocates its activations afresh on
+    every call (eager PyTorch, through glibc) pays the kernel to zero new pages each time, while one
+    that plans its memory once (ExecuTorch, ONNX Runtime's arena) does not.
+    """
     timer = tbench.Timer(stmt="run(x)", globals={"run": run, "x": x}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time_s)
-    return {"throughput_ips": len(x) / m.median, "batch_ms_median": m.median * 1e3, "batch_ms_iqr": m.iqr * 1e3}
+    calls, before = 5, minor_faults()
+    for _ in range(calls):
+        run(x)
+    return {
+        "throughput_ips": len(x) / m.median,
+        "batch_ms_median": m.median * 1e3,
+        "batch_ms_iqr": m.iqr * 1e3,
+        "minor_faults_per_batch": (minor_faults() - before) / calls,
+    }
 
 
 def predict(run: Runner, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -114,6 +120,8 @@ def measure_method(request: dict) -> dict:
     """Load one method's artifacts with `threads` and measure latency, throughput and (optionally) predictions."""
     method = get_method(request["method"])
     threads, out_dir = request["threads"], Path(request["artifacts"])
+    if request.get("keep_freed_memory"):
+        keep_freed_memory()
     lat_bs, tp_bs = request["latency_batch"], request["throughput_batch"]
     torch.set_num_threads(threads)
     x = to_input(load_prepared(request["test"])["images"])
@@ -130,20 +138,18 @@ def measure_method(request: dict) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Measure one method (or the CPU peak) in this fresh process.")
-    parser.add_argument("--request", required=True, help="JSON request")
-    parser.add_argument("--result", required=True, help="where to write the JSON result")
-    args = parser.parse_args(argv)
-    request = json.loads(args.request)
+def write_measurement(request: dict, result_path: str, log_path: str) -> None:
+    """Measure what `request` asks for (the CPU peak, or one method) and write it as JSON: a process's entry point.
+
+    Its stdout and stderr go to `log_path` (runtimes print banners and thread-pool notices there);
+    the caller shows the log only when the measurement fails.
+    """
+    log = open(log_path, "w")  # noqa: SIM115 - stays open as this process's stdout and stderr until it exits
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
     if request.get("peak"):
         result = measure_peak(request["threads"], request["peak_gemm_size"], request["min_run_time_s"])
     else:
         result = measure_method(request)
     result["peak_rss_mib"] = peak_rss_mib()
-    Path(args.result).write_text(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    Path(result_path).write_text(json.dumps(result))

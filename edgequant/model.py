@@ -75,21 +75,27 @@ def count_macs(model: nn.Module) -> dict[str, int]:
     return macs
 
 
-def load_fp32(path: str, map_location: str = "cpu") -> Net:
-    """Load a state dict saved by the train stage; `weights_only=True` refuses pickled code."""
+def load_state(path: str, model: nn.Module, remedy: str) -> nn.Module:
+    """Load a state dict saved by edgequant into `model`; `weights_only=True` refuses pickled code.
+
+    A damaged or foreign file becomes a ValueError naming the file and `remedy`: torch's own message
+    for it suggests `weights_only=False`, which is the one thing not to do with a file of unknown origin.
+    """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
-        raise ValueError(
-            f"{path}: not a readable edgequant model ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-run `dvc repro train`"
-        ) from exc
+        raise ValueError(f"{path}: not a readable edgequant model ({type(exc).__name__}: {str(exc).splitlines()[0]}); {remedy}") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}; re-run `dvc repro train`")
-    model = Net()
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}; {remedy}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(
-            f"{path}: weights do not fit edgequant's Net (different architecture?): {str(exc).splitlines()[0]}; re-run `dvc repro train`"
+            f"{path}: weights do not fit edgequant's Net (different architecture?): {str(exc).splitlines()[0]}; {remedy}"
         ) from exc
     return model.eval()
+
+
+def load_fp32(path: str) -> Net:
+    """The FP32 model the train stage saved."""
+    return load_state(path, Net(), "re-run `dvc repro train`")

@@ -122,6 +122,7 @@ class BenchmarkParams:
     latency_runs: int  # timed batch-`latency_batch` calls per (method, threads)
     min_run_time_s: float  # throughput: time each measurement at least this long
     peak_gemm_size: int  # square GEMM used to measure this CPU's FP32 and INT8 peak
+    keep_freed_memory: bool  # glibc keeps freed blocks for reuse (as jemalloc would) instead of unmapping them
 
     def __post_init__(self) -> None:
         _require(len(self.threads) > 0, "benchmark.threads is empty: list at least one thread count, e.g. [1]")

@@ -43,6 +43,7 @@ def summarize(
             per_thread = {
                 **{k: r[k] for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips")},
                 "peak_rss_mib": r.get("peak_rss_mib"),
+                "minor_faults_per_batch": r.get("minor_faults_per_batch"),
                 "gmacs": gmacs,
                 "peak_fraction": gmacs / peak,
                 "throughput_speedup_vs_fp32_eager": r["throughput_ips"] / fp32["throughput_ips"],

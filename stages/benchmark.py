@@ -3,8 +3,9 @@
 import argparse
 import csv
 import json
+import multiprocessing
+import multiprocessing.context
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,26 +15,44 @@ import torch
 from tqdm import tqdm
 
 from edgequant import params
-from edgequant.benchmark import machine_info
+from edgequant.benchmark import machine_info, write_measurement
 from edgequant.data import load_prepared
 from edgequant.io import atomic_path, write_json
 from edgequant.model import LAYER_MACS
 from edgequant.report import summarize
 
 WORKER_TIMEOUT_S = 600
+# Imported once by the fork server instead of by every measurement: torch and edgequant take 2 s,
+# ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s; 16 processes
+# paid that every run. A module missing here is skipped by multiprocessing and imported where used.
+PRELOAD = ["edgequant.benchmark", "executorch.extension.pybindings.portable_lib", "torchao.quantization.pt2e.quantize_pt2e"]
 
 
-def measure(request: dict) -> dict:
-    """Run one measurement in a fresh interpreter: thread pools (OpenMP, XNNPACK, ORT) are sized once per
-    process, and one runtime's warm caches must not flatter the next one's numbers."""
+def start_method() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:  # Windows: every process starts from scratch
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def measure(context: multiprocessing.context.BaseContext, request: dict) -> dict:
+    """Run one measurement in its own process: thread pools (OpenMP, XNNPACK, ORT) are sized once per
+    process, and one runtime's warm caches must not flatter the next one's numbers. Processes fork
+    from a server that has only imported modules, so each still starts with no pool and no cache."""
+    what = f"{request.get('method', 'peak')} with {request['threads']} thread(s)"
     with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "edgequant.benchmark", "--request", json.dumps(request), "--result", str(result)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"measuring {request.get('method', 'peak')} with {request['threads']} thread(s) failed:\n{proc.stderr[-3000:]}"
-            )
+        result, log = Path(tmp) / "result.json", Path(tmp) / "log.txt"
+        worker = context.Process(target=write_measurement, args=(request, str(result), str(log)), name=f"benchmark {what}")
+        worker.start()
+        worker.join(WORKER_TIMEOUT_S)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+            raise RuntimeError(f"measuring {what} took over {WORKER_TIMEOUT_S} s; stopped. Its output:\n{log.read_text()[-3000:]}")
+        if worker.exitcode != 0:
+            raise RuntimeError(f"measuring {what} failed (exit code {worker.exitcode}):\n{log.read_text()[-3000:]}")
         return json.loads(result.read_text())
 
 
@@ -50,6 +69,27 @@ def write_csv(path: str, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def measure_all(p: params.BenchmarkParams, methods: list[str], threads: list[int], artifacts: Path, test_path: str):
+    """The CPU peak per thread count, then every (method, threads) run; predictions once per method."""
+    context = start_method()
+    peak_request = {"peak": True, "peak_gemm_size": p.peak_gemm_size, "min_run_time_s": p.min_run_time_s}
+    peaks = {t: measure(context, {**peak_request, "threads": t}) for t in threads}
+    measured = ("latency_batch", "throughput_batch", "warmup_runs", "latency_runs", "min_run_time_s", "keep_freed_memory")
+    common = {k: getattr(p, k) for k in measured}
+    runs, predictions = {}, {}
+    jobs = [(m, t) for t in threads for m in methods]
+    for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
+        # Accuracy does not depend on threads: predict once, at the largest count (fastest).
+        request = {"method": m, "threads": t, "artifacts": str(artifacts / m), "test": test_path, "predict": t == threads[-1], **common}
+        start = time.perf_counter()
+        r = runs[(m, t)] = measure(context, request)
+        if "predictions" in r:
+            predictions[m] = torch.tensor(r.pop("predictions"))
+        speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
+        tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({time.perf_counter() - start:.1f} s)")
+    return peaks, runs, predictions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,26 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = {m: json.loads((artifacts / m / "meta.json").read_text()) for m in methods}
     threads = clamp_threads(p.threads)
-    test_path = args.test
-    labels = load_prepared(test_path)["labels"]
-    common = {k: getattr(p, k) for k in ("latency_batch", "throughput_batch", "warmup_runs", "latency_runs", "min_run_time_s")}
-
-    peaks = {
-        t: measure({"peak": True, "threads": t, "peak_gemm_size": p.peak_gemm_size, "min_run_time_s": p.min_run_time_s}) for t in threads
-    }
-    runs, predictions = {}, {}
-    jobs = [(m, t) for t in threads for m in methods]
-    for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
-        # Accuracy does not depend on threads: predict once, at the largest count (fastest).
-        request = {"method": m, "threads": t, "artifacts": str(artifacts / m), "test": test_path, "predict": t == threads[-1], **common}
-        start = time.perf_counter()
-        runs[(m, t)] = measure(request)
-        if "predictions" in runs[(m, t)]:
-            predictions[m] = torch.tensor(runs[(m, t)].pop("predictions"))
-        r = runs[(m, t)]
-        took = time.perf_counter() - start
-        speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
-        tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({took:.1f} s)")
+    labels = load_prepared(args.test)["labels"]
+    try:
+        peaks, runs, predictions = measure_all(p, methods, threads, artifacts, args.test)
+    except RuntimeError as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 1
 
     accuracy = {
         m: {

@@ -5,11 +5,11 @@ import sys
 import time
 
 from edgequant import params
-from edgequant.benchmark import peak_rss_mib
 from edgequant.data import load_prepared, to_input
 from edgequant.io import atomic_dir, write_json
 from edgequant.model import load_fp32
 from edgequant.registry import get_method
+from edgequant.runtime import peak_rss_mib
 
 SQNR_IMAGES = 512  # test images used to measure per-layer SQNR (a diagnostic; never used to calibrate)
 

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from edgequant import params
-from edgequant.benchmark import peak_rss_mib
 from edgequant.data import load_prepared
 from edgequant.io import atomic_dir, save_torch, write_json
+from edgequant.runtime import keep_freed_memory, peak_rss_mib
 from edgequant.train import train
 
 
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: {exc}", file=sys.stderr)
         return 1
     from dvclive import Live
+
+    keep_freed_memory()
 
     train_set = load_prepared(args.train)
     test_set = load_prepared(args.test)

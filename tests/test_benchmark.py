@@ -1,5 +1,8 @@
 """Timing helpers, padded prediction, and the summary's ratios."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -14,7 +17,39 @@ def test_latency_percentiles_are_ordered():
 
 def test_throughput_counts_images():
     r = measure_throughput(lambda x: x.sum(), torch.ones(16, 3), min_run_time_s=0.05, threads=1)
-    assert r["throughput_ips"] > 0 and r["batch_ms_median"] > 0
+    assert r["throughput_ips"] > 0 and r["batch_ms_median"] > 0 and r["minor_faults_per_batch"] >= 0
+
+
+# Page faults per training step of the real model at batch 64, after warm-up.
+FAULTS_PER_TRAINING_STEP = """
+import sys, torch
+from edgequant.model import Net
+from edgequant.runtime import keep_freed_memory, minor_faults
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.manual_seed(0)
+model, x, y = Net().train(), torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+def step():
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+for _ in range(5):
+    step()
+before = minor_faults()
+for _ in range(5):
+    step()
+print((minor_faults() - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_keep_freed_memory_stops_page_faults_on_reuse():
+    # A fresh process each: mallopt changes the allocator for the rest of the process.
+    def faults(mode: str) -> float:
+        cmd = [sys.executable, "-c", FAULTS_PER_TRAINING_STEP, mode]
+        return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 1000, f"glibc should unmap and re-fault activations every step, saw {default} faults"
+    assert kept < default / 20, f"with freed memory kept: {kept} faults per step, default {default}"
 
 
 def test_predict_pads_the_last_batch_for_static_shapes():

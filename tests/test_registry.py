@@ -73,3 +73,18 @@ def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
     if method.static_shapes:
         one = method.load(tmp_path, 1, 1)(x[:1].contiguous())
         assert one.shape == (1, 10)
+
+
+def test_pt2e_archive_deflates_its_graph_and_stores_tensors(tmp_path):
+    import zipfile
+
+    from edgequant.methods.pt2e import save_program
+
+    module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 64)
+    save_program(torch.export.export(module, (x,)), tmp_path / "m.pt2")
+    with zipfile.ZipFile(tmp_path / "m.pt2") as archive:
+        kinds = {r.filename.rsplit("/", 1)[-1]: r.compress_type for r in archive.infolist()}
+    assert kinds["model.json"] == zipfile.ZIP_DEFLATED
+    assert {kinds[n] for n in kinds if n.startswith("weight_")} == {zipfile.ZIP_STORED}
+    assert torch.equal(torch.export.load(tmp_path / "m.pt2").module()(x), module(x))

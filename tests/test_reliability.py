@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,3 +61,31 @@ def test_threads_above_cores_are_clamped_with_a_message(capsys, monkeypatch):
     assert clamp_threads([1, 2, 8]) == [1, 2]
     assert "has 2 cores; thread counts [1, 2, 8] clamped to [1, 2]" in capsys.readouterr().err
     assert clamp_threads([1]) == [1] and capsys.readouterr().err == ""
+
+
+def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared, subprocess_env, tiny_model):
+    from edgequant.registry import get_method
+
+    artifacts = prepared / "artifacts"
+    for name in ("fp32", "dynamic_int8"):
+        out = artifacts / name
+        out.mkdir(parents=True)
+        exported = get_method(name).export(tiny_model, torch.zeros(8, 1, 28, 28), torch.zeros(8, 1, 28, 28), out, (1,))
+        meta = {"method": name, "size_bytes": exported.shipped.stat().st_size, "sqnr_db": None}
+        (out / "meta.json").write_text(json.dumps(meta))
+    # Damaged after quantize wrote it (a bad copy to the device, a disk error): loading it must fail.
+    (artifacts / "dynamic_int8" / "model.pt").write_bytes(b"not a model")
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["quantize"]["methods"] = ["fp32", "dynamic_int8"]
+    params["benchmark"].update(threads=[1], throughput_batch=8, latency_runs=5, warmup_runs=1, min_run_time_s=0.02, peak_gemm_size=64)
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    out = prepared / "out"
+    cmd = [sys.executable, "-m", "stages.benchmark", "--artifacts", str(artifacts), "--test", str(prepared / "prepared" / "test.pt")]
+    cmd += ["--metrics", str(out / "b.json"), "--sqnr", str(out / "s.json")]
+    cmd += ["--csv", str(out / "b.csv"), "--layers-csv", str(out / "l.csv")]
+    proc = subprocess.run(cmd + ["--params", str(prepared / "params.yaml")], cwd=ROOT, env=subprocess_env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "benchmark: measuring dynamic_int8 with 1 thread(s) failed" in proc.stderr
+    # The worker's own error comes along, naming the file and what to do.
+    assert "dynamic_int8/model.pt: not a readable edgequant model" in proc.stderr and "dvc repro quantize@dynamic_int8" in proc.stderr
+    assert not out.exists() or not list(out.iterdir())

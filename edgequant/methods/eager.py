@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgequant.io import save_torch
-from edgequant.model import Net, load_fp32
+from edgequant.model import Net, load_state
 from edgequant.registry import Exported, register
 
 
@@ -38,7 +38,7 @@ class FP32:
 
     @staticmethod
     def load(out_dir: Path, batch_size: int, threads: int):
-        return _eager_runner(load_fp32(str(out_dir / "model.pt")), threads)
+        return _eager_runner(load_state(str(out_dir / "model.pt"), Net(), "re-run `dvc repro quantize@fp32`"), threads)
 
 
 def _quantize_dynamic(model: nn.Module) -> nn.Module:
@@ -59,6 +59,5 @@ class DynamicInt8:
 
     @staticmethod
     def load(out_dir: Path, batch_size: int, threads: int):
-        model = _quantize_dynamic(Net().eval())
-        model.load_state_dict(torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True))
-        return _eager_runner(model.eval(), threads)
+        model = load_state(str(out_dir / "model.pt"), _quantize_dynamic(Net().eval()), "re-run `dvc repro quantize@dynamic_int8`")
+        return _eager_runner(model, threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import torch
@@ -84,7 +85,23 @@ def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
     program.example_inputs = None
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, compress_metadata(buffer.getvalue()))
+
+
+def compress_metadata(archive: bytes) -> bytes:
+    """Deflate the JSON records of a .pt2 archive and leave tensor records stored as they are.
+
+    torch.export.save stores everything uncompressed; the serialized graph and its weight table are
+    32 KB of JSON next to 1.2 MB of INT8 weights, and deflate makes them 2.6 KB. torch.export.load reads
+    deflated records, so this is the file a device ships. Fixed timestamps keep the bytes reproducible.
+    """
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w") as dst:
+        for record in src.infolist():
+            info = zipfile.ZipInfo(record.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if record.filename.endswith(".json") else zipfile.ZIP_STORED
+            dst.writestr(info, src.read(record), compresslevel=9)
+    return out.getvalue()
 
 
 @register("pt2e_x86", runtime="pytorch-inductor", precision="int8", baseline="fp32", static_shapes=True)

@@ -13,6 +13,7 @@ import torch
 from torch.utils import benchmark as tbench
 
 from edgequant.data import load_prepared, to_input
+from edgequant.profile import profile_torch
 from edgequant.registry import Runner, get_method
 from edgequant.runtime import keep_freed_memory, minor_faults, peak_rss_mib
 
@@ -132,7 +133,11 @@ def measure_method(request: dict) -> dict:
     result.update(measure_latency(run, x[:lat_bs].contiguous(), request["warmup_runs"], request["latency_runs"]))
     if tp_bs != lat_bs:
         run = method.load(out_dir, tp_bs, threads)
-    result.update(measure_throughput(run, x[:tp_bs].contiguous(), request["min_run_time_s"], threads))
+    batch = x[:tp_bs].contiguous()
+    result.update(measure_throughput(run, batch, request["min_run_time_s"], threads))
+    if request.get("profile_runs"):
+        runs = request["profile_runs"]
+        result["ops_ms"] = method.profile(out_dir, tp_bs, threads, batch, runs) if method.profile else profile_torch(run, batch, runs)
     if request.get("predict"):
         result["predictions"] = predict(run, x, tp_bs).tolist()
     return result

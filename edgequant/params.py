@@ -123,13 +123,15 @@ class BenchmarkParams:
     min_run_time_s: float  # throughput: time each measurement at least this long
     peak_gemm_size: int  # square GEMM used to measure this CPU's FP32 and INT8 peak
     keep_freed_memory: bool  # glibc keeps freed blocks for reuse (as jemalloc would) instead of unmapping them
+    profile_runs: int  # profiled batch calls per method at the smallest thread count (0: no per-operator profile)
 
     def __post_init__(self) -> None:
         _require(len(self.threads) > 0, "benchmark.threads is empty: list at least one thread count, e.g. [1]")
         _require(all(t > 0 for t in self.threads), f"benchmark.threads must all be > 0, got {self.threads}")
         for name in ("latency_batch", "throughput_batch", "latency_runs", "peak_gemm_size"):
             _require(getattr(self, name) > 0, f"benchmark.{name} must be > 0, got {getattr(self, name)}")
-        _require(self.warmup_runs >= 0, f"benchmark.warmup_runs must be >= 0, got {self.warmup_runs}")
+        for name in ("warmup_runs", "profile_runs"):
+            _require(getattr(self, name) >= 0, f"benchmark.{name} must be >= 0, got {getattr(self, name)}")
         _require(self.min_run_time_s > 0, f"benchmark.min_run_time_s must be > 0, got {self.min_run_time_s}")
 
 

@@ -1,4 +1,4 @@
-"""Plots people would rather look at than read: training curve, trade-offs, MACs and SQNR per layer."""
+"""Plots people would rather look at than read: training curve, trade-offs, MACs and SQNR per layer, time per op."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from edgequant.io import atomic_path  # noqa: E402
+from edgequant.model import LAYER_MACS  # noqa: E402
+from edgequant.profile import KIND_ORDER  # noqa: E402
 from edgequant.reference import REFERENCE  # noqa: E402
 
 RUNTIME_COLORS = {"pytorch": "#4C72B0", "pytorch-inductor": "#8172B3", "executorch-xnnpack": "#DD8452", "onnxruntime": "#55A868"}
@@ -123,4 +125,43 @@ def plot_layers(layers: pd.DataFrame, path: Path) -> None:
         sns.barplot(data=long, x="layer", y="sqnr_db", hue="method", ax=axes[0][1])
         axes[0][1].set(ylabel="SQNR vs FP32 (dB, higher is better)", title="Per-layer SQNR of static INT8 methods")
         axes[0][1].legend(fontsize=8)
+    _save(fig, path)
+
+
+KIND_COLORS = {
+    "conv": "#C44E52",
+    "fully connected": "#4C72B0",
+    "max pool": "#8172B3",
+    "ReLU": "#64B5CD",
+    "layout & quantize": "#CCB974",
+    "other": "#B0B0B0",
+}
+
+
+def plot_ops(ops: pd.DataFrame, path: Path) -> None:
+    """Time of one batch split by kind of operator, per method: where INT8 pays off and what it leaves.
+
+    Each bar is labelled with the GMAC/s its convolutions reach, the number to hold against the peak.
+    """
+    fig, ax = plt.subplots(figsize=(11, 0.45 * max(ops["method"].nunique(), 2) + 2.0))
+    if ops.empty:
+        ax.text(0.5, 0.5, "no per-operator profile (benchmark.profile_runs is 0)", ha="center", transform=ax.transAxes)
+        batch, threads = "?", "?"
+    else:
+        batch, threads = ops["batch"].iloc[0], ops["threads"].iloc[0]
+        by_kind = ops.pivot_table(index="method", columns="kind", values="ms_per_batch", aggfunc="sum", fill_value=0)
+        by_kind = by_kind.reindex(columns=[k for k in KIND_ORDER if k in by_kind.columns])
+        by_kind = by_kind.loc[by_kind.sum(axis=1).sort_values(ascending=False).index]
+        by_kind.plot.barh(stacked=True, ax=ax, color=[KIND_COLORS[k] for k in by_kind.columns], width=0.7)
+        conv_macs = int(batch) * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"])
+        for i, (_, row) in enumerate(by_kind.iterrows()):
+            conv = f", conv {conv_macs / row['conv'] / 1e6:.0f} GMAC/s" if row.get("conv", 0) > 0 else ""
+            ax.annotate(f" {row.sum():.1f} ms{conv}", (row.sum(), i), va="center", fontsize=8)
+        ax.set_xlim(0, by_kind.sum(axis=1).max() * 1.3)
+        ax.legend(fontsize=8, ncol=len(by_kind.columns), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    ax.set(
+        xlabel=f"ms per batch-{batch} call, {threads} thread (each runtime's own profiler)",
+        ylabel="",
+        title="Where the time goes: operators by kind",
+    )
     _save(fig, path)

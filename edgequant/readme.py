@@ -1,16 +1,20 @@
-"""The README's results table, generated from metrics/benchmark.json (never typed by hand).
+"""The README's results and per-operator tables, generated from the benchmark's outputs (never typed by hand).
 
-python -m edgequant.readme             # print it
-python -m edgequant.readme README.md   # rewrite the block between the README's results markers
+python -m edgequant.readme             # print them
+python -m edgequant.readme README.md   # rewrite the blocks between the README's markers
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+from collections import defaultdict
 from pathlib import Path
 
 from edgequant.io import write_text
+from edgequant.model import LAYER_MACS
+from edgequant.profile import KIND_ORDER
 
 
 def markdown_table(metrics: dict) -> str:
@@ -45,27 +49,58 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- results:begin (python -m edgequant.readme README.md) -->", "<!-- results:end -->"
+def ops_table(rows: list[dict]) -> str:
+    """Milliseconds per batch by kind of operator, per method (plots/ops.csv), slowest method first."""
+    kinds = list(KIND_ORDER)
+    ms: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(kinds, 0.0))
+    for row in rows:
+        ms[row["method"]][row["kind"]] += float(row["ms_per_batch"])
+    if not ms:
+        return "(no per-operator profile: benchmark.profile_runs is 0)"
+    batch, threads = rows[0]["batch"], rows[0]["threads"]
+    conv_macs = int(batch) * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"])
+    head = ["method", *kinds, "total ms", "conv GMAC/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, by_kind in sorted(ms.items(), key=lambda kv: -sum(kv[1].values())):
+        cells = [f"`{method}`", *(f"{by_kind[k]:.2f}" for k in kinds), f"**{sum(by_kind.values()):.1f}**"]
+        cells.append(f"{conv_macs / by_kind['conv'] / 1e6:.0f}" if by_kind["conv"] else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Milliseconds per batch-{batch} call on {threads} thread, from each runtime's own profiler (`plots/ops.csv`)."]
+    return "\n".join(lines)
 
 
-def replace_block(text: str, table: str) -> str:
-    """`text` with the part between the results markers replaced by `table`."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"no results markers in the README; add the two lines {BEGIN!r} and {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}"
+RESULTS = ("<!-- results:begin (python -m edgequant.readme README.md) -->", "<!-- results:end -->")
+OPS = ("<!-- ops:begin (python -m edgequant.readme README.md) -->", "<!-- ops:end -->")
+BEGIN, END = RESULTS
+
+
+def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> str:
+    """`text` with the part between `markers` replaced by `table`."""
+    begin, end = markers
+    if begin not in text or end not in text:
+        raise ValueError(f"no such markers in the README; add the two lines {begin!r} and {end!r}")
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}"
+
+
+def read_ops(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the results table, or write it into a README between its markers.")
-    parser.add_argument("readme", nargs="?", help="rewrite this file's results block in place")
+    parser = argparse.ArgumentParser(description="Print the results tables, or write them into a README between their markers.")
+    parser.add_argument("readme", nargs="?", help="rewrite this file's results and ops blocks in place")
     parser.add_argument("--metrics", default="metrics/benchmark.json")
+    parser.add_argument("--ops", default="plots/ops.csv")
     args = parser.parse_args(argv)
     table = markdown_table(json.loads(Path(args.metrics).read_text()))
+    ops = ops_table(read_ops(args.ops))
     if args.readme:
-        write_text(args.readme, replace_block(Path(args.readme).read_text(), table))
+        text = replace_block(Path(args.readme).read_text(), table, RESULTS)
+        write_text(args.readme, replace_block(text, ops, OPS))
     else:
-        print(table)
+        print(f"{table}\n\n{ops}")
     return 0
 
 

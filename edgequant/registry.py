@@ -52,6 +52,9 @@ class Method:
     description: str
     export: Callable[[Net, torch.Tensor, torch.Tensor, Path, tuple[int, ...]], Exported]
     load: Callable[[Path, int, int], Runner]
+    # (out_dir, batch_size, threads, x, runs) -> ms per call for each operator, from the runtime's own
+    # profiler; None: the benchmark profiles the runner with torch.profiler (PyTorch runtimes).
+    profile: Callable[[Path, int, int, torch.Tensor, int], dict[str, float]] | None = None
 
 
 _METHODS: dict[str, Method] = {}
@@ -59,12 +62,14 @@ _METHODS: dict[str, Method] = {}
 
 def register(name: str, *, runtime: str, precision: str, baseline: str, static_shapes: bool = False):
     """Class decorator: a class with static `export(model, calib, sample, out_dir, batch_sizes)` and
-    `load(out_dir, batch_size, threads)` becomes the method `name`; its docstring is its description."""
+    `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)`)
+    becomes the method `name`; its docstring is its description."""
 
     def add(cls: type) -> type:
         if name in _METHODS:
             raise ValueError(f"quantization method {name!r} is registered twice")
-        _METHODS[name] = Method(name, runtime, precision, baseline, static_shapes, (cls.__doc__ or "").strip(), cls.export, cls.load)
+        description, profile = (cls.__doc__ or "").strip(), getattr(cls, "profile", None)
+        _METHODS[name] = Method(name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile)
         return cls
 
     return add

@@ -19,6 +19,8 @@ from edgequant.benchmark import machine_info, write_measurement
 from edgequant.data import load_prepared
 from edgequant.io import atomic_path, write_json
 from edgequant.model import LAYER_MACS
+from edgequant.profile import OP_COLUMNS, op_rows
+from edgequant.registry import get_method
 from edgequant.report import summarize
 
 WORKER_TIMEOUT_S = 600
@@ -50,10 +52,18 @@ def measure(context: multiprocessing.context.BaseContext, request: dict) -> dict
         if worker.is_alive():
             worker.kill()
             worker.join()
-            raise RuntimeError(f"measuring {what} took over {WORKER_TIMEOUT_S} s; stopped. Its output:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"measuring {what} took over {WORKER_TIMEOUT_S} s; stopped. Its output:\n{tail(log)}")
         if worker.exitcode != 0:
-            raise RuntimeError(f"measuring {what} failed (exit code {worker.exitcode}):\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"measuring {what} failed (exit code {worker.exitcode}):\n{tail(log)}")
         return json.loads(result.read_text())
+
+
+def tail(log: Path) -> str:
+    """The end of a worker's log; a worker that died while starting (before it opened the log) wrote
+    its traceback to this process's stderr instead, so say where to look."""
+    if not log.exists():
+        return "(it died before opening its log; its traceback, if any, is above)"
+    return log.read_text()[-3000:]
 
 
 def clamp_threads(requested: list[int]) -> list[int]:
@@ -64,9 +74,9 @@ def clamp_threads(requested: list[int]) -> list[int]:
     return kept
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -78,18 +88,22 @@ def measure_all(p: params.BenchmarkParams, methods: list[str], threads: list[int
     peaks = {t: measure(context, {**peak_request, "threads": t}) for t in threads}
     measured = ("latency_batch", "throughput_batch", "warmup_runs", "latency_runs", "min_run_time_s", "keep_freed_memory")
     common = {k: getattr(p, k) for k in measured}
-    runs, predictions = {}, {}
+    runs, predictions, ops = {}, {}, {}
     jobs = [(m, t) for t in threads for m in methods]
     for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
         # Accuracy does not depend on threads: predict once, at the largest count (fastest).
-        request = {"method": m, "threads": t, "artifacts": str(artifacts / m), "test": test_path, "predict": t == threads[-1], **common}
+        # The per-operator profile is taken once, at the smallest count: the edge-device case.
+        request = {"method": m, "threads": t, "artifacts": str(artifacts / m), "test": test_path, **common}
+        request.update(predict=t == threads[-1], profile_runs=p.profile_runs if t == threads[0] else 0)
         start = time.perf_counter()
         r = runs[(m, t)] = measure(context, request)
         if "predictions" in r:
             predictions[m] = torch.tensor(r.pop("predictions"))
+        if "ops_ms" in r:
+            ops[m] = r.pop("ops_ms")
         speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
         tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({time.perf_counter() - start:.1f} s)")
-    return peaks, runs, predictions
+    return peaks, runs, predictions, ops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sqnr", required=True, help="output: per-layer SQNR metrics JSON")
     parser.add_argument("--csv", required=True, help="output: one row per (method, threads)")
     parser.add_argument("--layers-csv", required=True, help="output: MACs and SQNR per layer")
+    parser.add_argument("--ops-csv", required=True, help="output: time per operator, per method (smallest thread count)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
@@ -117,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = clamp_threads(p.threads)
     labels = load_prepared(args.test)["labels"]
     try:
-        peaks, runs, predictions = measure_all(p, methods, threads, artifacts, args.test)
+        peaks, runs, predictions, ops = measure_all(p, methods, threads, artifacts, args.test)
     except RuntimeError as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 1
@@ -143,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.sqnr, sqnr)
     write_csv(args.csv, rows)
     write_csv(args.layers_csv, layer_rows)
+    op_table = [
+        row
+        for m in methods
+        for row in op_rows(m, get_method(m).runtime, get_method(m).precision, threads[0], p.throughput_batch, ops.get(m, {}))
+    ]
+    write_csv(args.ops_csv, op_table, OP_COLUMNS)  # header only when benchmark.profile_runs is 0
     print(f"benchmark: {len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Stage `plot`: render the training curve and the trade-off, speed-up and per-layer charts as PNGs."""
+"""Stage `plot`: render the training curve and the trade-off, speed-up, per-layer and per-operator charts as PNGs."""
 
 import argparse
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgequant.plot import plot_layers, plot_speedups, plot_tradeoffs, plot_training
+from edgequant.plot import plot_layers, plot_ops, plot_speedups, plot_tradeoffs, plot_training
 
 
 def read_live_history(live_dir: Path) -> pd.DataFrame:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", required=True, help="dvclive directory from the train stage")
     parser.add_argument("--bench", required=True, help="combined benchmark CSV")
     parser.add_argument("--layers", required=True, help="per-layer MACs/SQNR CSV")
+    parser.add_argument("--ops", required=True, help="per-operator time CSV")
     parser.add_argument("--out", required=True, help="directory for the PNGs")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_tradeoffs(bench, out / "tradeoffs.png")
     plot_speedups(bench, out / "speedups.png")
     plot_layers(pd.read_csv(args.layers), out / "layers.png")
-    print(f"plot: 4 charts -> {out}")
+    plot_ops(pd.read_csv(args.ops), out / "ops.png")
+    print(f"plot: 5 charts -> {out}")
     return 0
 
 

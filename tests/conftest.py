@@ -129,6 +129,7 @@ TINY = {
         "min_run_time_s": 0.02,
         "peak_gemm_size": 64,
         "keep_freed_memory": False,
+        "profile_runs": 2,
     },
     # Loose limits: tiny data says nothing about speed; test_team.py tightens them to see the gate fail.
     "gate": {"methods": ["onnx_qdq_int8"], "max_accuracy_drop_pp": 100.0, "min_speedup": 0.01, "max_size_ratio": 0.3},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from .conftest import TINY, set_params, sh, stages_run
@@ -20,8 +21,11 @@ def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
     assert q["size_ratio_vs_runtime_fp32"] < 0.3 and 0 <= q["accuracy_pct"] <= 100
     assert q["threads_1"]["latency_ms_p50"] > 0 and metrics["machine"]["torch"].startswith("2.13")
     assert 0 < q["threads_1"]["peak_rss_mib"] < 2048 and 0 < q["quantize_peak_rss_mib"] < 2048
-    for png in ("training", "tradeoffs", "speedups", "layers"):
+    for png in ("training", "tradeoffs", "speedups", "layers", "ops"):
         assert (work / f"plots/{png}.png").stat().st_size > 10_000
+    ops = pd.read_csv(work / "plots/ops.csv")
+    assert set(ops["method"]) == set(TINY["quantize"]["methods"]) and (ops["ms_per_batch"] >= 0).all()
+    assert ops.groupby("method")["share_pct"].sum().round().eq(100).all()
     train = json.loads((work / "metrics/train.json").read_text())
     assert len(train["train_loss_per_epoch"]) == 1 and 0 < train["peak_rss_mib"] < 2048
     assert json.loads((work / "metrics/gate.json").read_text())["passed"] is True

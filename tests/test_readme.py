@@ -36,3 +36,11 @@ def test_results_table_is_the_one_generated_from_committed_metrics():
     text = (ROOT / "README.md").read_text()
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == markdown_table(json.loads((ROOT / "metrics/benchmark.json").read_text()))
+
+
+def test_per_operator_table_is_the_one_generated_from_committed_profile():
+    from edgequant.readme import OPS, ops_table, read_ops
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split(OPS[0], 1)[1].split(OPS[1], 1)[0].strip()
+    assert block == ops_table(read_ops(ROOT / "plots/ops.csv"))

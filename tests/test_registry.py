@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edgequant.data import to_input
+from edgequant.profile import kind_of, profile_torch
 from edgequant.registry import Exported, get_method, known_methods, register, sqnr_db
 
 from .conftest import make_digits
@@ -73,6 +74,35 @@ def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
     if method.static_shapes:
         one = method.load(tmp_path, 1, 1)(x[:1].contiguous())
         assert one.shape == (1, 10)
+    # Its runtime's profiler sees the convolutions, named so the benchmark can tell them apart.
+    batch = x[:8].contiguous()
+    ops = method.profile(tmp_path, 8, 1, batch, 2) if method.profile else profile_torch(run, batch, 2)
+    assert ops and all(ms >= 0 for ms in ops.values())
+    assert "conv" in {kind_of(op) for op in ops}, ops
+
+
+@pytest.mark.parametrize(
+    ("op", "kind"),
+    [
+        ("Convolution (NHWC, QC8) IGEMM #2", "conv"),  # XNNPACK, via ETDump
+        ("Convert (NC) #1", "layout & quantize"),  # ...not a convolution
+        ("Fully Connected (NC, QS8, QC8W) GEMM #1", "fully connected"),
+        ("Max Pooling (NHWC, S8) #1", "max pool"),
+        ("QLinearConv node_conv2d_token_1", "conv"),  # ONNX Runtime
+        ("QGemm node_linear", "fully connected"),
+        ("DequantizeLinear logits_DequantizeLinear", "layout & quantize"),
+        ("quantized::conv2d_relu", "conv"),  # torch.ao eager
+        ("quantized::linear_relu", "fully connected"),
+        ("onednn::qlinear_pointwise", "fully connected"),  # inductor
+        ("aten::quantize_per_tensor", "layout & quantize"),
+        ("aten::addmm", "fully connected"),
+        ("aten::clamp_min", "ReLU"),  # eager F.relu
+        ("ReorderOutput ReorderOutput", "layout & quantize"),  # ORT's NCHWc blocked layout back to NCHW
+        ("Subtract (ND) #1", "other"),
+    ],
+)
+def test_operator_kinds_across_runtimes(op, kind):
+    assert kind_of(op) == kind
 
 
 def test_pt2e_archive_deflates_its_graph_and_stores_tensors(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from stages.benchmark import clamp_threads
+from stages.benchmark import clamp_threads, measure
 
 from .conftest import ROOT, make_digits
 
@@ -82,10 +83,27 @@ def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared,
     out = prepared / "out"
     cmd = [sys.executable, "-m", "stages.benchmark", "--artifacts", str(artifacts), "--test", str(prepared / "prepared" / "test.pt")]
     cmd += ["--metrics", str(out / "b.json"), "--sqnr", str(out / "s.json")]
-    cmd += ["--csv", str(out / "b.csv"), "--layers-csv", str(out / "l.csv")]
+    cmd += ["--csv", str(out / "b.csv"), "--layers-csv", str(out / "l.csv"), "--ops-csv", str(out / "o.csv")]
     proc = subprocess.run(cmd + ["--params", str(prepared / "params.yaml")], cwd=ROOT, env=subprocess_env, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "benchmark: measuring dynamic_int8 with 1 thread(s) failed" in proc.stderr
     # The worker's own error comes along, naming the file and what to do.
     assert "dynamic_int8/model.pt: not a readable edgequant model" in proc.stderr and "dvc repro quantize@dynamic_int8" in proc.stderr
     assert not out.exists() or not list(out.iterdir())
+
+
+def _fail_to_start():
+    raise RuntimeError("unpickling the request failed")
+
+
+class _Unpicklable:
+    """Pickles fine in the parent; unpickling it in the worker raises, before the worker runs at all."""
+
+    def __reduce__(self):
+        return (_fail_to_start, ())
+
+
+def test_a_worker_that_dies_while_starting_is_reported_as_such(capfd):
+    with pytest.raises(RuntimeError, match=r"(?s)measuring fp32 with 1 thread\(s\) failed .*died before opening its log"):
+        measure(multiprocessing.get_context("spawn"), {"method": "fp32", "threads": 1, "poison": _Unpicklable()})
+    assert "unpickling the request failed" in capfd.readouterr().err  # the child's own traceback still shows

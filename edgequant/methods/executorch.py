@@ -9,6 +9,7 @@ import torch
 from edgequant.io import atomic_path
 from edgequant.methods.pt2e import calibrate_and_convert, export_static, quantized_layer_sqnr
 from edgequant.model import Net
+from edgequant.profile import profile_executorch
 from edgequant.registry import Exported, register
 
 
@@ -40,6 +41,13 @@ def _load_pte(out_dir: Path, batch_size: int, threads: int):
     return run
 
 
+def _profile_pte(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int) -> dict[str, float]:
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    return profile_executorch(out_dir / f"model_b{batch_size}.pte", x, runs)
+
+
 @register("executorch_xnnpack_fp32", runtime="executorch-xnnpack", precision="fp32", baseline="executorch_xnnpack_fp32", static_shapes=True)
 class ExecuTorchFP32:
     """ExecuTorch .pte, FP32, delegated to XNNPACK: the on-device FP32 baseline."""
@@ -49,6 +57,7 @@ class ExecuTorchFP32:
         return Exported(_write_pte(model.eval(), out_dir, batch_sizes))
 
     load = staticmethod(_load_pte)
+    profile = staticmethod(_profile_pte)
 
 
 @register("executorch_xnnpack_int8", runtime="executorch-xnnpack", precision="int8", baseline="executorch_xnnpack_fp32", static_shapes=True)
@@ -67,3 +76,4 @@ class ExecuTorchInt8:
         return Exported(_write_pte(converted, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
 
     load = staticmethod(_load_pte)
+    profile = staticmethod(_profile_pte)

@@ -10,6 +10,7 @@ import torch
 
 from edgequant.io import atomic_path
 from edgequant.model import Net
+from edgequant.profile import profile_onnx
 from edgequant.registry import Exported, layer_outputs, register, sqnr_db
 
 INPUT = "pixels"
@@ -31,10 +32,13 @@ def _export_onnx(model: Net, path: Path) -> None:
         program.save(str(tmp))
 
 
-def _session(path: Path, threads: int, extra_outputs: bool = False):
+def _session(path: Path, threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
@@ -50,6 +54,10 @@ def _load(out_dir: Path, batch_size: int, threads: int):
     return run
 
 
+def _profile(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int) -> dict[str, float]:
+    return profile_onnx(lambda prefix: _session(out_dir / "model.onnx", threads, prefix), x, runs)
+
+
 @register("onnx_fp32", runtime="onnxruntime", precision="fp32", baseline="onnx_fp32")
 class OnnxFP32:
     """ONNX (dynamo export), FP32, on ONNX Runtime's CPU provider."""
@@ -60,6 +68,7 @@ class OnnxFP32:
         return Exported(out_dir / "model.onnx")
 
     load = staticmethod(_load)
+    profile = staticmethod(_profile)
 
 
 class _Reader:
@@ -146,3 +155,4 @@ class OnnxQdqInt8:
         return Exported(shipped, onnx_layer_sqnr(model, shipped, sample))
 
     load = staticmethod(_load)
+    profile = staticmethod(_profile)

@@ -7,7 +7,7 @@ from edgequant.data import to_input
 from edgequant.profile import kind_of, profile_torch
 from edgequant.registry import Exported, get_method, known_methods, register, sqnr_db
 
-from .conftest import make_digits
+from .conftest import ROOT, make_digits
 
 BATCHES = (1, 8)
 
@@ -55,6 +55,8 @@ def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
     files = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert files and all((tmp_path / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
     assert again.sqnr_db == exported.sqnr_db
+    # Nor may they depend on where the checkout is: no absolute source path inside (stack traces).
+    assert str(ROOT).encode() not in exported.shipped.read_bytes()
     with torch.no_grad():
         reference = tiny_model(x[:8])
     run = method.load(tmp_path, 8, 1)

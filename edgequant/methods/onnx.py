@@ -30,6 +30,19 @@ def _export_onnx(model: Net, path: Path) -> None:
     )
     with atomic_path(path) as tmp:
         program.save(str(tmp))
+        drop_node_metadata(tmp)
+
+
+def drop_node_metadata(path: Path) -> None:
+    """Remove the exporter's per-node debug metadata: source stack traces carry the absolute path of
+    the checkout, so the same model exported in two clones differed in bytes (and size), DVC saw a
+    change, and the shipped file disclosed local paths. ORT never reads it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def _session(path: Path, threads: int, profile_prefix: str | None = None):

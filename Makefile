@@ -27,8 +27,8 @@ test: setup lint
 	python -m pytest -q
 
 lint: setup
-	ruff check edgequant stages tests
-	ruff format --check edgequant stages tests
+	ruff check edgequant stages tests notebooks
+	ruff format --check edgequant stages tests notebooks
 
 # The Markdown report a reviewer reads: `make compare A=main B=my-branch` (also experiments, commits).
 A ?= main

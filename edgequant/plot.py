@@ -13,8 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from edgequant.io import atomic_path  # noqa: E402
-from edgequant.model import LAYER_MACS  # noqa: E402
-from edgequant.profile import KIND_ORDER  # noqa: E402
+from edgequant.profile import conv_gmacs, ms_by_kind  # noqa: E402
 from edgequant.reference import REFERENCE  # noqa: E402
 
 RUNTIME_COLORS = {"pytorch": "#4C72B0", "pytorch-inductor": "#8172B3", "executorch-xnnpack": "#DD8452", "onnxruntime": "#55A868"}
@@ -149,13 +148,12 @@ def plot_ops(ops: pd.DataFrame, path: Path) -> None:
         batch, threads = "?", "?"
     else:
         batch, threads = ops["batch"].iloc[0], ops["threads"].iloc[0]
-        by_kind = ops.pivot_table(index="method", columns="kind", values="ms_per_batch", aggfunc="sum", fill_value=0)
-        by_kind = by_kind.reindex(columns=[k for k in KIND_ORDER if k in by_kind.columns])
-        by_kind = by_kind.loc[by_kind.sum(axis=1).sort_values(ascending=False).index]
+        by_kind = pd.DataFrame.from_dict(ms_by_kind(ops.to_dict("records")), orient="index")
+        by_kind = by_kind.loc[:, by_kind.sum() > 0]  # kinds no method spends time in stay out of the legend
         by_kind.plot.barh(stacked=True, ax=ax, color=[KIND_COLORS[k] for k in by_kind.columns], width=0.7)
-        conv_macs = int(batch) * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"])
         for i, (_, row) in enumerate(by_kind.iterrows()):
-            conv = f", conv {conv_macs / row['conv'] / 1e6:.0f} GMAC/s" if row.get("conv", 0) > 0 else ""
+            gmacs = conv_gmacs(int(batch), row.get("conv", 0.0))
+            conv = f", conv {gmacs:.0f} GMAC/s" if gmacs else ""
             ax.annotate(f" {row.sum():.1f} ms{conv}", (row.sum(), i), va="center", fontsize=8)
         ax.set_xlim(0, by_kind.sum(axis=1).max() * 1.3)
         ax.legend(fontsize=8, ncol=len(by_kind.columns), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)

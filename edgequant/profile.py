@@ -7,12 +7,13 @@ import re
 import tempfile
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgequant.model import LAYER_MACS
 from edgequant.registry import Runner
 
 # First match wins: "Convert (NC)" is a layout op, not a convolution; "QLinearConv" is a conv;
@@ -101,3 +102,17 @@ def op_rows(method: str, runtime: str, precision: str, threads: int, batch: int,
     ranked = sorted(ops.items(), key=lambda kv: -kv[1])
     common = {"method": method, "runtime": runtime, "precision": precision, "threads": threads, "batch": batch}
     return [{**common, "op": op, "kind": kind_of(op), "ms_per_batch": ms, "share_pct": 100 * ms / total} for op, ms in ranked]
+
+
+def ms_by_kind(rows: Iterable[Mapping]) -> dict[str, dict[str, float]]:
+    """Milliseconds per batch by kind (every kind of KIND_ORDER) for each method of `rows` (OP_COLUMNS),
+    slowest method first: the one summary the README table and the ops chart both show."""
+    ms: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(KIND_ORDER, 0.0))
+    for row in rows:
+        ms[row["method"]][row["kind"]] += float(row["ms_per_batch"])
+    return dict(sorted(ms.items(), key=lambda kv: -sum(kv[1].values())))
+
+
+def conv_gmacs(batch: int, conv_ms: float) -> float | None:
+    """GMAC/s both convolutions reach when a batch of `batch` spends `conv_ms` in them (None when 0 ms)."""
+    return batch * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"]) / conv_ms / 1e6 if conv_ms > 0 else None

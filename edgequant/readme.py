@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from edgequant.io import write_text
-from edgequant.model import LAYER_MACS
-from edgequant.profile import KIND_ORDER
+from edgequant.profile import KIND_ORDER, conv_gmacs, ms_by_kind
 
 
 def markdown_table(metrics: dict) -> str:
@@ -45,25 +43,37 @@ def markdown_table(metrics: dict) -> str:
         for t in threads
     )
     flags = f"avx512_vnni={machine['flag_avx512_vnni']}, amx_int8={machine['flag_amx_int8']}"
-    lines += ["", f"Measured peaks: {peaks}. Machine: {machine['cpu']}, {flags}, torch {machine['torch']}."]
+    lines += ["", f"Measured peaks: {peaks}. Machine: {machine['cpu']}, {flags}, torch {machine['torch']}.", "", ceiling(metrics)]
     return "\n".join(lines)
+
+
+def ceiling(metrics: dict) -> str:
+    """The most any INT8 method could gain over FP32 eager in this run: every MAC at the INT8 GEMM peak."""
+    parts = []
+    for key in sorted(metrics["peak"], key=lambda k: int(k.removeprefix("threads_"))):
+        bound_ips = metrics["peak"][key]["int8_gmacs"] * 1e9 / metrics["macs_per_image"]
+        eager = metrics["methods"]["fp32"][key]["throughput_ips"]
+        int8 = {m: r[key]["throughput_ips"] for m, r in metrics["methods"].items() if r["precision"] == "int8"}
+        best = max(int8, key=int8.get)
+        parts.append(
+            f"{key.removeprefix('threads_')} thread(s): {bound_ips:,.0f} img/s = {bound_ips / eager:.1f}× FP32 eager"
+            f" (best: `{best}`, {int8[best] / eager:.1f}×, {100 * int8[best] / bound_ips:.0f} % of that bound)"
+        )
+    return "INT8 ceiling, every MAC of the network at the measured INT8 GEMM peak: " + "; ".join(parts) + "."
 
 
 def ops_table(rows: list[dict]) -> str:
     """Milliseconds per batch by kind of operator, per method (plots/ops.csv), slowest method first."""
-    kinds = list(KIND_ORDER)
-    ms: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(kinds, 0.0))
-    for row in rows:
-        ms[row["method"]][row["kind"]] += float(row["ms_per_batch"])
+    ms = ms_by_kind(rows)
     if not ms:
         return "(no per-operator profile: benchmark.profile_runs is 0)"
     batch, threads = rows[0]["batch"], rows[0]["threads"]
-    conv_macs = int(batch) * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"])
-    head = ["method", *kinds, "total ms", "conv GMAC/s"]
+    head = ["method", *KIND_ORDER, "total ms", "conv GMAC/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, by_kind in sorted(ms.items(), key=lambda kv: -sum(kv[1].values())):
-        cells = [f"`{method}`", *(f"{by_kind[k]:.2f}" for k in kinds), f"**{sum(by_kind.values()):.1f}**"]
-        cells.append(f"{conv_macs / by_kind['conv'] / 1e6:.0f}" if by_kind["conv"] else "–")
+    for method, by_kind in ms.items():
+        gmacs = conv_gmacs(int(batch), by_kind["conv"])
+        cells = [f"`{method}`", *(f"{by_kind[k]:.2f}" for k in KIND_ORDER), f"**{sum(by_kind.values()):.1f}**"]
+        cells.append(f"{gmacs:.0f}" if gmacs else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Milliseconds per batch-{batch} call on {threads} thread, from each runtime's own profiler (`plots/ops.csv`)."]
     return "\n".join(lines)

@@ -44,3 +44,21 @@ def test_per_operator_table_is_the_one_generated_from_committed_profile():
     text = (ROOT / "README.md").read_text()
     block = text.split(OPS[0], 1)[1].split(OPS[1], 1)[0].strip()
     assert block == ops_table(read_ops(ROOT / "plots/ops.csv"))
+
+
+def test_int8_ceiling_puts_every_mac_at_the_measured_peak():
+    from edgequant.readme import ceiling
+
+    def run(ips):
+        return {"threads_1": {"throughput_ips": ips}}
+
+    metrics = {
+        "macs_per_image": 12_000_000,
+        "peak": {"threads_1": {"int8_gmacs": 120.0, "fp32_gmacs": 40.0}},  # 120 GMAC/s / 12 M MACs = 10,000 img/s
+        "methods": {
+            "fp32": {"precision": "fp32", **run(1_000)},
+            "slow_int8": {"precision": "int8", **run(2_000)},
+            "fast_int8": {"precision": "int8", **run(5_000)},
+        },
+    }
+    assert ceiling(metrics).endswith("1 thread(s): 10,000 img/s = 10.0× FP32 eager (best: `fast_int8`, 5.0×, 50 % of that bound).")

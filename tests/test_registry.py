@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from edgequant.data import to_input
-from edgequant.profile import kind_of, profile_torch
+from edgequant.model import LAYER_MACS
+from edgequant.profile import KIND_ORDER, conv_gmacs, kind_of, ms_by_kind, op_rows, profile_torch
 from edgequant.registry import Exported, get_method, known_methods, register, sqnr_db
 
 from .conftest import ROOT, make_digits
@@ -105,6 +106,19 @@ def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
 )
 def test_operator_kinds_across_runtimes(op, kind):
     assert kind_of(op) == kind
+
+
+def test_time_by_kind_sums_each_methods_operators_slowest_method_first():
+    rows = op_rows("fast", "rt", "int8", 1, 256, {"Convolution #1": 2.0, "Convolution #2": 3.0, "Transpose #1": 0.5})
+    rows += op_rows("slow", "rt", "fp32", 1, 256, {"aten::mkldnn_convolution": 9.0, "aten::clamp_min": 4.0})
+    rows = [{k: str(v) for k, v in r.items()} for r in rows]  # as csv.DictReader hands them over
+    by_kind = ms_by_kind(rows)
+    assert list(by_kind) == ["slow", "fast"]
+    assert list(by_kind["fast"]) == list(KIND_ORDER)
+    assert by_kind["fast"]["conv"] == 5.0 and by_kind["fast"]["layout & quantize"] == 0.5 and by_kind["fast"]["ReLU"] == 0.0
+    assert by_kind["slow"]["ReLU"] == 4.0
+    assert conv_gmacs(256, 5.0) == pytest.approx(256 * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"]) / 5e-3 / 1e9)
+    assert conv_gmacs(256, 0.0) is None and ms_by_kind([]) == {}
 
 
 def test_pt2e_archive_deflates_its_graph_and_stores_tensors(tmp_path):

@@ -54,6 +54,8 @@ def ceiling(metrics: dict) -> str:
         bound_ips = metrics["peak"][key]["int8_gmacs"] * 1e9 / metrics["macs_per_image"]
         eager = metrics["methods"]["fp32"][key]["throughput_ips"]
         int8 = {m: r[key]["throughput_ips"] for m, r in metrics["methods"].items() if r["precision"] == "int8"}
+        if not int8:  # quantize.methods may hold FP32 methods only
+            return "INT8 ceiling: no INT8 method was measured."
         best = max(int8, key=int8.get)
         parts.append(
             f"{key.removeprefix('threads_')} thread(s): {bound_ips:,.0f} img/s = {bound_ips / eager:.1f}× FP32 eager"

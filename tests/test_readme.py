@@ -62,3 +62,5 @@ def test_int8_ceiling_puts_every_mac_at_the_measured_peak():
         },
     }
     assert ceiling(metrics).endswith("1 thread(s): 10,000 img/s = 10.0× FP32 eager (best: `fast_int8`, 5.0×, 50 % of that bound).")
+    fp32_only = {**metrics, "methods": {"fp32": metrics["methods"]["fp32"]}}
+    assert ceiling(fp32_only) == "INT8 ceiling: no INT8 method was measured."

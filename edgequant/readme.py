@@ -15,9 +15,14 @@ from edgequant.io import write_text
 from edgequant.profile import KIND_ORDER, conv_gmacs, ms_by_kind
 
 
+def thread_counts(metrics: dict) -> list[int]:
+    """The thread counts the benchmark measured, smallest first."""
+    return sorted(int(k.removeprefix("threads_")) for k in metrics["peak"])
+
+
 def markdown_table(metrics: dict) -> str:
     """The README's results table, straight from metrics/benchmark.json (never typed by hand)."""
-    threads = sorted(int(k.removeprefix("threads_")) for k in metrics["peak"])
+    threads = thread_counts(metrics)
     head = ["method", "runtime", "size KB", "size vs own FP32", "top-1 %", "agree %"]
     for t in threads:
         head += [f"p50 ms b1 ({t}t)", f"img/s b256 ({t}t)", f"× FP32 eager ({t}t)", f"× own FP32 ({t}t)"]
@@ -49,17 +54,19 @@ def markdown_table(metrics: dict) -> str:
 
 def ceiling(metrics: dict) -> str:
     """The most any INT8 method could gain over FP32 eager in this run: every MAC at the INT8 GEMM peak."""
+    int8 = [m for m, r in metrics["methods"].items() if r["precision"] == "int8"]
+    if not int8:  # quantize.methods may hold FP32 methods only
+        return "INT8 ceiling: no INT8 method was measured."
     parts = []
-    for key in sorted(metrics["peak"], key=lambda k: int(k.removeprefix("threads_"))):
+    for t in thread_counts(metrics):
+        key = f"threads_{t}"
         bound_ips = metrics["peak"][key]["int8_gmacs"] * 1e9 / metrics["macs_per_image"]
         eager = metrics["methods"]["fp32"][key]["throughput_ips"]
-        int8 = {m: r[key]["throughput_ips"] for m, r in metrics["methods"].items() if r["precision"] == "int8"}
-        if not int8:  # quantize.methods may hold FP32 methods only
-            return "INT8 ceiling: no INT8 method was measured."
-        best = max(int8, key=int8.get)
+        ips = {m: metrics["methods"][m][key]["throughput_ips"] for m in int8}
+        best = max(ips, key=ips.get)
         parts.append(
-            f"{key.removeprefix('threads_')} thread(s): {bound_ips:,.0f} img/s = {bound_ips / eager:.1f}× FP32 eager"
-            f" (best: `{best}`, {int8[best] / eager:.1f}×, {100 * int8[best] / bound_ips:.0f} % of that bound)"
+            f"{t} thread(s): {bound_ips:,.0f} img/s = {bound_ips / eager:.1f}× FP32 eager"
+            f" (best: `{best}`, {ips[best] / eager:.1f}×, {100 * ips[best] / bound_ips:.0f} % of that bound)"
         )
     return "INT8 ceiling, every MAC of the network at the measured INT8 GEMM peak: " + "; ".join(parts) + "."
 

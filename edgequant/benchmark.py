@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -13,9 +14,48 @@ import torch
 from torch.utils import benchmark as tbench
 
 from edgequant.data import load_prepared, to_input
+from edgequant.model import NUM_CLASSES
 from edgequant.profile import profile_torch
-from edgequant.registry import Runner, get_method
+from edgequant.registry import get_method
 from edgequant.runtime import keep_freed_memory, minor_faults, peak_rss_mib
+from edgequant.stage import watch_parent
+from edgequant.types import Runner
+
+
+@dataclasses.dataclass(frozen=True)
+class PeakRequest:
+    """Measure this CPU's FP32 and INT8 GEMM peak with `threads` threads."""
+
+    threads: int
+    gemm_size: int
+    min_run_time_s: float
+
+    @property
+    def what(self) -> str:
+        return f"the GEMM peak with {self.threads} thread(s)"
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodRequest:
+    """Load one method's artifacts with `threads` threads and time them; optionally predict and profile."""
+
+    method: str
+    threads: int
+    artifacts: str  # the method's directory under models/quantized
+    test: str  # prepared test split
+    latency_batch: int
+    throughput_batch: int
+    warmup_runs: int
+    latency_runs: int
+    min_run_time_s: float
+    keep_freed_memory: bool
+    predict: bool  # top-1 class of every test image (once per method: accuracy does not depend on threads)
+    profile_runs: int  # 0: no per-operator profile
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} with {self.threads} thread(s)"
+
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
@@ -117,44 +157,70 @@ def measure_peak(threads: int, size: int, min_run_time_s: float) -> dict[str, fl
     }
 
 
-def measure_method(request: dict) -> dict:
+def check_runs(run: Runner, x: torch.Tensor, request: MethodRequest) -> None:
+    """One call on a real batch before timing: an artifact of another model or input shape fails here,
+    with the method named, instead of deep inside a timer."""
+    remedy = f"re-run `dvc repro quantize@{request.method}`"
+    try:
+        out = run(x)
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own classes; re-raised with the cause kept
+        raise ValueError(
+            f"{request.artifacts}: the artifact does not run on a {tuple(x.shape)} batch ({type(exc).__name__}: "
+            f"{(str(exc).strip().splitlines() or [''])[0][:200]}); {remedy}"
+        ) from exc
+    expected = (len(x), NUM_CLASSES)
+    if tuple(out.shape) != expected:
+        raise ValueError(
+            f"{request.artifacts}: the artifact gives {tuple(out.shape)} logits for {tuple(x.shape)}, not {expected}; {remedy}"
+        )
+
+
+def measure_method(request: MethodRequest) -> dict:
     """Load one method's artifacts with `threads` and measure latency, throughput and (optionally) predictions."""
-    method = get_method(request["method"])
-    threads, out_dir = request["threads"], Path(request["artifacts"])
-    if request.get("keep_freed_memory"):
+    method = get_method(request.method)
+    threads, out_dir = request.threads, Path(request.artifacts)
+    if request.keep_freed_memory:
         keep_freed_memory()
-    lat_bs, tp_bs = request["latency_batch"], request["throughput_batch"]
+    lat_bs, tp_bs = request.latency_batch, request.throughput_batch
     torch.set_num_threads(threads)
-    x = to_input(load_prepared(request["test"])["images"])
+    x = to_input(load_prepared(request.test)["images"])
     result: dict = {}
     start = time.perf_counter()
     run = method.load(out_dir, lat_bs, threads)
     result["load_s"] = time.perf_counter() - start
-    result.update(measure_latency(run, x[:lat_bs].contiguous(), request["warmup_runs"], request["latency_runs"]))
+    check_runs(run, x[:lat_bs].contiguous(), request)
+    result.update(measure_latency(run, x[:lat_bs].contiguous(), request.warmup_runs, request.latency_runs))
     if tp_bs != lat_bs:
         run = method.load(out_dir, tp_bs, threads)
     batch = x[:tp_bs].contiguous()
-    result.update(measure_throughput(run, batch, request["min_run_time_s"], threads))
-    if request.get("profile_runs"):
-        runs = request["profile_runs"]
+    check_runs(run, batch, request)
+    result.update(measure_throughput(run, batch, request.min_run_time_s, threads))
+    if request.profile_runs:
+        runs = request.profile_runs
         result["ops_ms"] = method.profile(out_dir, tp_bs, threads, batch, runs) if method.profile else profile_torch(run, batch, runs)
-    if request.get("predict"):
+    if request.predict:
         result["predictions"] = predict(run, x, tp_bs).tolist()
     return result
 
 
-def write_measurement(request: dict, result_path: str, log_path: str) -> None:
-    """Measure what `request` asks for (the CPU peak, or one method) and write it as JSON: a process's entry point.
+def write_measurement(request: PeakRequest | MethodRequest, result_path: str, log_path: str) -> None:
+    """Measure what `request` asks for and write it as JSON: a process's entry point.
 
     Its stdout and stderr go to `log_path` (runtimes print banners and thread-pool notices there);
-    the caller shows the log only when the measurement fails.
+    the caller shows the log only when the measurement crashes. A refused artifact (ValueError) is
+    written as {"error": one line}, so the stage can say it in one line.
     """
+    watch_parent()  # the stage that asked may be gone; then stop rather than measure for nobody
     log = open(log_path, "w")  # noqa: SIM115 - stays open as this process's stdout and stderr until it exits
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
-    if request.get("peak"):
-        result = measure_peak(request["threads"], request["peak_gemm_size"], request["min_run_time_s"])
-    else:
-        result = measure_method(request)
+    try:
+        if isinstance(request, PeakRequest):
+            result = measure_peak(request.threads, request.gemm_size, request.min_run_time_s)
+        else:
+            result = measure_method(request)
+    except ValueError as exc:
+        Path(result_path).write_text(json.dumps({"error": str(exc).strip().splitlines()[0]}))
+        return
     result["peak_rss_mib"] = peak_rss_mib()
     Path(result_path).write_text(json.dumps(result))

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from edgequant.io import atomic_dir
 
 # Per method, the figures a reviewer decides on; the full list follows in a collapsed section.
@@ -88,8 +90,31 @@ def inline_vega(html: str, scripts: dict[str, str]) -> str:
     return CDN_SCRIPT.sub(lambda m: "<script>" + scripts[m.group(1)].replace("</script", "<\\/script") + "</script>", html)
 
 
+def pipeline_outputs(lock: Path = Path("dvc.lock")) -> list[Path]:
+    """Every output the pipeline's last run recorded in dvc.lock."""
+    if not lock.is_file():
+        return []
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return [Path(out["path"]).resolve() for stage in stages.values() for out in stage.get("outs", [])]
+
+
+def check_out(out: Path) -> None:
+    """Refuse a report directory that would replace or sit inside something else: the report replaces `out` whole."""
+    target = out.resolve()
+    if target.exists() and not (target / "compare.md").is_file():
+        raise ValueError(
+            f"--out {out} exists and is not an earlier report; it would be replaced whole. Name a new directory, e.g. reports/a_vs_b"
+        )
+    for path in pipeline_outputs():
+        if target == path or path in target.parents or target in path.parents:
+            raise ValueError(
+                f"--out {out} overlaps the pipeline output {path.relative_to(Path.cwd().resolve())}; name a directory outside them"
+            )
+
+
 def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
     """Write the comparison of revisions `a` and `b` into `out`; returns the Markdown file."""
+    check_out(out)
     scripts = read_vega(vega_dir) if vega_dir is not None else None
     params = flatten(dvc_json("params", "diff", a, b))
     metrics = flatten(dvc_json("metrics", "diff", a, b))
@@ -126,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = compare(args.a, args.b, Path(args.out), args.vega_dir)
-    except (RuntimeError, FileNotFoundError) as exc:
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 1
     print(f"compare: {args.a} vs {args.b} -> {path}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import pickle
 import struct
 from pathlib import Path
 
@@ -76,7 +78,25 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 
 def load_prepared(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a prepared split saved by the prepare stage (tensors only: weights_only)."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or set(data) != {"images", "labels"}:
-        raise ValueError(f"{path}: not a prepared split (expected images and labels); re-run `dvc repro prepare`")
-    return data
+    from edgequant.artifacts import check_torch_save
+
+    remedy = "re-run `dvc repro prepare` (or `dvc checkout prepare`)"
+    data = check_torch_save(Path(path), remedy)
+    try:
+        split = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a readable prepared split ({type(exc).__name__}: {str(exc).splitlines()[0]}); {remedy}") from exc
+    if not isinstance(split, dict) or set(split) != {"images", "labels"}:
+        raise ValueError(f"{path}: not a prepared split (expected images and labels); {remedy}")
+    images, labels = split["images"], split["labels"]
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{path}: not a prepared split (expected images and labels); {remedy}")
+    if images.dtype != torch.uint8 or images.dim() != 3 or len(images) != len(labels):
+        raise ValueError(f"{path}: images {tuple(images.shape)} {images.dtype} and {len(labels)} labels do not form a split; {remedy}")
+    return split
+
+
+def batches(x: torch.Tensor, size: int = 256):
+    """`x` in consecutive batches of `size`: how calibration images go through observers and calibrators."""
+    for i in range(0, len(x), size):
+        yield x[i : i + size]

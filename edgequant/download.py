@@ -1,60 +1,36 @@
-"""Fetch the four MNIST files from a list of mirrors, keeping only bytes whose md5 matches."""
+"""Fetch a dataset's four IDX files from a list of mirrors, keeping only files whose content checks out."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from edgequant.datasets import FILES, Dataset
 from edgequant.io import atomic_dir
+from edgequant.stage import StageError
 
-# The mirrors and checksums torchvision uses, in its order.
-PUBLIC_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-MD5 = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-MIRROR_ENV = "MNIST_MIRROR"
-CHECKSUMS_ENV = "MNIST_CHECKSUMS"  # JSON {file name: md5}: opt in to another dataset in MNIST's format
+MIRROR_ENV = "MNIST_MIRROR"  # a directory or URL tried before the dataset's own mirrors
 CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(StageError):
     """No mirror produced a file with the expected checksum."""
 
 
-def mirrors_from_env(env: dict[str, str] | None = None) -> list[str]:
-    """The local mirror from $MNIST_MIRROR (a directory or URL) first, then the public ones."""
+def mirrors_for(dataset: Dataset, env: dict[str, str] | None = None) -> list[str]:
+    """$MNIST_MIRROR (a directory or URL) first, then an installed local copy, then the public mirrors."""
     env = os.environ if env is None else env
     local = env.get(MIRROR_ENV, "").strip()
-    return ([normalize_mirror(local)] if local else []) + list(PUBLIC_MIRRORS)
-
-
-def checksums_from_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """MNIST's md5s, or those of a drop-in dataset (e.g. Fashion-MNIST, or test data) from $MNIST_CHECKSUMS."""
-    env = os.environ if env is None else env
-    path = env.get(CHECKSUMS_ENV, "").strip()
-    if not path:
-        return dict(MD5)
-    try:
-        sums = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DownloadError(f"${CHECKSUMS_ENV}={path!r}: cannot read it as JSON ({exc})") from exc
-    if not isinstance(sums, dict) or set(sums) != set(MD5):
-        raise DownloadError(f"${CHECKSUMS_ENV}={path!r}: expected an md5 for exactly these files: {', '.join(MD5)}")
-    return sums
+    installed = [d for d in dataset.local_dirs if Path(d).is_dir()]
+    return ([normalize_mirror(local)] if local else []) + [normalize_mirror(d) for d in installed] + list(dataset.mirrors)
 
 
 def normalize_mirror(mirror: str) -> str:
@@ -62,19 +38,46 @@ def normalize_mirror(mirror: str) -> str:
     if "://" not in mirror:
         path = Path(mirror).expanduser().resolve()
         if not path.is_dir():
-            raise DownloadError(f"${MIRROR_ENV}={mirror!r}: no such directory (give a directory or a URL holding the four MNIST .gz files)")
+            raise DownloadError(f"${MIRROR_ENV}={mirror!r}: no such directory (give a directory or a URL holding the four .gz files)")
         mirror = path.as_uri()
     return mirror if mirror.endswith("/") else mirror + "/"
 
 
-def fetch_one(url: str, dest: Path, md5: str, timeout_s: float) -> None:
-    """Stream `url` to `dest`, hashing as it goes; raise OSError/ValueError with the reason on any failure.
+class GzipContent:
+    """md5 of the decompressed bytes of a gzip stream fed in chunks (several members allowed)."""
+
+    def __init__(self) -> None:
+        self.md5, self.members, self.error = hashlib.md5(), 0, ""
+        self._inflate, self._pending = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+
+    def update(self, chunk: bytes) -> None:
+        while chunk and not self.error:
+            try:
+                self.md5.update(self._inflate.decompress(chunk))
+            except zlib.error as exc:
+                self.error = f"not a gzip file ({exc})"
+                return
+            self._pending = not self._inflate.eof
+            if self._pending:
+                return
+            self.members += 1
+            chunk = self._inflate.unused_data
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    @property
+    def complete(self) -> bool:
+        return not self.error and self.members > 0 and not self._pending
+
+
+def fetch_one(url: str, dest: Path, content_md5: str, gz_md5: str | None, timeout_s: float) -> None:
+    """Stream `url` to `dest`, hashing the bytes and their decompression as they arrive; raise
+    OSError/ValueError with the reason on any failure.
 
     `timeout_s` bounds each socket wait and, through a deadline, the whole file, so a mirror
     that hangs or trickles bytes forever cannot stall the pipeline.
     """
     deadline = time.monotonic() + timeout_s
-    digest, received = hashlib.md5(), 0
+    raw, content, received = hashlib.md5(), GzipContent(), 0
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         name = Path(urlparse(url).path).name
@@ -84,37 +87,42 @@ def fetch_one(url: str, dest: Path, md5: str, timeout_s: float) -> None:
             while chunk := response.read1(CHUNK):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"took longer than {timeout_s:g} s")
-                digest.update(chunk)
+                raw.update(chunk)
+                content.update(chunk)
                 out.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
     if total is not None and received < total:
         raise ConnectionError(f"connection closed after {received} of {total} bytes (truncated transfer)")
-    if digest.hexdigest() != md5:
-        raise ValueError(f"md5 {digest.hexdigest()} != expected {md5} (different or corrupt file)")
+    if gz_md5 is not None and raw.hexdigest() == gz_md5:
+        return  # the upstream file itself
+    if not content.complete:
+        raise ValueError(content.error or f"truncated gzip file ({received} bytes; a different or corrupt file)")
+    if content.md5.hexdigest() != content_md5:
+        raise ValueError(f"content md5 {content.md5.hexdigest()} != expected {content_md5} (a different or corrupt file)")
 
 
-def download_mnist(out_dir: str | Path, mirrors: list[str], timeout_s: float = 60.0, checksums: dict[str, str] | None = None) -> None:
-    """Fill `out_dir` with the four verified files, or raise DownloadError and leave it untouched."""
+def download(out_dir: str | Path, dataset: Dataset, mirrors: list[str], timeout_s: float = 60.0) -> None:
+    """Fill `out_dir` with the four verified files of `dataset`, or raise DownloadError and leave it untouched."""
     if not mirrors:
-        raise DownloadError("no mirrors given")
+        raise DownloadError(f"no mirrors for dataset {dataset.name}: set ${MIRROR_ENV} to a directory or URL holding its files")
     mirrors = [normalize_mirror(m) for m in mirrors]
     with atomic_dir(out_dir) as tmp:
-        for name, md5 in (checksums or MD5).items():
+        for name in FILES:
             failures = []
             for mirror in mirrors:
                 dest = tmp / name
                 try:
-                    fetch_one(mirror + name, dest, md5, timeout_s)
+                    fetch_one(mirror + name, dest, dataset.content_md5[name], dataset.gz_md5.get(name), timeout_s)
                     break
                 except (OSError, ValueError, urllib.error.URLError) as exc:  # URLError/HTTPError/timeouts are OSErrors
                     dest.unlink(missing_ok=True)  # a file that failed verification is never kept
                     failures.append(f"  {mirror}{name}: {describe(exc)}")
             else:
                 raise DownloadError(
-                    f"could not get a verified {name} from any of {len(mirrors)} mirror(s):\n"
+                    f"could not get a verified {name} of {dataset.name} from any of {len(mirrors)} mirror(s):\n"
                     + "\n".join(failures)
-                    + f"\nSet ${MIRROR_ENV} to a directory or URL holding the original MNIST files."
+                    + f"\nSet ${MIRROR_ENV} to a directory or URL holding the original {dataset.name} files."
                 )
 
 

@@ -22,7 +22,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the output, not the directory its temporary would have gone in
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should be readable like any other
@@ -45,7 +48,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if path.exists():
             # Two renames rather than rmtree-then-rename: the old copy stays whole until the new one is in place.
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f".{path.name}.old.tmp")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -59,7 +62,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def remove_stale(path: Path) -> None:
     """Delete temporaries a killed run (SIGKILL: no cleanup runs) left beside `path`.
 
-    DVC holds a lock per repo, so no other writer of the same output can be running."""
+    DVC holds a lock per repo, so no other writer of the same output can be running. Until swept they
+    are invisible: `.dvcignore` and `.gitignore` leave out `.*.tmp`, so a leftover inside a directory
+    dependency (models/quantized) neither changes its hash nor shows in `git status`."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

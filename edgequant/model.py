@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-INPUT_SHAPE = (1, 28, 28)  # channels, height, width of one image, pixels scaled to [0, 1]
 NUM_CLASSES = 10
 
 
@@ -18,6 +19,8 @@ class Net(nn.Module):
     Normalization lives inside the model as buffers so every exported artifact (ONNX, .pte,
     compiled graph) takes plain [0, 1] pixels: the device app then cannot forget or mistype it.
     """
+
+    INPUT_SHAPE = (1, 28, 28)  # channels, height, width of one image, pixels scaled to [0, 1]
 
     def __init__(self, dropout_conv: float = 0.25, dropout_fc: float = 0.5, mean: float = 0.0, std: float = 1.0):
         super().__init__()
@@ -41,38 +44,10 @@ class Net(nn.Module):
         x = self.dropout2(x)
         return self.fc2(x)
 
-
-# Multiply-accumulates per image for each layer: output elements × inputs each one sums over.
-LAYER_MACS = {
-    "conv1": 26 * 26 * 32 * (1 * 3 * 3),
-    "conv2": 24 * 24 * 64 * (32 * 3 * 3),
-    "fc1": 9216 * 128,
-    "fc2": 128 * 10,
-}
-
-
-def count_macs(model: nn.Module) -> dict[str, int]:
-    """Measure MACs per image per Conv2d/Linear layer with forward hooks (checks LAYER_MACS, not trusts it)."""
-    macs: dict[str, int] = {}
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                macs[name] = output[0].numel() * k
-            else:
-                macs[name] = output[0].numel() * module.in_features
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *INPUT_SHAPE))
-    finally:
-        for h in handles:
-            h.remove()
-    return macs
+    @classmethod
+    def example_input(cls, batch: int = 1) -> torch.Tensor:
+        """What exporters trace and loaders warm up with: a batch of blank images of the model's input shape."""
+        return torch.zeros(batch, *cls.INPUT_SHAPE)
 
 
 def load_state(path: str, model: nn.Module, remedy: str) -> nn.Module:
@@ -81,9 +56,12 @@ def load_state(path: str, model: nn.Module, remedy: str) -> nn.Module:
     A damaged or foreign file becomes a ValueError naming the file and `remedy`: torch's own message
     for it suggests `weights_only=False`, which is the one thing not to do with a file of unknown origin.
     """
+    from edgequant.artifacts import check_torch_save
+
+    data = check_torch_save(Path(path), remedy)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path}: not a readable edgequant model ({type(exc).__name__}: {str(exc).splitlines()[0]}); {remedy}") from exc
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}; {remedy}")

@@ -1,16 +1,25 @@
-"""Typed, validated views of params.yaml: one small dataclass per stage that rejects unknown keys."""
+"""Typed, validated views of params.yaml: one small dataclass per section, checked whole before any work."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from edgequant.datasets import DATASETS, FILES, MD5
+
 T = TypeVar("T")
+
+# Every name that becomes a path (models/quantized/<method>) must be a plain word: dvc.yaml turns
+# `../../tests` into an output that `dvc repro` deletes before the stage could refuse it.
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+MAX_GEMM_SIZE = 8192  # three 8192² FP32 matrices are 0.8 GB; 80000 asked for 25.6 GB
 
 
 class ParamsError(ValueError):
@@ -24,18 +33,31 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ParamsError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         return [_check_type(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_check_type(k, key_hint, where): _check_type(v, value_hint, f"{where}.{k}") for k, v in value.items()}
     # bool is a subclass of int in Python; `epochs: true` is a typo, not a count.
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ParamsError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # `lr: .inf` trained 10 minutes to NaN and exited 0
+            raise ParamsError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str and not isinstance(value, str):
         raise ParamsError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
     if hint is bool and not isinstance(value, bool):
         raise ParamsError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
     return value
+
+
+def _unknown(key: object, known: list[str], where: str) -> ParamsError:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ParamsError(f"params.yaml: unknown {where} '{key}'.{hint} Known: {', '.join(known)}")
 
 
 def parse(cls: type[T], raw: Any, section: str) -> T:
@@ -46,9 +68,7 @@ def parse(cls: type[T], raw: Any, section: str) -> T:
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" Did you mean '{section}.{close[0]}'?" if close else ""
-            raise ParamsError(f"params.yaml: unknown key '{section}.{key}'.{hint} Known keys: {', '.join(fields)}")
+            raise _unknown(f"{section}.{key}", [f"{section}.{f}" for f in fields], "key")
     missing = [name for name in fields if name not in raw]
     if missing:
         raise ParamsError(f"params.yaml: missing key(s) {', '.join(f'{section}.{m}' for m in missing)}")
@@ -59,6 +79,28 @@ def parse(cls: type[T], raw: Any, section: str) -> T:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ParamsError(f"params.yaml: {message}")
+
+
+def check_names(names: list[str], key: str) -> None:
+    """Plain names only: each becomes a path (models/quantized/<method>). Whether they are known is
+    the registry's to say (edgequant.validate); this needs no import of it."""
+    for name in names:
+        _require(NAME.fullmatch(name) is not None, f"{key}: {name!r} is not a method name (lower-case letters, digits and '_' only)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadParams:
+    dataset: str  # a name from edgequant.download.DATASETS, or "custom" with its md5s below
+    md5: dict[str, str]  # custom only: md5 of each decompressed IDX file
+
+    def __post_init__(self) -> None:
+        known = [*DATASETS, "custom"]
+        _require(self.dataset in known, f"download.dataset {self.dataset!r} is not known; known datasets: {', '.join(known)}")
+        if self.dataset == "custom":
+            ok = set(self.md5) == set(FILES) and all(MD5.fullmatch(v) for v in self.md5.values())
+            _require(ok, f"download.md5 must give the 32-hex-digit md5 of exactly these decompressed files: {', '.join(FILES)}")
+        else:
+            _require(not self.md5, f"download.md5 is only for dataset 'custom'; {self.dataset} has its checksums built in")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +148,8 @@ class QuantizeParams:
     def __post_init__(self) -> None:
         _require(len(self.methods) > 0, "quantize.methods is empty: list at least one method, e.g. [fp32]")
         _require(len(set(self.methods)) == len(self.methods), f"quantize.methods has duplicates: {self.methods}")
+        check_names(self.methods, "quantize.methods")
         _require("fp32" in self.methods, "quantize.methods must include 'fp32', the baseline every ratio is against")
-        from edgequant.registry import get_method  # late import: the registry imports heavy runtimes lazily
-
-        for name in self.methods:
-            get_method(name)  # raises ValueError listing the known names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +172,16 @@ class BenchmarkParams:
         for name in ("warmup_runs", "profile_runs"):
             _require(getattr(self, name) >= 0, f"benchmark.{name} must be >= 0, got {getattr(self, name)}")
         _require(self.min_run_time_s > 0, f"benchmark.min_run_time_s must be > 0, got {self.min_run_time_s}")
+        _require(
+            self.peak_gemm_size <= MAX_GEMM_SIZE,
+            f"benchmark.peak_gemm_size must be <= {MAX_GEMM_SIZE} (its three matrices take 12·n² bytes), got {self.peak_gemm_size}",
+        )
+
+    def check_batches(self, test_images: int, where: str) -> None:
+        """Both batch sizes fit in the test set: a batch larger than it would time zero-padding, not images."""
+        for name in ("latency_batch", "throughput_batch"):
+            value = getattr(self, name)
+            _require(value <= test_images, f"benchmark.{name} = {value} exceeds the {test_images} test images of {where}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +196,17 @@ class GateParams:
         _require(self.max_accuracy_drop_pp >= 0, f"gate.max_accuracy_drop_pp must be >= 0, got {self.max_accuracy_drop_pp}")
         _require(self.min_speedup > 0, f"gate.min_speedup must be > 0, got {self.min_speedup}")
         _require(0 < self.max_size_ratio <= 1, f"gate.max_size_ratio must be in (0, 1], got {self.max_size_ratio}")
-        from edgequant.registry import get_method
+        check_names(self.methods, "gate.methods")
 
-        for name in self.methods:
-            get_method(name)
+
+SECTIONS = {
+    "download": DownloadParams,
+    "prepare": PrepareParams,
+    "train": TrainParams,
+    "quantize": QuantizeParams,
+    "benchmark": BenchmarkParams,
+    "gate": GateParams,
+}
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -161,15 +217,24 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
 
 
-def load(cls: type[T], section: str, path: str | Path = "params.yaml") -> T:
-    """Load and validate one section of params.yaml."""
+def read_sections(path: str | Path) -> dict:
+    """params.yaml's sections, refusing one edgequant does not know (a typo'd `trian:` would be ignored)."""
     data = read_yaml(path)
+    for key in data:
+        if key not in SECTIONS:
+            raise _unknown(key, list(SECTIONS), "section")
+    return data
+
+
+def load(cls: type[T], section: str, path: str | Path = "params.yaml") -> T:
+    """Load and validate one section of params.yaml (edgequant.validate checks the whole file)."""
+    data = read_sections(path)
     if section not in data:
         raise ParamsError(f"{path}: missing section '{section}'")
     return parse(cls, data[section], section)

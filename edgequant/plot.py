@@ -20,6 +20,13 @@ RUNTIME_COLORS = {"pytorch": "#4C72B0", "pytorch-inductor": "#8172B3", "executor
 MARKERS = {"fp32": "o", "int8": "D"}
 
 
+def runtime_colors(runtimes) -> dict[str, str]:
+    """A colour per runtime: the house colours, then a palette for runtimes added since."""
+    extra = sorted(set(runtimes) - set(RUNTIME_COLORS))
+    palette = sns.color_palette("dark", len(extra)).as_hex() if extra else []
+    return {**RUNTIME_COLORS, **dict(zip(extra, palette, strict=True))}
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -46,21 +53,17 @@ def plot_training(history: pd.DataFrame, path: Path) -> None:
 
 def _scatter_pairs(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
     """One point per method; FP32 → INT8 of the same runtime joined by an arrow so pairs read at a glance."""
+    colors = runtime_colors(df["runtime"])
     # Alternate label offsets by rank along y so neighbours (FP32 twins of similar speed) do not overprint.
     for rank, (_, row) in enumerate(df.sort_values([y, x]).iterrows()):
-        ax.scatter(row[x], row[y], s=80, marker=MARKERS[row["precision"]], color=RUNTIME_COLORS.get(row["runtime"], "k"), zorder=3)
+        ax.scatter(row[x], row[y], s=80, marker=MARKERS[row["precision"]], color=colors[row["runtime"]], zorder=3)
         ax.annotate(row["method"], (row[x], row[y]), textcoords="offset points", xytext=(6, 6 if rank % 2 else -12), fontsize=8)
-    for _, row in df[df["precision"] == "int8"].iterrows():
-        base = df[(df["runtime"].str.split("-").str[0] == row["runtime"].split("-")[0]) & (df["precision"] == "fp32")]
-        if len(base):
-            b = base.iloc[0]
-            ax.annotate(
-                "",
-                (row[x], row[y]),
-                (b[x], b[y]),
-                arrowprops={"arrowstyle": "->", "color": RUNTIME_COLORS.get(row["runtime"], "k"), "alpha": 0.5},
-            )
-    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in RUNTIME_COLORS.items() if r in set(df["runtime"])]
+    by_name = df.set_index("method")
+    for _, row in df[df["method"] != df["baseline"]].iterrows():  # each method to its own FP32 baseline
+        b = by_name.loc[row["baseline"]]
+        arrow = {"arrowstyle": "->", "color": colors[row["runtime"]], "alpha": 0.5}
+        ax.annotate("", (row[x], row[y]), (b[x], b[y]), arrowprops=arrow)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in colors.items() if r in set(df["runtime"])]
     handles += [plt.Line2D([], [], ls="", marker=m, color="gray", label=p.upper()) for p, m in MARKERS.items()]
     ax.legend(handles=handles, fontsize=8, loc="best")
 
@@ -114,7 +117,7 @@ def plot_layers(layers: pd.DataFrame, path: Path) -> None:
     sqnr_cols = [c for c in layers.columns if c.startswith("sqnr_db_")]
     fig, axes = plt.subplots(1, 2 if sqnr_cols else 1, figsize=(12 if sqnr_cols else 6, 4), squeeze=False)
     ax = axes[0][0]
-    colors = ["#C44E52" if layer.startswith("conv") else "#4C72B0" for layer in layers["layer"]]
+    colors = ["#C44E52" if kind == "conv" else "#4C72B0" for kind in layers["kind"]]
     bars = ax.bar(layers["layer"], layers["macs"] / 1e6, color=colors)
     ax.bar_label(bars, labels=[f"{s:.1f} %" for s in layers["macs_share_pct"]], fontsize=8)
     ax.set(ylabel="MMAC per image", title="Compute per layer: convs (red) stay FP32 under dynamic INT8")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgequant.model import LAYER_MACS
-from edgequant.registry import Runner
+from edgequant.layers import conv_macs
+from edgequant.types import Runner
 
 # First match wins: "Convert (NC)" is a layout op, not a convolution; "QLinearConv" is a conv;
 # "DequantizeLinear" (ONNX) converts, while "quantized::linear" (torch.ao) is a fully connected layer.
@@ -50,7 +50,7 @@ def profile_torch(run: Runner, x: torch.Tensor, runs: int) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e3 / runs for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def profile_executorch(pte: Path, x: torch.Tensor, runs: int) -> dict[str, float]:
+def profile_executorch(pte: bytes, x: torch.Tensor, runs: int) -> dict[str, float]:
     """Median milliseconds per call of each operator in an ExecuTorch program, from its ETDump.
 
     XNNPACK reports every op it runs inside the delegate ("Convolution (NHWC, QC8) IGEMM #2");
@@ -114,5 +114,5 @@ def ms_by_kind(rows: Iterable[Mapping]) -> dict[str, dict[str, float]]:
 
 
 def conv_gmacs(batch: int, conv_ms: float) -> float | None:
-    """GMAC/s both convolutions reach when a batch of `batch` spends `conv_ms` in them (None when 0 ms)."""
-    return batch * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"]) / conv_ms / 1e6 if conv_ms > 0 else None
+    """GMAC/s the convolutions reach when a batch of `batch` spends `conv_ms` in them (None when 0 ms)."""
+    return batch * conv_macs() / conv_ms / 1e6 if conv_ms > 0 else None

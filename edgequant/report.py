@@ -1,16 +1,29 @@
-"""Turn raw per-(method, threads) measurements into the combined metrics dict and CSV rows."""
+"""Turn raw per-(method, threads) measurements into the combined metrics, the CSV rows and the per-layer table."""
 
 from __future__ import annotations
 
-from edgequant.model import LAYER_MACS
+import torch
+
+from edgequant.layers import conv_layers, net_macs
 from edgequant.registry import get_method
 
-MACS_PER_IMAGE = sum(LAYER_MACS.values())
+
+def accuracy(methods: list[str], predictions: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Top-1 accuracy, agreement with FP32 and the drop against FP32, per method."""
+    result = {}
+    for m in methods:
+        result[m] = {
+            "accuracy_pct": 100.0 * (predictions[m] == labels).float().mean().item(),
+            "agreement_with_fp32_pct": 100.0 * (predictions[m] == predictions["fp32"]).float().mean().item(),
+        }
+    for m in methods:
+        result[m]["accuracy_drop_pp"] = result["fp32"]["accuracy_pct"] - result[m]["accuracy_pct"]
+    return result
 
 
 def summarize(
     methods: list[str],
-    meta: dict[str, dict],
+    sizes: dict[str, int],
     runs: dict[tuple[str, int], dict],
     peaks: dict[int, dict[str, float]],
     accuracy: dict[str, dict[str, float]],
@@ -18,27 +31,29 @@ def summarize(
     """Combine everything into nested metrics (DVC flattens to `method.threads_1.latency_ms_p50`) and CSV rows.
 
     Every ratio compares numbers measured in the same run on the same machine: INT8 against
-    the FP32 of its own runtime, and every method against FP32 eager PyTorch.
+    the FP32 of its own runtime (`Method.baseline`, which params validation guarantees was
+    measured), and every method against FP32 eager PyTorch.
     """
+    macs_per_image = sum(net_macs().values())
     threads = sorted({t for _, t in runs})
-    metrics: dict = {"macs_per_image": MACS_PER_IMAGE, "peak": {f"threads_{t}": peaks[t] for t in threads}, "methods": {}}
+    metrics: dict = {"macs_per_image": macs_per_image, "peak": {f"threads_{t}": peaks[t] for t in threads}, "methods": {}}
     rows = []
     for name in methods:
         method = get_method(name)
-        size = meta[name]["size_bytes"]
+        size = sizes[name]
         entry = {
             "runtime": method.runtime,
             "precision": method.precision,
+            "baseline": method.baseline,
             "size_bytes": size,
-            "size_ratio_vs_fp32": size / meta["fp32"]["size_bytes"],
-            "size_ratio_vs_runtime_fp32": size / meta[method.baseline]["size_bytes"] if method.baseline in meta else None,
+            "size_ratio_vs_fp32": size / sizes["fp32"],
+            "size_ratio_vs_runtime_fp32": size / sizes[method.baseline],
             **accuracy[name],
-            "quantize_peak_rss_mib": meta[name].get("peak_rss_mib"),
         }
         for t in threads:
             r = runs[(name, t)]
-            fp32, base = runs[("fp32", t)], runs.get((method.baseline, t))
-            gmacs = MACS_PER_IMAGE * r["throughput_ips"] / 1e9
+            fp32, base = runs[("fp32", t)], runs[(method.baseline, t)]
+            gmacs = macs_per_image * r["throughput_ips"] / 1e9
             peak = peaks[t]["int8_gmacs" if method.precision == "int8" else "fp32_gmacs"]
             per_thread = {
                 **{k: r[k] for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips")},
@@ -48,13 +63,25 @@ def summarize(
                 "peak_fraction": gmacs / peak,
                 "throughput_speedup_vs_fp32_eager": r["throughput_ips"] / fp32["throughput_ips"],
                 "latency_speedup_vs_fp32_eager": fp32["latency_ms_p50"] / r["latency_ms_p50"],
-                "throughput_speedup_vs_runtime_fp32": r["throughput_ips"] / base["throughput_ips"] if base else None,
-                "latency_speedup_vs_runtime_fp32": base["latency_ms_p50"] / r["latency_ms_p50"] if base else None,
+                "throughput_speedup_vs_runtime_fp32": r["throughput_ips"] / base["throughput_ips"],
+                "latency_speedup_vs_runtime_fp32": base["latency_ms_p50"] / r["latency_ms_p50"],
             }
             entry[f"threads_{t}"] = per_thread
-            rows.append({"method": name, "runtime": method.runtime, "precision": method.precision, "threads": t, **entry, **per_thread})
+            rows.append({"method": name, "threads": t, **{k: v for k, v in entry.items() if not k.startswith("threads_")}, **per_thread})
         metrics["methods"][name] = entry
-    for row in rows:
-        for t in threads:
-            row.pop(f"threads_{t}", None)
     return metrics, rows
+
+
+def layer_rows(sqnr: dict[str, dict[str, float]]) -> list[dict]:
+    """One row per Conv2d/Linear layer: its MACs, their share, and each method's SQNR there."""
+    from edgequant.model import Net
+
+    macs, convs = net_macs(), set(conv_layers(Net()))
+    total = sum(macs.values())
+    rows = [
+        {"layer": layer, "kind": "conv" if layer in convs else "linear", "macs": n, "macs_share_pct": 100.0 * n / total}
+        for layer, n in macs.items()
+    ]
+    for row in rows:
+        row.update({f"sqnr_db_{m}": values[row["layer"]] for m, values in sqnr.items()})
+    return rows

@@ -71,6 +71,11 @@ def train(
             optimizer.zero_grad()
             out = model(x_train[idx])
             loss = F.cross_entropy(out, y_train[idx])
+            if not torch.isfinite(loss):  # diverged: every later step, and the saved model, would be NaN
+                raise ValueError(
+                    f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1}; "
+                    f"lower train.lr (now {params.lr:g}) in params.yaml"
+                )
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(idx)

@@ -1,10 +1,12 @@
-"""Stage `download`: fetch the four MNIST files, verified by md5, from $MNIST_MIRROR then the public mirrors."""
+"""Stage `download`: fetch the dataset named in params.yaml, verified by md5, from $MNIST_MIRROR then public mirrors."""
 
 import argparse
 import os
 import sys
 
-from edgequant.download import DownloadError, checksums_from_env, download_mnist, mirrors_from_env
+from edgequant import params, stage
+from edgequant.datasets import dataset_for
+from edgequant.download import download, mirrors_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,15 +14,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory to fill with the four .gz files")
     parser.add_argument("--mirror", help="local mirror (directory or URL) tried first; default: $MNIST_MIRROR")
     parser.add_argument("--timeout-s", type=float, default=float(os.environ.get("MNIST_TIMEOUT_S", 60)))
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> str:
+        p = params.load(params.DownloadParams, "download", args.params)
+        dataset = dataset_for(p.dataset, p.md5)
         env = dict(os.environ, MNIST_MIRROR=args.mirror) if args.mirror else None
-        download_mnist(args.out, mirrors_from_env(env), timeout_s=args.timeout_s, checksums=checksums_from_env())
-    except DownloadError as exc:
-        print(f"download: {exc}", file=sys.stderr)
-        return 1
-    print(f"download: 4 files verified in {args.out}")
-    return 0
+        download(args.out, dataset, mirrors_for(dataset, env), timeout_s=args.timeout_s)
+        return f"4 files of {dataset.name} verified in {args.out}"
+
+    return stage.run("download", body)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Stage `gate`: fail `dvc repro` when a gated INT8 method misses a limit; the metrics are written either way."""
+"""Stage `gate`: fail `dvc repro` when a gated INT8 method misses a limit; the verdict is written either way."""
 
 import argparse
 import json
 import sys
 
-from edgequant import params
+from edgequant import params, stage
 from edgequant.gate import check, report
 from edgequant.io import write_json
 
@@ -15,24 +15,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output: gate verdict and every check, JSON")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> str:
         gate = params.load(params.GateParams, "gate", args.params)
-        with open(args.metrics) as f:
-            checks = check(json.load(f), gate)
-    except (ValueError, OSError) as exc:
-        print(f"gate: {exc}", file=sys.stderr)
-        return 1
-    result = report(checks)
-    # Written before failing: the benchmark's metrics are already safe, and the verdict is the evidence.
-    write_json(args.out, result)
-    for c in checks:
-        print(f"gate: {c.describe()}", file=sys.stdout if c.passed else sys.stderr)
-    if not result["passed"]:
-        failed = f"gate: {result['failures']} check(s) failed; see {args.out}."
-        print(f"{failed} Fix the method, or relax the limit in params.yaml if the trade-off is acceptable.", file=sys.stderr)
-        return 1
-    print(f"gate: all {len(checks)} checks passed -> {args.out}")
-    return 0
+        try:
+            with open(args.metrics) as f:
+                metrics = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.metrics}: not complete JSON ({exc}); re-run `dvc repro benchmark`") from exc
+        checks = check(metrics, gate)
+        result = report(checks)
+        # Written before failing: the benchmark's metrics are already safe, and the verdict is the evidence.
+        write_json(args.out, result)
+        for c in checks:
+            print(f"gate: {c.describe()}", file=sys.stdout if c.passed else sys.stderr)
+        if not result["passed"]:
+            failed = f"{result['failures']} check(s) failed; see {args.out}."
+            raise stage.StageError(
+                f"{failed} Fix the method, or relax the limit in params.yaml if the trade-off is acceptable.", outputs_kept=True
+            )
+        return f"all {len(checks)} checks passed -> {args.out}"
+
+    return stage.run("gate", body)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from edgequant import stage
 from edgequant.plot import plot_layers, plot_ops, plot_speedups, plot_tradeoffs, plot_training
 
 
@@ -28,16 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", required=True, help="per-operator time CSV")
     parser.add_argument("--out", required=True, help="directory for the PNGs")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bench = pd.read_csv(args.bench)
-    plot_training(read_live_history(Path(args.live)), out / "training.png")
-    plot_tradeoffs(bench, out / "tradeoffs.png")
-    plot_speedups(bench, out / "speedups.png")
-    plot_layers(pd.read_csv(args.layers), out / "layers.png")
-    plot_ops(pd.read_csv(args.ops), out / "ops.png")
-    print(f"plot: 5 charts -> {out}")
-    return 0
+
+    def body() -> str:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        bench = pd.read_csv(args.bench)
+        plot_training(read_live_history(Path(args.live)), out / "training.png")
+        plot_tradeoffs(bench, out / "tradeoffs.png")
+        plot_speedups(bench, out / "speedups.png")
+        plot_layers(pd.read_csv(args.layers), out / "layers.png")
+        plot_ops(pd.read_csv(args.ops), out / "ops.png")
+        return f"5 charts -> {out}"
+
+    return stage.run("plot", body)
 
 
 if __name__ == "__main__":

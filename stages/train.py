@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgequant import params
+from edgequant import params, stage
 from edgequant.data import load_prepared
 from edgequant.io import atomic_dir, save_torch, write_json
 from edgequant.runtime import keep_freed_memory, peak_rss_mib
@@ -21,44 +21,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", required=True, help="output: dvclive directory with per-epoch curves")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> str:
         p = params.load(params.TrainParams, "train", args.params)
-    except ValueError as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 1
-    from dvclive import Live
+        from dvclive import Live
 
-    keep_freed_memory()
+        keep_freed_memory()
+        train_set = load_prepared(args.train)
+        test_set = load_prepared(args.test)
+        start = time.perf_counter()
+        # dvclive writes as it goes; logging into a temporary directory that replaces the output only
+        # at the end keeps an interrupted run from leaving half a history behind.
+        with atomic_dir(args.live) as live_dir:
+            with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
 
-    train_set = load_prepared(args.train)
-    test_set = load_prepared(args.test)
-    start = time.perf_counter()
-    # dvclive writes as it goes; logging into a temporary directory that replaces the output only
-    # at the end keeps an interrupted run from leaving half a history behind.
-    with atomic_dir(args.live) as live_dir:
-        with Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+                def log_epoch(epoch: int, record: dict[str, float]) -> None:
+                    live.step = epoch
+                    for key in ("train_loss", "train_accuracy_pct", "test_loss", "test_accuracy_pct"):
+                        live.log_metric(key, record[key])
+                    live.next_step()
 
-            def log_epoch(epoch: int, record: dict[str, float]) -> None:
-                live.step = epoch
-                for key in ("train_loss", "train_accuracy_pct", "test_loss", "test_accuracy_pct"):
-                    live.log_metric(key, record[key])
-                live.next_step()
+                images, labels = train_set["images"], train_set["labels"]
+                model, history = train(p, images, labels, test_set["images"], test_set["labels"], log_epoch)
+            save_torch(model.state_dict(), args.model)
+            write_json(
+                args.metrics,
+                {
+                    "test_accuracy_pct": history[-1]["test_accuracy_pct"],
+                    "train_loss": history[-1]["train_loss"],
+                    "train_loss_per_epoch": [round(h["train_loss"], 6) for h in history],
+                    "train_time_s": time.perf_counter() - start,
+                    "fp32_state_dict_bytes": Path(args.model).stat().st_size,
+                    "peak_rss_mib": round(peak_rss_mib(), 1),
+                },
+            )
+        return f"test accuracy {history[-1]['test_accuracy_pct']:.2f} % -> {args.model}"
 
-            model, history = train(p, train_set["images"], train_set["labels"], test_set["images"], test_set["labels"], log_epoch)
-        save_torch(model.state_dict(), args.model)
-        write_json(
-            args.metrics,
-            {
-                "test_accuracy_pct": history[-1]["test_accuracy_pct"],
-                "train_loss": history[-1]["train_loss"],
-                "train_loss_per_epoch": [round(h["train_loss"], 6) for h in history],
-                "train_time_s": time.perf_counter() - start,
-                "fp32_state_dict_bytes": Path(args.model).stat().st_size,
-                "peak_rss_mib": round(peak_rss_mib(), 1),
-            },
-        )
-    print(f"train: test accuracy {history[-1]['test_accuracy_pct']:.2f} % -> {args.model}")
-    return 0
+    return stage.run("train", body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -42,27 +41,25 @@ def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_mirror(directory: Path, n_train: int = 256, n_test: int = 128) -> dict[str, str]:
-    """Write the four gzipped IDX files of a tiny dataset; return their md5s."""
+    """Write the four gzipped IDX files of a tiny dataset; return the md5 of each decompressed file
+    (what `download.md5` of a custom dataset names)."""
     directory.mkdir(parents=True, exist_ok=True)
     sums = {}
     for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
         images, labels = make_digits(n, seed)
         for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
             name = f"{split}-{kind}-ubyte.gz"
-            data = gzip.compress(idx_bytes(arr), mtime=0)
-            (directory / name).write_bytes(data)
-            sums[name] = hashlib.md5(data).hexdigest()
+            raw = idx_bytes(arr)
+            (directory / name).write_bytes(gzip.compress(raw, mtime=0))
+            sums[name] = hashlib.md5(raw).hexdigest()
     return sums
 
 
 @pytest.fixture
-def tiny_mirror(tmp_path: Path) -> tuple[Path, Path]:
-    """A directory mirror of tiny data and a checksum file for it."""
+def tiny_mirror(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A directory mirror of tiny data and the content md5s that verify it."""
     mirror = tmp_path / "mirror"
-    sums = write_mirror(mirror)
-    checksums = tmp_path / "md5.json"
-    checksums.write_text(json.dumps(sums))
-    return mirror, checksums
+    return mirror, write_mirror(mirror)
 
 
 def tiny_train_params(**overrides) -> TrainParams:
@@ -106,6 +103,7 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 # --- A tiny copy of the real pipeline in a temp git repo, shared by the end-to-end and team-workflow tests.
 
 TINY = {
+    "download": {"dataset": "custom", "md5": {}},  # the md5s of the generated files are filled in where they are written
     "prepare": {"calib_size": 32, "calib_seed": 0},
     "train": {
         "seed": 0,
@@ -170,18 +168,20 @@ def set_params(work: Path, section: str, **values) -> None:
 def tiny_origin(tmp_path_factory) -> Origin:
     base = tmp_path_factory.mktemp("team")
     mirror = base / "mirror"
-    (base / "md5.json").write_text(json.dumps(write_mirror(mirror)))
-    env = dict(make_env(base), MNIST_MIRROR=str(mirror), MNIST_CHECKSUMS=str(base / "md5.json"))
+    params = {**TINY, "download": {"dataset": "custom", "md5": write_mirror(mirror)}}
+    env = dict(make_env(base), MNIST_MIRROR=str(mirror))
     env.pop("PYTHONPATH")  # the copy in the temp repo is what the stages must import
     work, remote = base / "origin", base / "remote"
     work.mkdir()
     for item in ("dvc.yaml", "stages", "edgequant"):
         src = ROOT / item
         (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / item))
-    (work / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], work, env)
     sh(["dvc", "init", "-q"], work, env)
     shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")  # the custom plot templates
+    for item in (".dvcignore", ".gitignore"):  # both leave out the atomic writers' temporaries
+        shutil.copy(ROOT / item, work / item)
     for cmd in (
         ["dvc", "config", "core.analytics", "false"],
         ["dvc", "remote", "add", "-d", "storage", str(remote)],  # in the first commit, before any data

@@ -2,12 +2,14 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from edgequant.benchmark import machine_info, measure_latency, measure_peak, measure_throughput, predict
-from edgequant.report import MACS_PER_IMAGE, summarize
+from edgequant.layers import net_macs
+from edgequant.report import accuracy, summarize
 
 
 def test_latency_percentiles_are_ordered():
@@ -15,9 +17,15 @@ def test_latency_percentiles_are_ordered():
     assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
 
 
-def test_throughput_counts_images():
-    r = measure_throughput(lambda x: x.sum(), torch.ones(16, 3), min_run_time_s=0.05, threads=1)
-    assert r["throughput_ips"] > 0 and r["batch_ms_median"] > 0 and r["minor_faults_per_batch"] >= 0
+def test_throughput_counts_images_per_second_of_the_batch():
+    def run(x):  # a call of known length: 5 ms whatever the batch
+        time.sleep(0.005)
+        return x
+
+    r = measure_throughput(run, torch.ones(16, 3), min_run_time_s=0.2, threads=1)
+    assert r["batch_ms_median"] == pytest.approx(5.0, rel=0.5)  # sleep overshoots a little, never undershoots much
+    assert r["throughput_ips"] == pytest.approx(16 / (r["batch_ms_median"] / 1e3))  # images of the batch, not calls
+    assert r["throughput_ips"] < 16 / 0.005 and r["minor_faults_per_batch"] >= 0
 
 
 # Page faults per training step of the real model at batch 64, after warm-up.
@@ -72,16 +80,19 @@ def test_peak_and_machine_info():
 
 
 def test_summarize_ratios():
-    meta = {"fp32": {"size_bytes": 4000}, "dynamic_int8": {"size_bytes": 1000}}
+    sizes = {"fp32": 4000, "dynamic_int8": 1000}
     runs = {
         ("fp32", 1): {"latency_ms_p50": 2.0, "latency_ms_p90": 3, "latency_ms_p99": 4, "throughput_ips": 100.0},
         ("dynamic_int8", 1): {"latency_ms_p50": 1.0, "latency_ms_p90": 2, "latency_ms_p99": 3, "throughput_ips": 400.0},
     }
-    accuracy = {m: {"accuracy_pct": 99.0, "agreement_with_fp32_pct": 100.0, "accuracy_drop_pp": 0.0} for m in meta}
-    metrics, rows = summarize(["fp32", "dynamic_int8"], meta, runs, {1: {"fp32_gmacs": 10.0, "int8_gmacs": 40.0}}, accuracy)
+    labels = torch.tensor([0, 1, 2, 3])
+    acc = accuracy(["fp32", "dynamic_int8"], {"fp32": torch.tensor([0, 1, 2, 0]), "dynamic_int8": torch.tensor([0, 1, 0, 0])}, labels)
+    assert acc["dynamic_int8"] == {"accuracy_pct": 50.0, "agreement_with_fp32_pct": 75.0, "accuracy_drop_pp": 25.0}
+    metrics, rows = summarize(["fp32", "dynamic_int8"], sizes, runs, {1: {"fp32_gmacs": 10.0, "int8_gmacs": 40.0}}, acc)
     d = metrics["methods"]["dynamic_int8"]
     assert d["size_ratio_vs_fp32"] == 0.25
     assert d["threads_1"]["throughput_speedup_vs_fp32_eager"] == 4.0
     assert d["threads_1"]["latency_speedup_vs_fp32_eager"] == 2.0
-    assert d["threads_1"]["peak_fraction"] == pytest.approx(MACS_PER_IMAGE * 400 / 1e9 / 40)
-    assert len(rows) == 2 and rows[1]["threads"] == 1 and "threads_1" not in rows[1]
+    assert d["threads_1"]["peak_fraction"] == pytest.approx(sum(net_macs().values()) * 400 / 1e9 / 40)
+    assert d["baseline"] == "fp32" and d["threads_1"]["throughput_speedup_vs_runtime_fp32"] == 4.0
+    assert len(rows) == 2 and rows[1]["threads"] == 1 and rows[1]["baseline"] == "fp32" and "threads_1" not in rows[1]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import gzip
 import socket
 import subprocess
 import sys
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgequant.download import MD5, DownloadError, checksums_from_env, download_mnist, mirrors_from_env, normalize_mirror
+from edgequant.datasets import DATASETS, FILES, custom_dataset
+from edgequant.download import DownloadError, download, mirrors_for, normalize_mirror
 
 from .conftest import ROOT, write_mirror
 
@@ -79,13 +80,13 @@ def dead_url() -> str:
 
 def test_good_mirror_downloads_and_verifies(server, tmp_path):
     url, sums, _ = server
-    download_mnist(tmp_path / "raw", [f"{url}/good/"], timeout_s=5, checksums=sums)
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(MD5)
+    download(tmp_path / "raw", custom_dataset(sums), [f"{url}/good/"], timeout_s=5)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(FILES)
 
 
 def test_wrong_bytes_fall_through_to_next_mirror(server, tmp_path):
     url, sums, requests = server
-    download_mnist(tmp_path / "raw", [f"{url}/other/", dead_url(), f"{url}/good/"], timeout_s=5, checksums=sums)
+    download(tmp_path / "raw", custom_dataset(sums), [f"{url}/other/", dead_url(), f"{url}/good/"], timeout_s=5)
     assert any(r.startswith("/other/") for r in requests) and any(r.startswith("/good/") for r in requests)
     assert not list((tmp_path / "raw").glob("*.tmp"))
 
@@ -94,7 +95,7 @@ def test_all_mirrors_failing_names_file_mirrors_and_reasons(server, tmp_path):
     url, sums, _ = server
     mirrors = [f"{url}/other/", f"{url}/error/", f"{url}/missing/", dead_url(), f"{url}/hang/"]
     with pytest.raises(DownloadError) as info:
-        download_mnist(tmp_path / "raw", mirrors, timeout_s=1, checksums=sums)
+        download(tmp_path / "raw", custom_dataset(sums), mirrors, timeout_s=1)
     message = str(info.value)
     assert "train-images-idx3-ubyte.gz" in message
     assert "md5" in message and "HTTP 503" in message and "HTTP 404" in message and "unreachable" in message
@@ -107,10 +108,10 @@ def test_all_mirrors_failing_names_file_mirrors_and_reasons(server, tmp_path):
 def test_truncated_file_is_refused_and_next_mirror_used(server, tmp_path, kind):
     url, sums, requests = server
     with pytest.raises(DownloadError, match="train-images-idx3-ubyte.gz") as info:
-        download_mnist(tmp_path / "raw", [f"{url}/{kind}/"], timeout_s=5, checksums=sums)
-    assert ("md5" if kind == "short" else "truncated transfer") in str(info.value)
+        download(tmp_path / "raw", custom_dataset(sums), [f"{url}/{kind}/"], timeout_s=5)
+    assert ("truncated gzip file" if kind == "short" else "truncated transfer") in str(info.value)
     assert not (tmp_path / "raw").exists()
-    download_mnist(tmp_path / "raw", [f"{url}/{kind}/", f"{url}/good/"], timeout_s=5, checksums=sums)
+    download(tmp_path / "raw", custom_dataset(sums), [f"{url}/{kind}/", f"{url}/good/"], timeout_s=5)
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(sums)
 
 
@@ -118,53 +119,62 @@ def test_trickling_mirror_hits_the_deadline(server, tmp_path):
     url, sums, _ = server
     start = time.monotonic()
     with pytest.raises(DownloadError, match="took longer than 1 s"):
-        download_mnist(tmp_path / "raw", [f"{url}/slow/"], timeout_s=1, checksums=sums)
+        download(tmp_path / "raw", custom_dataset(sums), [f"{url}/slow/"], timeout_s=1)
     assert time.monotonic() - start < 10
 
 
 def test_failed_download_keeps_earlier_good_output(server, tmp_path):
     url, sums, _ = server
-    download_mnist(tmp_path / "raw", [f"{url}/good/"], timeout_s=5, checksums=sums)
+    download(tmp_path / "raw", custom_dataset(sums), [f"{url}/good/"], timeout_s=5)
     before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
     with pytest.raises(DownloadError):
-        download_mnist(tmp_path / "raw", [f"{url}/error/"], timeout_s=5, checksums=sums)
+        download(tmp_path / "raw", custom_dataset(sums), [f"{url}/error/"], timeout_s=5)
     assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
 
 
 def test_local_directory_and_file_url_mirrors(tmp_path, tiny_mirror):
-    mirror, checksums = tiny_mirror
-    sums = json.loads(checksums.read_text())
-    download_mnist(tmp_path / "a", [normalize_mirror(str(mirror))], checksums=sums)
-    download_mnist(tmp_path / "b", [mirror.as_uri()], checksums=sums)
+    mirror, sums = tiny_mirror
+    download(tmp_path / "a", custom_dataset(sums), [normalize_mirror(str(mirror))])
+    download(tmp_path / "b", custom_dataset(sums), [mirror.as_uri()])
     assert len(list((tmp_path / "b").iterdir())) == 4
 
 
 def test_local_mirror_missing_a_file(tmp_path, tiny_mirror):
-    mirror, checksums = tiny_mirror
+    mirror, sums = tiny_mirror
     (mirror / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DownloadError, match=r"(?s)t10k-labels-idx1-ubyte.gz from any of 1 mirror.*(No such file|Errno 2)"):
-        download_mnist(tmp_path / "raw", [normalize_mirror(str(mirror))], checksums=json.loads(checksums.read_text()))
+    with pytest.raises(DownloadError, match=r"(?s)t10k-labels-idx1-ubyte.gz of custom from any of 1 mirror.*(No such file|Errno 2)"):
+        download(tmp_path / "raw", custom_dataset(sums), [normalize_mirror(str(mirror))])
 
 
 def test_env_mirror_goes_first_and_missing_dir_is_clear(tmp_path):
-    assert mirrors_from_env({"MNIST_MIRROR": str(tmp_path)})[0] == tmp_path.as_uri() + "/"
-    assert mirrors_from_env({})[0].startswith("https://")
+    assert mirrors_for(DATASETS["mnist"], {"MNIST_MIRROR": str(tmp_path)})[0] == tmp_path.as_uri() + "/"
+    assert mirrors_for(DATASETS["mnist"], {})[0].startswith("https://")
     with pytest.raises(DownloadError, match="no such directory"):
-        mirrors_from_env({"MNIST_MIRROR": str(tmp_path / "absent")})
+        mirrors_for(DATASETS["mnist"], {"MNIST_MIRROR": str(tmp_path / "absent")})
 
 
-def test_checksum_file_must_name_the_four_files(tmp_path):
-    bad = tmp_path / "sums.json"
-    bad.write_text(json.dumps({"train-images-idx3-ubyte.gz": "0" * 32}))
-    with pytest.raises(DownloadError, match="exactly these files"):
-        checksums_from_env({"MNIST_CHECKSUMS": str(bad)})
+def test_faithful_recompression_passes_and_another_dataset_does_not(tmp_path, tiny_mirror):
+    mirror, sums = tiny_mirror
+    recompressed = tmp_path / "recompressed"
+    recompressed.mkdir()
+    for name in FILES:  # what Debian did to Fashion-MNIST: same bytes inside, another .gz around them
+        data = gzip.compress(gzip.decompress((mirror / name).read_bytes()), compresslevel=1, mtime=12345)
+        assert data != (mirror / name).read_bytes()
+        (recompressed / name).write_bytes(data)
+    download(tmp_path / "raw", custom_dataset(sums), [normalize_mirror(str(recompressed))])
+    other = tmp_path / "other"
+    write_mirror(other, n_train=300)
+    with pytest.raises(DownloadError, match=r"(?s)train-images-idx3-ubyte.gz of custom.*content md5 [0-9a-f]{32} != expected [0-9a-f]{32}"):
+        download(tmp_path / "raw2", custom_dataset(sums), [normalize_mirror(str(other))])
 
 
-def test_real_mnist_checksums_when_shared_copy_is_present(tmp_path):
-    shared = ROOT.parent / "shared" / "mnist"
-    if not shared.is_dir():
-        pytest.skip("../shared/mnist not beside the checkout")
-    download_mnist(tmp_path / "raw", [normalize_mirror(str(shared))])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_real_datasets_verify_from_local_copies(tmp_path, name):
+    local = {"mnist": ROOT.parent / "shared" / "mnist", "fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}[name]
+    if not local.is_dir():
+        pytest.skip(f"no local copy of {name} at {local}")
+    download(tmp_path / "raw", DATASETS[name], [normalize_mirror(str(local))])
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(FILES)
 
 
 def test_stage_cli_reports_one_clear_error(tmp_path, subprocess_env):

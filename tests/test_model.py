@@ -5,7 +5,8 @@ import pickle
 import pytest
 import torch
 
-from edgequant.model import LAYER_MACS, Net, count_macs, load_fp32
+from edgequant.layers import conv_layers, conv_macs, count_macs, net_macs
+from edgequant.model import Net, load_fp32
 
 
 def test_output_shape_and_state_dict_size(tmp_path):
@@ -15,9 +16,17 @@ def test_output_shape_and_state_dict_size(tmp_path):
     assert 4690 < (tmp_path / "m.pt").stat().st_size / 1024 < 4700  # ≈ 4690 KB, the reference FP32 state dict
 
 
-def test_macs_measured_match_table_and_conv2_dominates():
-    assert count_macs(Net()) == LAYER_MACS
-    assert LAYER_MACS["conv2"] / sum(LAYER_MACS.values()) == pytest.approx(0.885, abs=0.001)
+def test_macs_come_from_the_module_and_conv2_dominates():
+    # Worked by hand for the classic CNN: output elements × the inputs each one sums over.
+    assert net_macs() == {"conv1": 26 * 26 * 32 * 9, "conv2": 24 * 24 * 64 * 32 * 9, "fc1": 9216 * 128, "fc2": 128 * 10}
+    assert net_macs()["conv2"] / sum(net_macs().values()) == pytest.approx(0.885, abs=0.001)
+    assert conv_layers(Net()) == ["conv1", "conv2"] and conv_macs() == net_macs()["conv1"] + net_macs()["conv2"]
+
+
+def test_macs_follow_the_module_not_its_names():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 5, groups=1), torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Flatten())
+    assert count_macs(model, torch.zeros(1, 1, 12, 12)) == {"0": 8 * 8 * 8 * 25, "1": 6 * 6 * 8 * 9}  # depthwise: 9 per output
+    assert conv_layers(model) == ["0", "1"]
 
 
 def test_load_round_trip(tmp_path):
@@ -50,3 +59,13 @@ def test_pickle_with_code_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a readable edgequant model"):
         load_fp32(str(tmp_path / "m.pt"))
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_archive_with_records_edgequant_never_writes_refused(tmp_path):
+    import zipfile
+
+    torch.save(Net().state_dict(), tmp_path / "m.pt")
+    with zipfile.ZipFile(tmp_path / "m.pt", "a") as archive:
+        archive.writestr("archive/extra/payload.py", "print('hi')")
+    with pytest.raises(ValueError, match="holds records edgequant never writes: archive/extra/payload.py"):
+        load_fp32(str(tmp_path / "m.pt"))

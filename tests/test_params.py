@@ -6,12 +6,30 @@ import pytest
 import yaml
 
 from edgequant import params
-from edgequant.params import BenchmarkParams, GateParams, ParamsError, PrepareParams, QuantizeParams, TrainParams, parse
+from edgequant.params import (
+    SECTIONS,
+    BenchmarkParams,
+    DownloadParams,
+    GateParams,
+    ParamsError,
+    PrepareParams,
+    QuantizeParams,
+    TrainParams,
+    parse,
+)
+from edgequant.validate import load_all
 
 from .conftest import ROOT
 
 REAL = yaml.safe_load((ROOT / "params.yaml").read_text())
-SECTIONS = {"prepare": PrepareParams, "train": TrainParams, "quantize": QuantizeParams, "benchmark": BenchmarkParams, "gate": GateParams}
+
+
+def write_params(tmp_path, **sections):
+    """params.yaml with the real values, some sections replaced (None drops one)."""
+    data = {**REAL, **sections}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}))
+    return path
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -59,10 +77,11 @@ def test_int_accepted_where_float_expected():
     ("methods", "message"),
     [
         ([], "quantize.methods is empty"),
-        (["fp32", "int4_magic"], "unknown quantization method 'int4_magic'; known methods: fp32, dynamic_int8"),
         (["dynamic_int8"], "must include 'fp32'"),
         (["fp32", "fp32"], "duplicates"),
         ("fp32", "expected a list"),
+        (["fp32", "../../tests"], r"'\.\./\.\./tests' is not a method name"),
+        (["fp32", "a/b"], "is not a method name"),
     ],
 )
 def test_bad_method_lists_rejected(methods, message):
@@ -93,7 +112,7 @@ def test_missing_file_and_section(tmp_path):
     ("key", "value", "message"),
     [
         ("methods", [], "gate.methods is empty"),
-        ("methods", ["int3"], "unknown quantization method 'int3'"),
+        ("methods", ["../x"], "is not a method name"),
         ("min_speedup", 0, "gate.min_speedup must be > 0"),
         ("max_size_ratio", 1.5, "gate.max_size_ratio must be in"),
     ],
@@ -101,3 +120,71 @@ def test_missing_file_and_section(tmp_path):
 def test_bad_gate_values_rejected(key, value, message):
     with pytest.raises(ValueError, match=message):
         parse(GateParams, {**REAL["gate"], key: value}, "gate")
+
+
+@pytest.mark.parametrize(
+    ("quantize", "gate", "message"),
+    [
+        (["fp32", "int4_magic"], None, "unknown quantization method 'int4_magic'; known methods: fp32, dynamic_int8"),
+        (["fp32", "onnx_qdq_int8"], None, "lists onnx_qdq_int8 but not its FP32 baseline onnx_fp32: add onnx_fp32, or drop onnx_qdq_int8"),
+        (["fp32", "onnx_fp32", "onnx_qdq_int8"], ["executorch_xnnpack_int8"], "gate.methods lists executorch_xnnpack_int8, which quantize"),
+        (["fp32", "onnx_fp32", "onnx_qdq_int8"], ["onnx_fp32"], "an FP32 method"),
+    ],
+)
+def test_cross_section_rules(tmp_path, quantize, gate, message):
+    gate_section = {**REAL["gate"], "methods": gate or ["onnx_qdq_int8"]}
+    with pytest.raises(ValueError, match=message):
+        load_all(write_params(tmp_path, quantize={"methods": quantize}, gate=gate_section))
+
+
+def test_real_params_pass_the_whole_file_check():
+    everything = load_all(ROOT / "params.yaml")
+    assert everything.download.dataset == "mnist" and "fp32" in everything.quantize.methods
+
+
+def test_unknown_method_suggests_the_closest(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown quantization method 'onnx_qdq_int9' \(did you mean 'onnx_qdq_int8'\?\)"):
+        quantize = {"methods": ["fp32", "onnx_fp32", "onnx_qdq_int9"]}
+        load_all(write_params(tmp_path, quantize=quantize, gate={**REAL["gate"], "methods": ["onnx_fp32"]}))
+
+
+def test_unknown_and_missing_sections(tmp_path):
+    with pytest.raises(ParamsError, match=r"unknown section 'trian'. Did you mean 'train'\?"):
+        load_all(write_params(tmp_path, trian=REAL["train"]))
+    with pytest.raises(ParamsError, match=r"unknown section 'trian'"):  # a stage reading one section refuses it too
+        params.load(PrepareParams, "prepare", write_params(tmp_path, trian=REAL["train"]))
+    with pytest.raises(ParamsError, match=r"missing section\(s\) 'gate'"):
+        load_all(write_params(tmp_path, gate=None))
+
+
+@pytest.mark.parametrize(("value", "text"), [(float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan")])
+def test_non_finite_numbers_rejected(value, text):
+    with pytest.raises(ParamsError, match=f"train.lr: expected a finite number, got {text}"):
+        parse(TrainParams, dict(REAL["train"], lr=value), "train")
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("benchmark", {"throughput_batch": 10001}, "benchmark.throughput_batch = 10001 exceeds the 10000 test images of mnist"),
+        ("benchmark", {"latency_batch": 20000}, "benchmark.latency_batch = 20000 exceeds the 10000 test images"),
+        ("benchmark", {"peak_gemm_size": 80000}, r"benchmark.peak_gemm_size must be <= 8192 .*got 80000"),
+        ("prepare", {"calib_size": 60001}, "prepare.calib_size = 60001 exceeds the 60000 training images of mnist"),
+    ],
+)
+def test_impossible_sizes_rejected_before_any_work(tmp_path, section, values, message):
+    with pytest.raises(ParamsError, match=message):
+        load_all(write_params(tmp_path, **{section: {**REAL[section], **values}}))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dataset": "kmnist"}, "download.dataset 'kmnist' is not known; known datasets: mnist, fashion_mnist, custom"),
+        ({"dataset": "custom"}, "download.md5 must give the 32-hex-digit md5"),
+        ({"dataset": "mnist", "md5": {"a": "b"}}, "download.md5 is only for dataset 'custom'"),
+    ],
+)
+def test_bad_download_values_rejected(values, message):
+    with pytest.raises(ParamsError, match=message):
+        parse(DownloadParams, {**REAL["download"], **values}, "download")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from edgequant.data import to_input
-from edgequant.model import LAYER_MACS
+from edgequant.layers import conv_macs, sqnr_db
 from edgequant.profile import KIND_ORDER, conv_gmacs, kind_of, ms_by_kind, op_rows, profile_torch
-from edgequant.registry import Exported, get_method, known_methods, register, sqnr_db
+from edgequant.registry import Exported, get_method, known_methods, register
 
 from .conftest import ROOT, make_digits
 
@@ -23,11 +23,21 @@ def test_duplicate_registration_refused():
         register("fp32", runtime="x", precision="fp32", baseline="fp32")(type("Again", (), {"export": None, "load": None}))
 
 
-def test_every_int8_method_names_an_fp32_baseline_of_its_runtime():
+def test_unknown_method_suggests_the_closest_name():
+    with pytest.raises(ValueError, match=r"unknown quantization method 'onnx_qdq_int9' \(did you mean 'onnx_qdq_int8'\?\)"):
+        get_method("onnx_qdq_int9")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "Upper", "1st", "with.dot", ""])
+def test_names_that_are_not_plain_words_cannot_register(name):
+    with pytest.raises(ValueError, match="must be lower-case letters, digits and '_'"):
+        register(name, runtime="x", precision="fp32", baseline=name)
+
+
+def test_every_method_names_a_registered_fp32_baseline_that_is_its_own():
     for name in known_methods():
-        method = get_method(name)
-        base = get_method(method.baseline)
-        assert base.precision == "fp32" and base.runtime.split("-")[0] == method.runtime.split("-")[0]
+        base = get_method(get_method(name).baseline)
+        assert base.precision == "fp32" and base.baseline == base.name, name
 
 
 def test_sqnr():
@@ -117,7 +127,7 @@ def test_time_by_kind_sums_each_methods_operators_slowest_method_first():
     assert list(by_kind["fast"]) == list(KIND_ORDER)
     assert by_kind["fast"]["conv"] == 5.0 and by_kind["fast"]["layout & quantize"] == 0.5 and by_kind["fast"]["ReLU"] == 0.0
     assert by_kind["slow"]["ReLU"] == 4.0
-    assert conv_gmacs(256, 5.0) == pytest.approx(256 * (LAYER_MACS["conv1"] + LAYER_MACS["conv2"]) / 5e-3 / 1e9)
+    assert conv_gmacs(256, 5.0) == pytest.approx(256 * conv_macs() / 5e-3 / 1e9)
     assert conv_gmacs(256, 0.0) is None and ms_by_kind([]) == {}
 
 

@@ -1,7 +1,8 @@
-"""Faults a user hits: a stage killed mid-run, too many threads asked for."""
+"""Faults a user hits: a stage killed mid-run, too many threads asked for, damaged inputs and artifacts, a full disk."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import signal
@@ -13,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from stages.benchmark import clamp_threads, measure
+from edgequant.workers import clamp_threads, measure
 
 from .conftest import ROOT, make_digits
 
@@ -72,12 +73,13 @@ def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared,
         out = artifacts / name
         out.mkdir(parents=True)
         exported = get_method(name).export(tiny_model, torch.zeros(8, 1, 28, 28), torch.zeros(8, 1, 28, 28), out, (1,))
-        meta = {"method": name, "size_bytes": exported.shipped.stat().st_size, "sqnr_db": None}
+        meta = {"method": name, "shipped": exported.shipped.name, "sqnr_db": None}
         (out / "meta.json").write_text(json.dumps(meta))
     # Damaged after quantize wrote it (a bad copy to the device, a disk error): loading it must fail.
     (artifacts / "dynamic_int8" / "model.pt").write_bytes(b"not a model")
     params = yaml.safe_load((prepared / "params.yaml").read_text())
     params["quantize"]["methods"] = ["fp32", "dynamic_int8"]
+    params["gate"]["methods"] = ["dynamic_int8"]
     params["benchmark"].update(threads=[1], throughput_batch=8, latency_runs=5, warmup_runs=1, min_run_time_s=0.02, peak_gemm_size=64)
     (prepared / "params.yaml").write_text(yaml.safe_dump(params))
     out = prepared / "out"
@@ -86,8 +88,8 @@ def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared,
     cmd += ["--csv", str(out / "b.csv"), "--layers-csv", str(out / "l.csv"), "--ops-csv", str(out / "o.csv")]
     proc = subprocess.run(cmd + ["--params", str(prepared / "params.yaml")], cwd=ROOT, env=subprocess_env, capture_output=True, text=True)
     assert proc.returncode == 1
-    assert "benchmark: measuring dynamic_int8 with 1 thread(s) failed" in proc.stderr
-    # The worker's own error comes along, naming the file and what to do.
+    # One line: the measurement, the worker's own error naming the file, and what to do.
+    assert proc.stderr.startswith("benchmark: measuring dynamic_int8 with 1 thread(s) failed: ") and proc.stderr.count("\n") == 1
     assert "dynamic_int8/model.pt: not a readable edgequant model" in proc.stderr and "dvc repro quantize@dynamic_int8" in proc.stderr
     assert not out.exists() or not list(out.iterdir())
 
@@ -103,7 +105,13 @@ class _Unpicklable:
         return (_fail_to_start, ())
 
 
+@dataclasses.dataclass(frozen=True)
+class _PoisonedRequest:
+    poison: object
+    what: str = "fp32 with 1 thread(s)"
+
+
 def test_a_worker_that_dies_while_starting_is_reported_as_such(capfd):
     with pytest.raises(RuntimeError, match=r"(?s)measuring fp32 with 1 thread\(s\) failed .*died before opening its log"):
-        measure(multiprocessing.get_context("spawn"), {"method": "fp32", "threads": 1, "poison": _Unpicklable()})
+        measure(multiprocessing.get_context("spawn"), _PoisonedRequest(_Unpicklable()))
     assert "unpickling the request failed" in capfd.readouterr().err  # the child's own traceback still shows

@@ -1,3 +1,1 @@
-"""Built-in quantization methods; importing this package registers them (heavy runtimes load lazily)."""
-
-from edgequant.methods import eager, executorch, onnx, pt2e  # noqa: F401
+"""Built-in quantization methods: every module here is imported by the registry, registering its methods."""

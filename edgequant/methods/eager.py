@@ -9,9 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgequant.data import batches
 from edgequant.io import save_torch
+from edgequant.layers import capture, layer_outputs, sqnr_db
 from edgequant.model import Net, load_state
-from edgequant.registry import Exported, layer_outputs, register, sqnr_db
+from edgequant.registry import Exported, register
 
 
 def _save_state(model: nn.Module, path: Path) -> Path:
@@ -100,14 +102,15 @@ def _static_x86(net: Net, calib: torch.Tensor | None) -> nn.Module:
     model = torch.ao.quantization.fuse_modules(_StaticNet(net).eval(), [list(pair) for pair in _StaticNet.FUSED])
     model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
     with warnings.catch_warnings():
-        # torch.ao's eager API is deprecated (kept here as the comparison row the issue asks for), and
-        # an uncalibrated shell warns that its observers saw no data; the saved state replaces them.
+        # torch.ao's eager API is deprecated (kept as a comparison row: it is what much deployed code
+        # still uses), and an uncalibrated shell warns that its observers saw no data; the saved
+        # state replaces them.
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
         torch.ao.quantization.prepare(model, inplace=True)
         if calib is not None:
             with torch.no_grad():
-                for i in range(0, len(calib), 256):
-                    model(calib[i : i + 256])
+                for chunk in batches(calib):
+                    model(chunk)
         return torch.ao.quantization.convert(model, inplace=True)
 
 
@@ -117,17 +120,7 @@ def _static_layer_sqnr(net: Net, model: nn.Module, x: torch.Tensor) -> dict[str,
     (read from the dequantized reference graph), these include each layer's own output rounding, at
     the 7-bit activation range the default x86 config keeps so non-VNNI x86 CPUs cannot overflow."""
     reference = layer_outputs(net, x)
-    captured: dict[str, torch.Tensor] = {}
-    handles = [
-        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o.dequantize()))
-        for name in reference
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    captured = capture(model, x, reference, torch.Tensor.dequantize)
     fused = {layer for layer, _ in _StaticNet.FUSED}
     return {name: sqnr_db(ref.relu() if name in fused else ref, captured[name]) for name, ref in reference.items()}
 

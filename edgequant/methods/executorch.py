@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from edgequant.artifacts import read_pte
 from edgequant.io import atomic_path
 from edgequant.methods.pt2e import calibrate_and_convert, export_static, quantized_layer_sqnr
 from edgequant.model import Net
@@ -27,25 +28,36 @@ def _write_pte(module: torch.nn.Module, out_dir: Path, batch_sizes: tuple[int, .
     return paths[0]
 
 
-def _load_pte(out_dir: Path, batch_size: int, threads: int):
+def _read(out_dir: Path, batch_size: int) -> bytes:
+    """The checked .pte for `batch_size`, with XNNPACK's process-wide thread pool sized for this run
+    (it is sized on first use, so it is reset before every load)."""
+    return read_pte(out_dir / f"model_b{batch_size}.pte", f"re-run `dvc repro quantize@{out_dir.name}`")
+
+
+def _use_threads(threads: int) -> None:
     from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)
+
+
+def _load_pte(out_dir: Path, batch_size: int, threads: int):
     from executorch.runtime import Runtime
 
-    # XNNPACK's threadpool is process-wide and sized on first use: reset it before loading.
-    portable_lib._unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(out_dir / f"model_b{batch_size}.pte").load_method("forward")
+    _use_threads(threads)
+    data = _read(out_dir, batch_size)
+    program = Runtime.get().load_program(data)
+    method = program.load_method("forward")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return method.execute([x])[0]
 
+    run.keep_alive = (data, program)  # the method reads from both without owning them
     return run
 
 
 def _profile_pte(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int) -> dict[str, float]:
-    from executorch.extension.pybindings import portable_lib
-
-    portable_lib._unsafe_reset_threadpool(threads)
-    return profile_executorch(out_dir / f"model_b{batch_size}.pte", x, runs)
+    _use_threads(threads)
+    return profile_executorch(_read(out_dir, batch_size), x, runs)
 
 
 @register("executorch_xnnpack_fp32", runtime="executorch-xnnpack", precision="fp32", baseline="executorch_xnnpack_fp32", static_shapes=True)

@@ -8,20 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgequant.artifacts import read_onnx
+from edgequant.data import batches
 from edgequant.io import atomic_path
+from edgequant.layers import layer_outputs, sqnr_db
 from edgequant.model import Net
 from edgequant.profile import profile_onnx
-from edgequant.registry import Exported, layer_outputs, register, sqnr_db
+from edgequant.registry import Exported, register
 
 INPUT = "pixels"
-CALIB_BATCH = 64
 
 
 def _export_onnx(model: Net, path: Path) -> None:
     """Dynamo export with a dynamic batch: ORT handles any batch from one file."""
     program = torch.onnx.export(
         model.eval(),
-        (torch.zeros(2, 1, 28, 28),),
+        (model.example_input(2),),
         dynamo=True,
         input_names=[INPUT],
         output_names=["logits"],
@@ -45,6 +47,13 @@ def drop_node_metadata(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """The exceptions ONNX Runtime raises for a model it cannot load (its own classes, not RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.InvalidGraph, state.InvalidProtobuf, state.InvalidArgument, state.NotImplemented)
+
+
 def _session(path: Path, threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
@@ -55,7 +64,13 @@ def _session(path: Path, threads: int, profile_prefix: str | None = None):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = read_onnx(path, f"re-run `dvc repro quantize@{path.parent.name}`")
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except (RuntimeError, *_ort_errors()) as exc:
+        raise ValueError(
+            f"{path}: ONNX Runtime refuses it ({str(exc).splitlines()[0]}); re-run `dvc repro quantize@{path.parent.name}`"
+        ) from exc
 
 
 def _load(out_dir: Path, batch_size: int, threads: int):
@@ -88,7 +103,7 @@ class _Reader:
     """Feeds calibration batches to ORT's calibrator."""
 
     def __init__(self, calib: torch.Tensor):
-        self._batches = iter([{INPUT: calib[i : i + CALIB_BATCH].numpy()} for i in range(0, len(calib), CALIB_BATCH)])
+        self._batches = iter([{INPUT: chunk.numpy()} for chunk in batches(calib)])
 
     def get_next(self):
         return next(self._batches, None)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
+from edgequant.artifacts import read_pt2
+from edgequant.data import batches
 from edgequant.io import write_bytes
+from edgequant.layers import layer_outputs, sqnr_db
 from edgequant.model import Net
-from edgequant.registry import Exported, layer_outputs, register, sqnr_db
-
-CALIB_BATCH = 256
+from edgequant.registry import Exported, register
 
 
 def calibrate_and_convert(model: Net, calib: torch.Tensor, quantizer) -> torch.fx.GraphModule:
@@ -24,11 +25,11 @@ def calibrate_and_convert(model: Net, calib: torch.Tensor, quantizer) -> torch.f
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    graph = torch.export.export(model.eval(), (calib[:2],), dynamic_shapes={"x": {0: batch}}).module()
+    graph = torch.export.export(model.eval(), (model.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
-        for i in range(0, len(calib), CALIB_BATCH):
-            prepared(calib[i : i + CALIB_BATCH])
+        for chunk in batches(calib):
+            prepared(chunk)
     converted = convert_pt2e(prepared)
     drop_unused_attributes(converted)
     return converted
@@ -68,7 +69,7 @@ def quantized_layer_sqnr(model: Net, converted: torch.fx.GraphModule, x: torch.T
 
 
 def export_static(module: torch.nn.Module, batch_size: int) -> torch.export.ExportedProgram:
-    return torch.export.export(module, (torch.zeros(batch_size, 1, 28, 28),))
+    return torch.export.export(module, (Net.example_input(batch_size),))
 
 
 # Debug provenance export keeps on every node: source stack traces (absolute paths of this checkout),
@@ -129,12 +130,13 @@ class PT2EX86:
         # Freezing folds the INT8 weights into prepacked oneDNN constants; without it the graph
         # re-quantizes weights on every call. Static shapes: freezing with dynamic batch crashed.
         inductor_config.freezing = True
-        program = torch.export.load(out_dir / f"model_b{batch_size}.pt2")
+        path = out_dir / f"model_b{batch_size}.pt2"
+        program = torch.export.load(read_pt2(path, "re-run `dvc repro quantize@pt2e_x86`"))
         compiled = torch.compile(program.module(), dynamic=False)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 return compiled(x)
 
-        run(torch.zeros(batch_size, 1, 28, 28))  # compile now, not inside the first timed call
+        run(Net.example_input(batch_size))  # compile now, not inside the first timed call
         return run

@@ -1,0 +1,91 @@
+"""What every stage entry point shares: one-line errors, a watch on its parent, quiet upstream noise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+# Refusals a user can act on: bad params or inputs (ValueError), a failed download or measurement
+# (StageError), a full disk or a read-only checkout (OSError). Anything else is a bug and keeps its traceback.
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on; its message names the problem and the fix."""
+
+    def __init__(self, message: str, outputs_kept: bool = False):
+        super().__init__(message)
+        self.outputs_kept = outputs_kept  # the stage wrote its outputs before failing (the gate's verdict)
+
+
+def quiet_known_upstream_noise() -> None:
+    """Silence harmless upstream messages that buried real warnings in the stage logs.
+
+    torchao logs a failure for each CUDA-only kernel library it cannot load on a CPU build, and for an
+    Enum it registers with pytree; the ONNX exporter logs that torchvision (deliberately not installed)
+    is missing; torch's pytree warns dozens of times per ExecuTorch export about its own LeafSpec check;
+    inductor's INT8 conv lowering copy-constructs a tensor. None is actionable by a user of this
+    pipeline. Everything else, the quantizers' own warnings included, still prints.
+    """
+    for name in ("torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", module=r"torch\._inductor\.mkldnn_lowerings")
+
+
+def describe(exc: BaseException) -> str:
+    """One line: OSErrors name the file and what to do; others keep their own (first) line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot access{where}: {exc.strerror} (free disk space or make the checkout writable, then re-run)"
+    text = str(exc).strip() or type(exc).__name__
+    # A StageError may list one reason per line (every mirror tried); others keep their first line.
+    return text if isinstance(exc, StageError) else text.splitlines()[0]
+
+
+def restore_hint(exc: BaseException) -> str:
+    """Under `dvc repro`, DVC removed the stage's earlier outputs before running it: say how to get them back."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or getattr(exc, "outputs_kept", False):
+        return ""
+    return (
+        f" [`dvc repro` removed {stage}'s earlier outputs before it ran: `dvc checkout {stage}` restores the cached ones,"
+        " `git checkout -- <file>` those kept in git]"
+    )
+
+
+def run(name: str, body: Callable[[], str]) -> int:
+    """Run a stage's body; an actionable failure becomes one line on stderr and exit code 1."""
+    watch_parent()
+    quiet_known_upstream_noise()
+    try:
+        message = body()
+    except (ValueError, OSError, StageError) as exc:
+        print(f"{name}: {describe(exc)}{restore_hint(exc)}", file=sys.stderr)
+        return 1
+    print(f"{name}: {message}")
+    return 0
+
+
+def watch_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
+    """Stop this process when its parent dies (e.g. `dvc` killed on its own), so an orphaned stage never
+    writes outputs after DVC is gone: the main thread gets KeyboardInterrupt, which unwinds through the
+    atomic writers and removes their temporaries; if it cannot within `grace_s`, the process exits."""
+    parent = os.getppid()
+    if parent == 1:  # already an orphan (started by init, a container's entry point): nothing to watch
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"{os.path.basename(sys.argv[0])}: parent process {parent} died; stopping", file=sys.stderr)
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()

@@ -1,0 +1,71 @@
+"""The whole of params.yaml at once: every section, the names the registry knows, and the rules between sections.
+
+`dvc repro` runs this first (stage `validate`, which every other stage depends on), because DVC deletes
+a stage's outputs before the stage runs: a value refused inside the stage would come too late.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from edgequant.datasets import dataset_for
+from edgequant.params import (
+    SECTIONS,
+    BenchmarkParams,
+    DownloadParams,
+    GateParams,
+    ParamsError,
+    PrepareParams,
+    QuantizeParams,
+    TrainParams,
+    parse,
+    read_sections,
+)
+from edgequant.registry import get_method
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    download: DownloadParams
+    prepare: PrepareParams
+    train: TrainParams
+    quantize: QuantizeParams
+    benchmark: BenchmarkParams
+    gate: GateParams
+
+    def __post_init__(self) -> None:
+        for name in self.quantize.methods + self.gate.methods:
+            get_method(name)  # raises ValueError suggesting the closest known name
+        for name in self.quantize.methods:
+            baseline = get_method(name).baseline
+            if baseline not in self.quantize.methods:
+                raise ParamsError(
+                    f"params.yaml: quantize.methods lists {name} but not its FP32 baseline {baseline}: add {baseline}, or drop {name}"
+                )
+        for name in self.gate.methods:
+            if name not in self.quantize.methods:
+                raise ParamsError(
+                    f"params.yaml: gate.methods lists {name}, which quantize.methods does not: add it there, or stop gating it"
+                )
+            if get_method(name).precision != "int8":
+                raise ParamsError(
+                    f"params.yaml: gate.methods lists {name}, an FP32 method: the gate holds INT8 candidates to their FP32 baseline"
+                )
+        dataset = dataset_for(self.download.dataset, self.download.md5)
+        if dataset.train_images is not None and self.prepare.calib_size > dataset.train_images:
+            calib = self.prepare.calib_size
+            raise ParamsError(
+                f"params.yaml: prepare.calib_size = {calib} exceeds the {dataset.train_images} training images of {dataset.name}"
+            )
+        if dataset.test_images is not None:
+            self.benchmark.check_batches(dataset.test_images, dataset.name)
+
+
+def load_all(path: str | Path = "params.yaml") -> Params:
+    """Load and validate every section of params.yaml, and the rules between them."""
+    data = read_sections(path)
+    missing = [s for s in SECTIONS if s not in data]
+    if missing:
+        raise ParamsError(f"{path}: missing section(s) {', '.join(repr(s) for s in missing)}")
+    return Params(**{section: parse(cls, data[section], section) for section, cls in SECTIONS.items()})

@@ -1,0 +1,30 @@
+"""Stage `validate`: refuse a params.yaml any stage would refuse, before `dvc repro` touches any output."""
+
+import argparse
+import sys
+
+from edgequant import stage
+from edgequant.io import write_text
+from edgequant.validate import load_all
+
+# The same bytes whatever the params: stages depend on this file only to run after this check,
+# and a content that changed with the params would re-run all of them.
+VERDICT = "params.yaml passed edgequant.validate\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="output: a fixed line, written only when params.yaml is valid")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    def body() -> str:
+        load_all(args.params)
+        write_text(args.out, VERDICT)
+        return f"{args.params} is valid"
+
+    return stage.run("validate", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

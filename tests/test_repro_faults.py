@@ -1,0 +1,142 @@
+"""Faults met through `dvc repro` itself, on the tiny repo: DVC deletes a stage's outputs before running it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import TINY, set_params, sh, stages_run
+
+pytestmark = pytest.mark.slow
+
+
+def fingerprint(work: Path) -> dict[str, str]:
+    """md5 of every output a failed run must leave as it was: data, prepared splits, models, metrics, plots
+    (all but the validate stage's own verdict, which a refused params.yaml removes)."""
+    files = [p for top in ("data", "models", "metrics", "plots") for p in (work / top).rglob("*") if p.is_file()]
+    files = [p for p in files if p.name != "params.valid"]
+    return {p.relative_to(work).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+
+
+def repro_fails(work: Path, env: dict, *args: str) -> str:
+    proc = subprocess.run(["dvc", "repro", *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_a_path_like_method_name_deletes_nothing(clone):
+    work, env = clone
+    (work / "victim").mkdir()
+    (work / "victim" / "keep.txt").write_text("tracked by git")
+    sh(["git", "add", "victim"], work, env)
+    sh(["git", "commit", "-qm", "a folder a method name must not reach"], work, env)
+    before = fingerprint(work)
+    set_params(work, "quantize", methods=[*TINY["quantize"]["methods"], "../../victim"])
+    out = repro_fails(work, env)
+    assert "'../../victim' is not a method name" in out and stages_run(out) == {"validate"}, out
+    assert (work / "victim" / "keep.txt").read_text() == "tracked by git"
+    assert fingerprint(work) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p.update(trian=p["train"]), "unknown section 'trian'. Did you mean 'train'?"),
+        (lambda p: p["train"].update(lr=float("inf")), "train.lr: expected a finite number, got inf"),
+        (lambda p: p["prepare"].update(calib_size=0), "prepare.calib_size must be > 0"),
+        (lambda p: p["quantize"].update(methods=[]), "quantize.methods is empty"),
+        (lambda p: p["gate"].update(methods=["onnx_qdq_int8", "dynamic_int8x"]), "unknown quantization method 'dynamic_int8x'"),
+        (lambda p: p["benchmark"].update(peak_gemm_size=80000), "benchmark.peak_gemm_size must be <= 8192"),
+    ],
+    ids=["section-typo", "inf-lr", "calib-0", "no-methods", "gate-typo", "huge-gemm"],
+)
+def test_a_refused_param_keeps_every_earlier_output(clone, edit, message):
+    work, env = clone
+    before = fingerprint(work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    edit(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = repro_fails(work, env)
+    assert message in out and stages_run(out) == {"validate"}, out
+    assert fingerprint(work) == before  # models, data, prepared splits and the git-kept metrics all stay
+
+
+def test_a_failed_mirror_says_how_to_restore_what_dvc_removed(clone, tmp_path):
+    work, env = clone
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    out = repro_fails(work, dict(env, MNIST_MIRROR=str(empty)), "-f", "download")
+    assert "could not get a verified train-images-idx3-ubyte.gz" in out
+    assert "`dvc checkout download` restores the cached ones" in out, out
+    assert not (work / "data/raw").exists()  # DVC removed it before the stage ran
+    sh(["dvc", "checkout", "download"], work, env)
+    assert len(list((work / "data/raw").iterdir())) == 4 and "up to date" in sh(["dvc", "status"], work, env)
+
+
+def test_a_killed_stages_temporary_is_invisible_to_dvc_and_git(clone):
+    work, env = clone
+    # What SIGKILL during quantize leaves when the next `dvc repro` restores the stage from the run cache.
+    leftover = work / "models/quantized/.onnx_qdq_int8.k1ll3d.tmp"
+    leftover.mkdir()
+    (leftover / "model.onnx").write_bytes(b"half an export")
+    assert "up to date" in sh(["dvc", "status"], work, env)
+    assert stages_run(sh(["dvc", "repro"], work, env)) == set()
+    assert sh(["git", "status", "--porcelain"], work, env) == ""
+
+
+def test_re_exporting_the_same_bytes_does_not_re_run_the_benchmark(clone):
+    work, env = clone
+    out = sh(["dvc", "repro", "-f", "-s", "quantize@onnx_qdq_int8"], work, env)
+    assert stages_run(out) == {"quantize@onnx_qdq_int8"}, out
+    assert "up to date" in sh(["dvc", "status"], work, env)  # the export's timing lives outside the artifacts
+
+
+def test_the_dataset_is_a_tracked_input_of_download(clone):
+    work, env = clone
+    set_params(work, "download", dataset="fashion_mnist", md5={})
+    status = sh(["dvc", "status", "download"], work, env)
+    assert "download" in status and "modified:" in status and "download.dataset" in sh(["dvc", "params", "diff"], work, env)
+
+
+@pytest.mark.parametrize("out", ["metrics", "models/quantized/onnx_qdq_int8", "plots"])
+def test_compare_refuses_an_out_that_is_a_pipeline_output(clone, out):
+    work, env = clone
+    before = fingerprint(work)
+    proc = subprocess.run(
+        ["python", "-m", "edgequant.compare", "main", "calib-16", "--out", out], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and proc.stderr.startswith(f"compare: --out {out} ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert fingerprint(work) == before
+
+
+def test_killing_only_dvc_stops_the_stage_it_started(clone):
+    work, env = clone
+    set_params(work, "train", epochs=2000)  # long enough to outlive dvc by minutes if nothing stopped it
+    proc = subprocess.Popen(
+        ["dvc", "repro"], cwd=work, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list((work / "metrics").glob(".train_live.*.tmp/**/*.tsv")):  # train is mid-run
+        assert proc.poll() is None and time.monotonic() < deadline, "dvc repro ended before it could be interrupted"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # dvc alone, not its process group
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:  # the group now holds only the orphaned stage, until it notices and stops
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the train stage kept running 30 s after dvc died")
+        time.sleep(0.2)
+    assert not (work / "models/fp32.pt").exists() and not (work / "metrics/train_live").exists()
+    assert not list((work / "metrics").glob(".*.tmp"))  # it unwound through its atomic writers

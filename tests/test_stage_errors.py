@@ -1,0 +1,94 @@
+"""Each stage turns a damaged input, a full disk or a read-only checkout into one line naming the file and the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+
+import pytest
+import torch
+import yaml
+
+from edgequant.model import Net
+from stages import benchmark, gate, quantize, train
+
+from .conftest import ROOT, make_digits
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Real params, tiny prepared splits and one truncated copy, in a temp dir that is the cwd."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(epochs=1, threads=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    images, labels = make_digits(64, 0)
+    torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, tmp_path / "good.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:3000])
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def one_line(capsys, stage: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"{stage}: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+TRUNCATED = r"truncated.pt: not a readable edgequant model \(.*\); re-run `dvc repro prepare`"
+
+
+def test_truncated_prepared_split_in_train(workdir, capsys):
+    args = ["--train", "truncated.pt", "--test", "good.pt", "--model", "m.pt", "--metrics", "t.json", "--live", "live"]
+    assert train.main(args) == 1
+    assert re.search(TRUNCATED, one_line(capsys, "train"))
+    assert not os.path.exists("m.pt")
+
+
+def test_truncated_prepared_split_in_quantize_and_benchmark(workdir, capsys):
+    torch.save(Net().state_dict(), "fp32.pt")
+    args = ["--method", "fp32", "--model", "fp32.pt", "--calib", "truncated.pt", "--test", "good.pt", "--out", "q", "--metrics", "q.json"]
+    assert quantize.main(args) == 1
+    assert re.search(TRUNCATED, one_line(capsys, "quantize"))
+    args = ["--artifacts", "none", "--test", "truncated.pt", "--metrics", "b.json", "--sqnr", "s.json", "--csv", "b.csv"]
+    assert benchmark.main([*args, "--layers-csv", "l.csv", "--ops-csv", "o.csv"]) == 1
+    assert "re-run `dvc repro quantize@fp32`" in one_line(capsys, "benchmark")  # artifacts are looked at first
+
+
+def test_truncated_benchmark_metrics_given_to_the_gate(workdir, capsys):
+    (workdir / "b.json").write_text('{"methods": {"onnx_qdq_int8": {"accuracy_drop')
+    assert gate.main(["--metrics", "b.json", "--out", "g.json"]) == 1
+    assert "b.json: not complete JSON" in one_line(capsys, "gate") and not (workdir / "g.json").exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_full_disk_or_read_only_checkout(workdir, capsys, monkeypatch, code):
+    (workdir / "b.json").write_text(json.dumps({"peak": {"threads_1": {}}, "methods": {}}))
+
+    def refuse(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
+        raise OSError(code, os.strerror(code), str(dir))
+
+    monkeypatch.setattr("edgequant.io.tempfile.mkstemp", refuse)
+    assert gate.main(["--metrics", "b.json", "--out", "g.json"]) == 1
+    err = one_line(capsys, "gate")
+    assert f"gate: cannot access g.json: {os.strerror(code)} (free disk space or make the checkout writable, then re-run)" in err
+
+
+def test_under_dvc_repro_the_error_says_how_to_restore_earlier_outputs(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "train")
+    args = ["--train", "truncated.pt", "--test", "good.pt", "--model", "m.pt", "--metrics", "t.json", "--live", "live"]
+    assert train.main(args) == 1
+    assert "`dvc checkout train` restores the cached ones, `git checkout -- <file>` those kept in git" in one_line(capsys, "train")
+
+
+def test_training_that_diverges_stops_at_the_first_non_finite_loss():
+    from edgequant.train import train as fit
+
+    from .conftest import tiny_train_params
+
+    images, labels = make_digits(256, 0)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    with pytest.raises(ValueError, match=r"training diverged: loss is (nan|inf) at epoch 1, batch \d+; lower train.lr \(now 1e\+30\)"):
+        fit(tiny_train_params(lr=1e30, optimizer="adam", epochs=50), x, y, x[:32], y[:32])
+    torch.use_deterministic_algorithms(False)

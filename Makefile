@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint compare vega clean-venv
+.PHONY: setup repro test lint compare vega machine clean-venv
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ test: setup lint
 lint: setup
 	ruff check edgequant stages tests notebooks
 	ruff format --check edgequant stages tests notebooks
+
+# This machine's run into the fleet: machines/<name>/ (commit it) and a DVC experiment of the same name
+# (`dvc exp push origin <name>` shares it; a teammate's `dvc exp pull origin <name>` brings it back).
+machine: repro
+	@name=$$(python -m edgequant.fleet metrics/benchmark.json metrics/gate.json metrics/sqnr.json plots/benchmark.csv \
+		plots/ops.csv --machine metrics/machine.json --out machines) && dvc repro fleet && \
+	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \
+	echo "saved machines/$$name and experiment $$name; share: git add machines/$$name, or dvc exp push origin $$name"
 
 # The Markdown report a reviewer reads: `make compare A=main B=my-branch` (also experiments, commits).
 A ?= main

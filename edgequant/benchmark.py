@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils import benchmark as tbench
 
+from edgequant import roofline
 from edgequant.data import load_prepared, to_input
 from edgequant.model import NUM_CLASSES
 from edgequant.profile import profile_torch
@@ -20,6 +20,8 @@ from edgequant.registry import get_method
 from edgequant.runtime import keep_freed_memory, minor_faults, peak_rss_mib
 from edgequant.stage import watch_parent
 from edgequant.types import Runner
+
+LOGIT_IMAGES = 512  # test images whose logits come back for the SQNR of each method against FP32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,36 +59,15 @@ class MethodRequest:
         return f"{self.method} with {self.threads} thread(s)"
 
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
-
-
-def machine_info() -> dict[str, object]:
-    """What the numbers were measured on: CPU, the SIMD flags INT8 speed depends on, library versions."""
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "Model", "Hardware") and value.strip():
-                model = value.strip()
-            elif key in ("flags", "Features"):
-                flags = set(value.split())
-    info: dict[str, object] = {
-        "cpu": model,
-        "arch": platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "quantized_engine": torch.backends.quantized.engine,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+def machine_info(probed: dict) -> dict[str, object]:
+    """The probe stage's machine record, with what the runtimes report about themselves in this process."""
+    return {
+        **probed,
+        "reported": {
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "quantized_engine": torch.backends.quantized.engine,
+        },
     }
-    info.update({f"flag_{f}": f in flags for f in FLAGS})
-    for module in ("onnxruntime", "executorch", "torchao"):
-        try:
-            info[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            info[module] = None
-    return info
 
 
 def measure_latency(run: Runner, x: torch.Tensor, warmup: int, runs: int) -> dict[str, float]:
@@ -132,29 +113,15 @@ def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, thre
 
 
 def predict(run: Runner, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Top-1 class for every row of `x`; the last partial batch is zero-padded for static-shape artifacts."""
-    preds = []
+    """Logits for every row of `x`; the last partial batch is zero-padded for static-shape artifacts."""
+    out = []
     for i in range(0, len(x), batch_size):
         chunk = x[i : i + batch_size]
         n = len(chunk)
         if n < batch_size:
             chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, *chunk.shape[1:])])
-        preds.append(run(chunk)[:n].argmax(1))
-    return torch.cat(preds)
-
-
-def measure_peak(threads: int, size: int, min_run_time_s: float) -> dict[str, float]:
-    """GMAC/s of a large FP32 `torch.mm` and INT8 `torch._int_mm` on this CPU: the roofline we compare to."""
-    torch.manual_seed(0)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    ai, bi = torch.randint(-128, 128, (size, size), dtype=torch.int8), torch.randint(-128, 128, (size, size), dtype=torch.int8)
-    macs = size**3
-    fp32 = tbench.Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b}, num_threads=threads)
-    int8 = tbench.Timer("torch._int_mm(a, b)", globals={"torch": torch, "a": ai, "b": bi}, num_threads=threads)
-    return {
-        "fp32_gmacs": macs / fp32.blocked_autorange(min_run_time=min_run_time_s).median / 1e9,
-        "int8_gmacs": macs / int8.blocked_autorange(min_run_time=min_run_time_s).median / 1e9,
-    }
+        out.append(torch.as_tensor(run(chunk))[:n].float())
+    return torch.cat(out)
 
 
 def check_runs(run: Runner, x: torch.Tensor, request: MethodRequest) -> None:
@@ -199,7 +166,9 @@ def measure_method(request: MethodRequest) -> dict:
         runs = request.profile_runs
         result["ops_ms"] = method.profile(out_dir, tp_bs, threads, batch, runs) if method.profile else profile_torch(run, batch, runs)
     if request.predict:
-        result["predictions"] = predict(run, x, tp_bs).tolist()
+        logits = predict(run, x, tp_bs)
+        result["predictions"] = logits.argmax(1).tolist()
+        result["logits"] = logits[:LOGIT_IMAGES].tolist()  # INT8 against FP32 logits, in the real runtime on this CPU
     return result
 
 
@@ -216,7 +185,7 @@ def write_measurement(request: PeakRequest | MethodRequest, result_path: str, lo
     os.dup2(log.fileno(), 2)
     try:
         if isinstance(request, PeakRequest):
-            result = measure_peak(request.threads, request.gemm_size, request.min_run_time_s)
+            result = roofline.measure_peak(request.threads, request.gemm_size, request.min_run_time_s)
         else:
             result = measure_method(request)
     except ValueError as exc:

@@ -15,6 +15,7 @@ class Check:
     limit: float
     param: str  # the params.yaml key that sets the limit
     at_least: bool  # the limit is a minimum (speed-up) rather than a maximum (accuracy drop, size)
+    note: str = ""  # what else a reader needs to judge the value (for accuracy: is the drop noise?)
 
     @property
     def passed(self) -> bool:
@@ -26,7 +27,8 @@ class Check:
         verdict = "ok" if self.passed else "FAIL"
         bound = ">=" if self.at_least else "<="
         value = "missing from the benchmark's metrics" if self.measured is None else f"{self.measured:.4g}"
-        return f"{verdict}: {self.method}: {self.what} {value}, limit {bound} {self.limit:g} ({self.param})"
+        note = f" [{self.note}]" if self.note else ""
+        return f"{verdict}: {self.method}: {self.what} {value}, limit {bound} {self.limit:g} ({self.param}){note}"
 
 
 def _value(metrics: dict, *keys: str) -> float | None:
@@ -35,6 +37,15 @@ def _value(metrics: dict, *keys: str) -> float | None:
             return None
         metrics = metrics[key]
     return metrics if isinstance(metrics, (int, float)) and not isinstance(metrics, bool) else None
+
+
+def noise(method: dict | None) -> str:
+    """Whether an accuracy difference is more than chance: the flipped test images and McNemar's p."""
+    if not method or "mcnemar_p" not in method:
+        return ""
+    p = method["mcnemar_p"]
+    verdict = "within noise" if p >= 0.05 else "significant"
+    return f"{method['flips_lost']} images lost, {method['flips_gained']} gained vs fp32; McNemar p={p:.2g}: {verdict}"
 
 
 def check(metrics: dict, gate: GateParams) -> list[Check]:
@@ -48,14 +59,16 @@ def check(metrics: dict, gate: GateParams) -> list[Check]:
     measured = metrics.get("methods", {})
     checks = []
     for name in gate.methods:
+        drop = _value(measured, name, "accuracy_drop_pp")
         checks.append(
             Check(
                 name,
                 "accuracy drop vs fp32 (pp)",
-                _value(measured, name, "accuracy_drop_pp"),
+                drop,
                 gate.max_accuracy_drop_pp,
                 "gate.max_accuracy_drop_pp",
                 False,
+                noise(measured.get(name)),
             )
         )
         size = _value(measured, name, "size_ratio_vs_runtime_fp32")

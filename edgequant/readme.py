@@ -1,7 +1,7 @@
 """The README's results and per-operator tables, generated from the benchmark's outputs (never typed by hand).
 
 python -m edgequant.readme             # print them
-python -m edgequant.readme README.md   # rewrite the blocks between the README's markers
+python -m edgequant.readme README.md   # rewrite the blocks between the README's markers (results, ops, fleet)
 """
 
 from __future__ import annotations
@@ -13,6 +13,35 @@ from pathlib import Path
 
 from edgequant.io import write_text
 from edgequant.profile import KIND_ORDER, conv_gmacs, ms_by_kind
+from edgequant.reference import REFERENCE
+
+
+def reference_table(train: dict, metrics: dict) -> str:
+    """The reference result (edgequant/reference.py) beside this run's, row by row."""
+    ref, m = REFERENCE, metrics["methods"]
+    t = f"threads_{thread_counts(metrics)[0]}"
+    fp32, dyn = m["fp32"], m.get("dynamic_int8")
+    int8 = {name: r for name, r in m.items() if r["precision"] == "int8" and name != "dynamic_int8"}
+    best = max(int8, key=lambda name: int8[name][t]["throughput_ips"]) if int8 else None
+    losses = " / ".join(f"{v:.4f}" for v in train["train_loss_per_epoch"])
+    rows = [
+        ("per-epoch mean training loss", " / ".join(f"{v:.4f}" for v in ref["train_loss_per_epoch"]), f"{losses} (train mode, dropout on)"),
+        ("FP32 test accuracy", f"{ref['fp32_accuracy_pct']:.2f} %", f"**{fp32['accuracy_pct']:.2f} %**"),
+    ]
+    ref_ratio = ref["dynamic_int8_size_bytes"] / ref["fp32_size_bytes"]
+    sizes = f"{ref['fp32_size_bytes'] / 1024:.2f} KB → {ref['dynamic_int8_size_bytes'] / 1024:.2f} KB ({100 * ref_ratio:.1f} %)"
+    speed = f"none ({ref['fp32_eval_s']:.2f} s vs {ref['dynamic_int8_eval_s']:.2f} s)"
+    if dyn is not None:
+        agree = f"({dyn['agreement_with_fp32_pct']:.2f} % top-1 agreement with FP32)"
+        rows.append(("dynamic INT8 accuracy", f"{ref['dynamic_int8_accuracy_pct']:.2f} %", f"**{dyn['accuracy_pct']:.2f} %** {agree}"))
+        ours = f"**{fp32['size_bytes'] / 1024:.1f} KB → {dyn['size_bytes'] / 1024:.1f} KB** ({100 * dyn['size_ratio_vs_fp32']:.1f} %)"
+        rows.append(("FP32 → dynamic INT8 state dict", sizes, ours))
+        measured = f"dynamic: {dyn[t]['throughput_speedup_vs_fp32_eager']:.1f}× at batch 256, 1 thread"
+        if best:
+            measured += f"; **static INT8 (`{best}`): {int8[best][t]['throughput_speedup_vs_fp32_eager']:.1f}×**"
+        rows.append(("INT8 speed-up on CPU", speed, measured))
+    lines = ["| | reference | edgequant |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
 
 
 def thread_counts(metrics: dict) -> list[int]:
@@ -23,14 +52,15 @@ def thread_counts(metrics: dict) -> list[int]:
 def markdown_table(metrics: dict) -> str:
     """The README's results table, straight from metrics/benchmark.json (never typed by hand)."""
     threads = thread_counts(metrics)
-    head = ["method", "runtime", "size KB", "size vs own FP32", "top-1 %", "agree %"]
+    head = ["method", "runtime", "size KB", "size vs own FP32", "top-1 %", "agree %", "logit SQNR dB"]
     for t in threads:
         head += [f"p50 ms b1 ({t}t)", f"img/s b256 ({t}t)", f"× FP32 eager ({t}t)", f"× own FP32 ({t}t)"]
     head.append(f"% of peak ({threads[0]}t)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in metrics["methods"].items():
         cells = [f"`{name}`", m["runtime"], f"{m['size_bytes'] / 1024:.1f}", f"{m['size_ratio_vs_runtime_fp32'] * 100:.1f} %"]
-        cells += [f"{m['accuracy_pct']:.2f}", f"{m['agreement_with_fp32_pct']:.2f}"]
+        sqnr = m.get("logit_sqnr_db_vs_fp32")  # measured on this CPU, in the shipping runtime
+        cells += [f"{m['accuracy_pct']:.2f}", f"{m['agreement_with_fp32_pct']:.2f}", "–" if sqnr is None or sqnr >= 200 else f"{sqnr:.1f}"]
         for t in threads:
             r = m[f"threads_{t}"]
             own = r["throughput_speedup_vs_runtime_fp32"]
@@ -44,11 +74,14 @@ def markdown_table(metrics: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     peak, machine = metrics["peak"], metrics["machine"]
     peaks = "; ".join(
-        f"{t} thread(s): FP32 {peak[f'threads_{t}']['fp32_gmacs']:.0f}, INT8 {peak[f'threads_{t}']['int8_gmacs']:.0f} GMAC/s"
+        f"{t} thread(s): FP32 {p['fp32_gmacs']:.0f} ({p['fp32_engine']}), INT8 {p['int8_gmacs']:.0f} GMAC/s ({p['int8_engine']})"
         for t in threads
+        for p in [peak[f"threads_{t}"]]
     )
-    flags = f"avx512_vnni={machine['flag_avx512_vnni']}, amx_int8={machine['flag_amx_int8']}"
-    lines += ["", f"Measured peaks: {peaks}. Machine: {machine['cpu']}, {flags}, torch {machine['torch']}.", "", ceiling(metrics)]
+    isa = machine["isa"]
+    where = f"`{machine['name']}` ({machine['cpu']}; torch {isa['torch_cpu_capability']}, oneDNN {isa['onednn']}"
+    where += f", INT8 dot: {isa['int8_dot']})"
+    lines += ["", f"Measured peaks, the best GEMM engine of each precision: {peaks}. Machine: {where}.", "", ceiling(metrics)]
     return "\n".join(lines)
 
 
@@ -90,6 +123,8 @@ def ops_table(rows: list[dict]) -> str:
 
 RESULTS = ("<!-- results:begin (python -m edgequant.readme README.md) -->", "<!-- results:end -->")
 OPS = ("<!-- ops:begin (python -m edgequant.readme README.md) -->", "<!-- ops:end -->")
+FLEET = ("<!-- fleet:begin (python -m edgequant.readme README.md) -->", "<!-- fleet:end -->")
+REFERENCE_BLOCK = ("<!-- reference:begin (python -m edgequant.readme README.md) -->", "<!-- reference:end -->")
 BEGIN, END = RESULTS
 
 
@@ -112,14 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("readme", nargs="?", help="rewrite this file's results and ops blocks in place")
     parser.add_argument("--metrics", default="metrics/benchmark.json")
     parser.add_argument("--ops", default="plots/ops.csv")
+    parser.add_argument("--fleet", default="plots/fleet.md")
+    parser.add_argument("--train", default="metrics/train.json")
     args = parser.parse_args(argv)
-    table = markdown_table(json.loads(Path(args.metrics).read_text()))
+    metrics = json.loads(Path(args.metrics).read_text())
+    table = markdown_table(metrics)
+    reference = reference_table(json.loads(Path(args.train).read_text()), metrics)
     ops = ops_table(read_ops(args.ops))
+    fleet = Path(args.fleet).read_text().strip()
     if args.readme:
         text = replace_block(Path(args.readme).read_text(), table, RESULTS)
-        write_text(args.readme, replace_block(text, ops, OPS))
+        text = replace_block(text, ops, OPS)
+        text = replace_block(text, reference, REFERENCE_BLOCK)
+        write_text(args.readme, replace_block(text, fleet, FLEET))
     else:
-        print(f"{table}\n\n{ops}")
+        print(f"{reference}\n\n{table}\n\n{ops}\n\n{fleet}")
     return 0
 
 

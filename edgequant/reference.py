@@ -1,4 +1,4 @@
-"""The reference result edgequant reproduces (from the project brief), shown beside ours in plots and README."""
+"""The reference result edgequant reproduces: the classic MNIST CNN, 3 epochs, FP32 and dynamic INT8, on CPU."""
 
 REFERENCE = {
     "train_loss_per_epoch": [0.1716, 0.0566, 0.0397],

@@ -23,6 +23,7 @@ class Exported:
 
     shipped: Path
     sqnr_db: dict[str, float] | None = None
+    settings: dict[str, str] | None = None  # choices a reader of the results should know (recorded in meta.json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Method:
 
 
 _METHODS: dict[str, Method] = {}
+_MODULES: dict[str, str] = {}  # method -> the module that registered it: lists follow module order, whatever imported first
 
 
 def register(name: str, *, runtime: str, precision: str, baseline: str, static_shapes: bool = False):
@@ -57,23 +59,26 @@ def register(name: str, *, runtime: str, precision: str, baseline: str, static_s
             raise ValueError(f"quantization method {name!r} is registered twice")
         description, profile = (cls.__doc__ or "").strip(), getattr(cls, "profile", None)
         _METHODS[name] = Method(name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile)
+        _MODULES[name] = cls.__module__
         return cls
 
     return add
 
 
 def known_methods() -> list[str]:
+    """Every registered name: by module, then in the order each module defines them."""
     _load_builtins()
-    return list(_METHODS)
+    return sorted(_METHODS, key=_MODULES.__getitem__)
 
 
 def get_method(name: str) -> Method:
     """The method registered as `name`, or ValueError suggesting the closest name and listing the known ones."""
     _load_builtins()
     if name not in _METHODS:
-        close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
+        known = known_methods()
+        close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown quantization method {name!r}{hint}; known methods: {', '.join(_METHODS)}")
+        raise ValueError(f"unknown quantization method {name!r}{hint}; known methods: {', '.join(known)}")
     return _METHODS[name]
 
 

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from edgequant.layers import conv_layers, net_macs
+from edgequant.layers import conv_layers, net_macs, sqnr_db
 from edgequant.registry import get_method
 
 
-def accuracy(methods: list[str], predictions: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Top-1 accuracy, agreement with FP32 and the drop against FP32, per method."""
+def accuracy(
+    methods: list[str], predictions: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], labels: torch.Tensor
+) -> dict[str, dict[str, float]]:
+    """Top-1 accuracy, agreement with FP32, the drop against FP32, and the logits' SQNR against FP32's, per method.
+
+    The SQNR is measured in the runtime that ships the artifact, on this CPU: INT8 numerics depend on the
+    ISA (x86 without VNNI saturates where VNNI does not), so a test machine's figure says nothing of another's."""
     result = {}
     for m in methods:
         result[m] = {
             "accuracy_pct": 100.0 * (predictions[m] == labels).float().mean().item(),
             "agreement_with_fp32_pct": 100.0 * (predictions[m] == predictions["fp32"]).float().mean().item(),
+            "logit_sqnr_db_vs_fp32": min(sqnr_db(logits["fp32"], logits[m]), 200.0),  # identical logits: capped, JSON has no inf
         }
     for m in methods:
         result[m]["accuracy_drop_pp"] = result["fp32"]["accuracy_pct"] - result[m]["accuracy_pct"]
+        result[m].update(flips(predictions["fp32"] == labels, predictions[m] == labels))
     return result
+
+
+def flips(fp32_right: torch.Tensor, right: torch.Tensor) -> dict[str, float]:
+    """Test images FP32 got right and the method wrong (lost) and the other way (gained), with the exact
+    two-sided McNemar p-value: the chance of a split this uneven if the method were as accurate as FP32.
+    A drop is noise unless p is small; 0.00 pp from 3 lost and 3 gained is not the same as from 0 and 0."""
+    lost, gained = int((fp32_right & ~right).sum()), int((~fp32_right & right).sum())
+    n, k = lost + gained, min(lost, gained)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return {"flips_lost": lost, "flips_gained": gained, "mcnemar_p": min(1.0, 2 * tail)}
 
 
 def summarize(

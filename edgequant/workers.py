@@ -78,10 +78,10 @@ def clamp_threads(requested: list[int]) -> list[int]:
 
 
 def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], artifacts: Path, test_path: str):
-    """The CPU peak per thread count, then every (method, threads) run; predictions once per method."""
+    """The CPU peak per thread count, then every (method, threads) run; predictions and logits once per method."""
     context = start_method()
     peaks = {t: measure(context, PeakRequest(t, p.peak_gemm_size, p.min_run_time_s)) for t in threads}
-    runs, predictions, ops = {}, {}, {}
+    runs, predictions, logits, ops = {}, {}, {}, {}
     jobs = [(m, t) for t in threads for m in methods]
     for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
         # Accuracy does not depend on threads: predict once, at the largest count (fastest).
@@ -103,9 +103,9 @@ def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], arti
         start = time.perf_counter()
         r = runs[(m, t)] = measure(context, request)
         if "predictions" in r:
-            predictions[m] = torch.tensor(r.pop("predictions"))
+            predictions[m], logits[m] = torch.tensor(r.pop("predictions")), torch.tensor(r.pop("logits"))
         if "ops_ms" in r:
             ops[m] = r.pop("ops_ms")
         speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
         tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({time.perf_counter() - start:.1f} s)")
-    return peaks, runs, predictions, ops
+    return peaks, runs, predictions, logits, ops

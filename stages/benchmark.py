@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", required=True, help="directory with one sub-directory per method")
     parser.add_argument("--test", required=True, help="prepared test split")
+    parser.add_argument("--machine", required=True, help="the probe stage's machine record, JSON")
     parser.add_argument("--metrics", required=True, help="output: combined metrics JSON")
     parser.add_argument("--sqnr", required=True, help="output: per-layer SQNR metrics JSON")
     parser.add_argument("--csv", required=True, help="output: one row per (method, threads)")
@@ -60,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         labels = load_prepared(args.test)["labels"]
         p.check_batches(len(labels), args.test)
         threads = clamp_threads(p.threads)
-        peaks, runs, predictions, ops = measure_all(p, methods, threads, artifacts, args.test)
-        metrics, rows = summarize(methods, {m: meta[m]["size_bytes"] for m in methods}, runs, peaks, accuracy(methods, predictions, labels))
-        metrics["machine"] = machine_info()
+        peaks, runs, predictions, logits, ops = measure_all(p, methods, threads, artifacts, args.test)
+        sizes = {m: meta[m]["size_bytes"] for m in methods}
+        metrics, rows = summarize(methods, sizes, runs, peaks, accuracy(methods, predictions, logits, labels))
+        metrics["machine"] = machine_info(json.loads(Path(args.machine).read_text()))
         sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}
         op_table = [
             row

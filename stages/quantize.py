@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 "shipped": exported.shipped.name,
                 "batch_sizes": list(batch_sizes),
                 "sqnr_db": exported.sqnr_db,
+                "settings": exported.settings,
             }
             write_json(tmp / "meta.json", meta)
         write_json(args.metrics, {"export_time_s": round(time.perf_counter() - start, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})

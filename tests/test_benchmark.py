@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from edgequant.benchmark import machine_info, measure_latency, measure_peak, measure_throughput, predict
+from edgequant.benchmark import machine_info, measure_latency, measure_throughput, predict
 from edgequant.layers import net_macs
 from edgequant.report import accuracy, summarize
 
@@ -68,15 +68,13 @@ def test_predict_pads_the_last_batch_for_static_shapes():
         return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
 
     x = torch.arange(10).float().view(10, 1, 1, 1)
-    assert predict(run, x, 4).tolist() == list(range(10))
+    assert predict(run, x, 4).argmax(1).tolist() == list(range(10))
     assert seen == [4, 4, 4]
 
 
-def test_peak_and_machine_info():
-    peak = measure_peak(1, 64, 0.02)
-    assert peak["fp32_gmacs"] > 0 and peak["int8_gmacs"] > 0
-    info = machine_info()
-    assert info["torch"].startswith("2.13") and "flag_avx512_vnni" in info
+def test_machine_info_adds_what_torch_reports_to_the_probe():
+    info = machine_info({"name": "a-machine", "isa": {"torch_cpu_capability": "AVX2"}})
+    assert info["name"] == "a-machine" and info["reported"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_summarize_ratios():
@@ -86,8 +84,15 @@ def test_summarize_ratios():
         ("dynamic_int8", 1): {"latency_ms_p50": 1.0, "latency_ms_p90": 2, "latency_ms_p99": 3, "throughput_ips": 400.0},
     }
     labels = torch.tensor([0, 1, 2, 3])
-    acc = accuracy(["fp32", "dynamic_int8"], {"fp32": torch.tensor([0, 1, 2, 0]), "dynamic_int8": torch.tensor([0, 1, 0, 0])}, labels)
-    assert acc["dynamic_int8"] == {"accuracy_pct": 50.0, "agreement_with_fp32_pct": 75.0, "accuracy_drop_pp": 25.0}
+    logits = {"fp32": torch.ones(4, 10), "dynamic_int8": torch.full((4, 10), 1.1)}  # 10 % off everywhere: 20 dB
+    acc = accuracy(
+        ["fp32", "dynamic_int8"], {"fp32": torch.tensor([0, 1, 2, 0]), "dynamic_int8": torch.tensor([0, 1, 0, 0])}, logits, labels
+    )
+    expected = {"accuracy_pct": 50.0, "agreement_with_fp32_pct": 75.0, "accuracy_drop_pp": 25.0, "logit_sqnr_db_vs_fp32": 20.0}
+    assert {k: acc["dynamic_int8"][k] for k in expected} == pytest.approx(expected)
+    assert acc["fp32"]["logit_sqnr_db_vs_fp32"] == 200.0
+    assert (acc["dynamic_int8"]["flips_lost"], acc["dynamic_int8"]["flips_gained"]) == (1, 0)
+
     metrics, rows = summarize(["fp32", "dynamic_int8"], sizes, runs, {1: {"fp32_gmacs": 10.0, "int8_gmacs": 40.0}}, acc)
     d = metrics["methods"]["dynamic_int8"]
     assert d["size_ratio_vs_fp32"] == 0.25
@@ -96,3 +101,17 @@ def test_summarize_ratios():
     assert d["threads_1"]["peak_fraction"] == pytest.approx(sum(net_macs().values()) * 400 / 1e9 / 40)
     assert d["baseline"] == "fp32" and d["threads_1"]["throughput_speedup_vs_runtime_fp32"] == 4.0
     assert len(rows) == 2 and rows[1]["threads"] == 1 and rows[1]["baseline"] == "fp32" and "threads_1" not in rows[1]
+
+
+def test_flips_and_mcnemar():
+    from edgequant.report import flips
+
+    def split(lost, gained, same=100):
+        fp32 = torch.tensor([True] * lost + [False] * gained + [True] * same)
+        method = torch.cat([torch.zeros(lost, dtype=torch.bool), torch.ones(gained, dtype=torch.bool), fp32[lost + gained :]])
+        return flips(fp32, method)
+
+    assert split(0, 0) == {"flips_lost": 0, "flips_gained": 0, "mcnemar_p": 1.0}
+    assert split(3, 3)["mcnemar_p"] == 1.0  # as many gained as lost: no evidence either way
+    assert split(10, 0)["mcnemar_p"] == pytest.approx(2 / 2**10)  # ten lost, none gained: 0.002
+    assert split(6, 1)["mcnemar_p"] == pytest.approx(2 * (1 + 7) / 2**7)  # 0.125: could be chance

@@ -15,6 +15,7 @@ PACKAGES = ("edgequant", "stages")
 DYNAMIC = {
     "edgequant/registry.py": sorted(f"edgequant.methods.{p.stem}" for p in (ROOT / "edgequant/methods").glob("*.py")),
     "edgequant/workers.py": ["edgequant.quiet"],  # the benchmark's fork server preloads it
+    "edgequant/bundle.py": ["edgequant.bench_runner", "edgequant.machine"],  # copied into the bundle
 }
 
 

@@ -62,3 +62,12 @@ def test_gating_a_method_that_was_not_benchmarked_fails_all_its_checks():
     checks = check(metrics(), gate)
     assert len(checks) == 4 and not any(c.passed for c in checks)
     assert report(checks)["failures"] == 4
+
+
+def test_the_accuracy_check_says_whether_a_drop_is_noise():
+    m = metrics(drop=0.05)
+    m["methods"]["onnx_qdq_int8"].update(flips_lost=8, flips_gained=3, mcnemar_p=0.227)
+    described = check(m, GATE)[0].describe()
+    assert described.endswith("[8 images lost, 3 gained vs fp32; McNemar p=0.23: within noise]") and described.startswith("ok:")
+    m["methods"]["onnx_qdq_int8"].update(flips_lost=30, flips_gained=2, mcnemar_p=1e-7)
+    assert check(m, GATE)[0].describe().endswith("McNemar p=1e-07: significant]")

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from .conftest import TINY, set_params, sh, stages_run
+from .conftest import TINY, is_up_to_date, set_params, sh, stages_run
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
     assert set(metrics["methods"]) == set(TINY["quantize"]["methods"])
     q = metrics["methods"]["onnx_qdq_int8"]
     assert q["size_ratio_vs_runtime_fp32"] < 0.3 and 0 <= q["accuracy_pct"] <= 100
-    assert q["threads_1"]["latency_ms_p50"] > 0 and metrics["machine"]["torch"].startswith("2.13")
+    assert q["threads_1"]["latency_ms_p50"] > 0 and metrics["machine"]["versions"]["torch"].startswith("2.13")
     quantize = json.loads((work / "metrics/quantize/onnx_qdq_int8.json").read_text())
     assert 0 < q["threads_1"]["peak_rss_mib"] < 2048 and 0 < quantize["peak_rss_mib"] < 2048 and quantize["export_time_s"] > 0
     # The size is that of the shipped file, measured by the benchmark.
@@ -37,7 +37,9 @@ def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
 @pytest.mark.slow
 def test_new_calibration_size_reruns_quantize_but_not_train(tiny_origin):
     # prepare writes three files, so only calib.pt changes and train's inputs stay the same.
-    expected = {"validate", "prepare", "benchmark", "gate", "plot"} | {f"quantize@{m}" for m in TINY["quantize"]["methods"]}
+    expected = {"validate", "prepare", "benchmark", "gate", "bundle", "fleet", "plot"} | {
+        f"quantize@{m}" for m in TINY["quantize"]["methods"]
+    }
     assert stages_run(tiny_origin.branch_run) == expected, tiny_origin.branch_run
 
 
@@ -46,16 +48,16 @@ def test_noop_mirror_switch_and_one_param_reruns_only_its_stages(clone, tiny_ori
     work, env = clone
     again = sh(["dvc", "repro"], work, env)
     assert stages_run(again) == set(), again
-    assert "up to date" in sh(["dvc", "status"], work, env)
+    assert is_up_to_date(work, env)
 
     # Another mirror serving the same verified bytes: download re-runs, nothing downstream is stale.
     sh(["dvc", "repro", "-f", "download"], work, dict(env, MNIST_MIRROR=tiny_origin.mirror.as_uri()))
-    assert "up to date" in sh(["dvc", "status"], work, env)
+    assert is_up_to_date(work, env)
 
     # One benchmark param: only benchmark and what reads its metrics re-run.
     set_params(work, "benchmark", latency_runs=6)
     partial = sh(["dvc", "repro"], work, env)
-    assert stages_run(partial) == {"validate", "benchmark", "gate", "plot"}, partial
+    assert stages_run(partial) == {"validate", "benchmark", "gate", "fleet", "plot"}, partial
 
     diff = sh(["dvc", "params", "diff", "--md"], work, env)
     assert "benchmark.latency_runs" in diff and "| 5 " in diff and "| 6 " in diff

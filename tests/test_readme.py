@@ -1,11 +1,21 @@
 """The README's "What happens when…" table is checked against the tests it cites, so it cannot drift from them."""
 
 import ast
+import csv
+import io
 import re
+import subprocess
 
 from .conftest import ROOT
 
 CITED = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
+
+
+def committed(path: str) -> str:
+    """The file as committed: the README documents the committed run, and `make repro` on another
+    machine rewrites the workspace copy with that machine's figures before `make test` runs."""
+    proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else (ROOT / path).read_text()
 
 
 def faults_table() -> list[str]:
@@ -33,17 +43,34 @@ def test_results_table_is_the_one_generated_from_committed_metrics():
 
     from edgequant.readme import BEGIN, END, markdown_table
 
-    text = (ROOT / "README.md").read_text()
+    text = committed("README.md")
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-    assert block == markdown_table(json.loads((ROOT / "metrics/benchmark.json").read_text()))
+    assert block == markdown_table(json.loads(committed("metrics/benchmark.json")))
 
 
 def test_per_operator_table_is_the_one_generated_from_committed_profile():
-    from edgequant.readme import OPS, ops_table, read_ops
+    from edgequant.readme import OPS, ops_table
 
-    text = (ROOT / "README.md").read_text()
+    text = committed("README.md")
     block = text.split(OPS[0], 1)[1].split(OPS[1], 1)[0].strip()
-    assert block == ops_table(read_ops(ROOT / "plots/ops.csv"))
+    assert block == ops_table(list(csv.DictReader(io.StringIO(committed("plots/ops.csv")))))
+
+
+def test_reference_table_is_generated_from_reference_py_and_the_committed_run():
+    import json
+
+    from edgequant.readme import REFERENCE_BLOCK, reference_table
+
+    block = committed("README.md").split(REFERENCE_BLOCK[0], 1)[1].split(REFERENCE_BLOCK[1], 1)[0].strip()
+    expected = reference_table(json.loads(committed("metrics/train.json")), json.loads(committed("metrics/benchmark.json")))
+    assert block == expected and "| FP32 test accuracy | 98.97 % |" in block
+
+
+def test_fleet_table_is_the_committed_fleet_report():
+    from edgequant.readme import FLEET
+
+    block = committed("README.md").split(FLEET[0], 1)[1].split(FLEET[1], 1)[0].strip()
+    assert block == committed("plots/fleet.md").strip() and block.count("\n| `") >= 2  # at least two machines
 
 
 def test_int8_ceiling_puts_every_mac_at_the_measured_peak():

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from edgequant.machine import probe
 from edgequant.workers import clamp_threads, measure
 
 from .conftest import ROOT, make_digits
@@ -83,7 +84,9 @@ def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared,
     params["benchmark"].update(threads=[1], throughput_batch=8, latency_runs=5, warmup_runs=1, min_run_time_s=0.02, peak_gemm_size=64)
     (prepared / "params.yaml").write_text(yaml.safe_dump(params))
     out = prepared / "out"
+    (prepared / "machine.json").write_text(json.dumps(probe()))
     cmd = [sys.executable, "-m", "stages.benchmark", "--artifacts", str(artifacts), "--test", str(prepared / "prepared" / "test.pt")]
+    cmd += ["--machine", str(prepared / "machine.json")]
     cmd += ["--metrics", str(out / "b.json"), "--sqnr", str(out / "s.json")]
     cmd += ["--csv", str(out / "b.csv"), "--layers-csv", str(out / "l.csv"), "--ops-csv", str(out / "o.csv")]
     proc = subprocess.run(cmd + ["--params", str(prepared / "params.yaml")], cwd=ROOT, env=subprocess_env, capture_output=True, text=True)

@@ -51,7 +51,20 @@ def test_truncated_prepared_split_in_quantize_and_benchmark(workdir, capsys):
     args = ["--method", "fp32", "--model", "fp32.pt", "--calib", "truncated.pt", "--test", "good.pt", "--out", "q", "--metrics", "q.json"]
     assert quantize.main(args) == 1
     assert re.search(TRUNCATED, one_line(capsys, "quantize"))
-    args = ["--artifacts", "none", "--test", "truncated.pt", "--metrics", "b.json", "--sqnr", "s.json", "--csv", "b.csv"]
+    args = [
+        "--artifacts",
+        "none",
+        "--test",
+        "truncated.pt",
+        "--machine",
+        "m.json",
+        "--metrics",
+        "b.json",
+        "--sqnr",
+        "s.json",
+        "--csv",
+        "b.csv",
+    ]
     assert benchmark.main([*args, "--layers-csv", "l.csv", "--ops-csv", "o.csv"]) == 1
     assert "re-run `dvc repro quantize@fp32`" in one_line(capsys, "benchmark")  # artifacts are looked at first
 

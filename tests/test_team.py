@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .conftest import ROOT, TINY, set_params, sh, stages_run
+from .conftest import ROOT, TINY, is_up_to_date, set_params, sh, stages_run
 
 pytestmark = pytest.mark.slow
 VEGA_DIR = Path(os.environ.get("EDGEQUANT_VEGA_DIR", ROOT / ".cache" / "vega"))
@@ -23,7 +23,7 @@ VEGA_DIR = Path(os.environ.get("EDGEQUANT_VEGA_DIR", ROOT / ".cache" / "vega"))
 def test_clone_pull_is_clean_and_repro_is_a_noop(clone):
     work, env = clone
     assert (work / "models/fp32.pt").is_file() and (work / "models/quantized/onnx_qdq_int8/model.onnx").is_file()
-    assert "up to date" in sh(["dvc", "status"], work, env)
+    assert is_up_to_date(work, env)
     out = sh(["dvc", "repro"], work, env)
     assert stages_run(out) == set(), out
 
@@ -157,5 +157,5 @@ def test_dvc_repro_killed_mid_stage_then_completes(clone, sig):
     # Training is byte-reproducible: the same weights come back, so quantize and benchmark do not re-run
     # (plot may: dvclive's curves carry timestamps).
     assert "train" in stages_run(out) and stages_run(out) <= {"validate", "train", "plot"}, out
-    assert "up to date" in sh(["dvc", "status"], work, env)
+    assert is_up_to_date(work, env)
     assert not list(work.rglob(".*.tmp"))

@@ -1,0 +1,33 @@
+"""Stage `fleet`: every machine's results side by side, with what to ship on each (Markdown and a chart)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgequant import fleet, params, stage
+from edgequant.io import write_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", required=True, help="this machine's combined benchmark metrics")
+    parser.add_argument("--machines", required=True, help="folder of other machines' results, one sub-folder each")
+    parser.add_argument("--md", required=True, help="output: the fleet table, Markdown")
+    parser.add_argument("--png", required=True, help="output: the fleet chart")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    def body() -> str:
+        gate = params.load(params.GateParams, "gate", args.params)
+        here = fleet.load(Path(args.metrics).parent, Path(args.metrics).name)
+        others = [fleet.load(folder) for folder in sorted(Path(args.machines).iterdir()) if (folder / "benchmark.json").is_file()]
+        entries = [here] + [e for e in others if e["name"] != here["name"]]  # this run replaces its own saved copy
+        write_text(args.md, fleet.markdown([fleet.summarize(e, gate) for e in entries]) + "\n")
+        fleet.plot(entries, Path(args.png))
+        return f"{len(entries)} machine(s) -> {args.md}"
+
+    return stage.run("fleet", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

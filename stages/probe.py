@@ -1,0 +1,26 @@
+"""Stage `probe`: record what machine this is, so the benchmark re-runs on another CPU and not otherwise."""
+
+import argparse
+import json
+import sys
+
+from edgequant import stage
+from edgequant.io import write_text
+from edgequant.machine import probe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="output: the machine record, JSON")
+    args = parser.parse_args(argv)
+
+    def body() -> str:
+        record = probe()
+        write_text(args.out, json.dumps(record, indent=2) + "\n")
+        return f"{record['name']} -> {args.out}"
+
+    return stage.run("probe", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

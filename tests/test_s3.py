@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import set_params, sh, stages_run
+from .conftest import is_up_to_date, set_params, sh, stages_run
 from .s3server import REGION, S3Server, free_ports, weed_binary
 
 pytest.importorskip("dvc_s3", reason="dvc-s3 is not installed")
@@ -114,20 +114,6 @@ def team(tiny_origin, s3_server, tmp_path_factory) -> Team:
     return Team(lead, env, bare, push_s, push_all_s)
 
 
-def always_changed(work: Path) -> set[str]:
-    """Stages dvc.yaml marks `always_changed`: they run on every `dvc repro`, even when nothing else does."""
-    stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
-    return {name for name, stage in stages.items() if stage.get("always_changed")}
-
-
-def assert_clean(work: Path, env: dict[str, str], *targets: str) -> None:
-    """`dvc status` finds nothing to do beyond the stages that always run."""
-    proc = subprocess.run(["dvc", "status", "--json", *targets], cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    status = json.loads(proc.stdout)  # warnings go to stderr
-    assert all(name in always_changed(work) and changes == ["always changed"] for name, changes in status.items()), status
-
-
 def clone(team: Team, where: Path, pull: bool = True) -> Path:
     sh(["git", "clone", "-q", str(team.bare), str(where)], where.parent, team.env)
     if pull:
@@ -147,9 +133,9 @@ def test_push_then_fresh_clone_pulls_from_s3_clean_and_repro_is_a_noop(team, s3_
     sh(["dvc", "remote", "modify", "--local", "s3", "secret_access_key", s3_server.secret_key], work, env)
     out, pull_s = timed(["dvc", "pull"], work, env)
     assert "files fetched" in out, out
-    assert_clean(work, env)
+    assert is_up_to_date(work, env)
     out = sh(["dvc", "repro"], work, env)
-    assert stages_run(out) <= always_changed(work), out
+    assert stages_run(out) == set(), out
     assert sh(["git", "status", "--porcelain"], work, env) == ""  # config.local stays out of git
     history = sh(["git", "log", "--all", "-p"], team.bare, env)
     assert s3_server.secret_key not in history and s3_server.access_key not in history
@@ -180,7 +166,7 @@ def test_run_cache_from_s3_restores_a_calibration_a_teammate_ran(team, tmp_path)
     set_params(work, "prepare", calib_size=32)
     out = sh(["dvc", "repro", "prepare"], work, team.env)
     assert f"Stage 'prepare' {CACHED}" in out and "prepare" not in stages_run(out), out
-    assert_clean(work, team.env, "prepare")
+    assert "prepare" not in json.loads(sh(["dvc", "status", "--json", "prepare"], work, team.env))
 
 
 def test_experiment_pushed_by_one_teammate_is_pulled_and_applied_by_another(team, tmp_path):
@@ -198,7 +184,7 @@ def test_experiment_pushed_by_one_teammate_is_pulled_and_applied_by_another(team
     assert yaml.safe_load((bob / "params.yaml").read_text())["gate"]["min_speedup"] == 0.02
     assert (bob / "metrics/gate.json").read_bytes() == (alice / "metrics/gate.json").read_bytes()
     assert (bob / "models/fp32.pt").read_bytes() == (alice / "models/fp32.pt").read_bytes()
-    assert_clean(bob, team.env)
+    assert is_up_to_date(bob, team.env)
 
 
 def test_server_killed_mid_push_then_retried_push_completes_and_remote_verifies(team, tmp_path):
@@ -235,7 +221,7 @@ def test_server_killed_mid_push_then_retried_push_completes_and_remote_verifies(
         print(f"\ndvc push failed {time.monotonic() - killed_at:.2f} s after the server was killed")
         assert proc.returncode != 0 and "Could not connect to the endpoint URL" in out, out
         assert snapshot(work) == before
-        assert_clean(work, team.env)
+        assert is_up_to_date(work, team.env)
 
         victim.start()
         victim.ensure_bucket(BUCKET)
@@ -255,7 +241,7 @@ def test_server_killed_mid_push_then_retried_push_completes_and_remote_verifies(
         sh(["git", "clone", "-q", str(work), str(erin)], tmp_path, team.env)
         sh(["dvc", "remote", "modify", "--local", "victim", "verify", "true"], erin, team.env)  # re-hash what arrives
         sh(["dvc", "pull", "-r", "victim"], erin, team.env)
-        assert_clean(erin, team.env)
+        assert is_up_to_date(erin, team.env)
         assert {k: v for k, v in snapshot(erin).items() if not k.startswith(".dvc/")} == {
             k: v for k, v in before.items() if not k.startswith(".dvc/")
         }
@@ -279,7 +265,7 @@ def test_wrong_credentials_fail_clearly_and_lose_nothing(team, frank):
         rc, out, _ = run(cmd, frank, env)
         assert rc != 0 and "Forbidden" in out and "403" in out, out  # S3 answers HEAD requests without a body
     assert snapshot(frank) == before
-    assert_clean(frank, team.env)
+    assert is_up_to_date(frank, team.env)
 
 
 def test_missing_bucket_fails_clearly(team, s3_server, frank):

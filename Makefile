@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint compare vega machine clean-venv
+.PHONY: setup runtimes repro test lint compare vega machine clean-venv
 
 setup: $(VENV)/.installed
 
@@ -20,10 +20,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-repro: setup
+# The edge runtimes (OpenVINO + NNCF, LiteRT + litert-torch, Vela), which params.yaml's methods and the
+# npu stage use: a second step without the resolver, every package pinned; requirements-runtimes.txt says
+# why (litert-torch's converter asks for an old typing-extensions that dvc cannot run with).
+runtimes: $(VENV)/.runtimes
+
+$(VENV)/.runtimes: $(VENV)/.installed requirements-runtimes.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-runtimes.txt
+	touch $@
+
+repro: setup runtimes
 	dvc repro
 
-test: setup lint
+test: setup runtimes lint
 	python -m pytest -q
 
 lint: setup

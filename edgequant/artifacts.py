@@ -93,3 +93,41 @@ def read_onnx(path: Path, remedy: str) -> bytes:
     if external:
         raise _refuse(path, f"weights in external files ({', '.join(external[:3])})", remedy)
     return data
+
+
+TFLITE_IDENTIFIER = b"TFL3"  # LiteRT's flatbuffer file identifier, bytes 4-8 of every .tflite
+
+
+def read_tflite(path: Path, remedy: str) -> bytes:
+    """A .tflite flatbuffer: checked for LiteRT's identifier, since the interpreter trusts the offsets inside."""
+    data = path.read_bytes()
+    if data[4:8] != TFLITE_IDENTIFIER:
+        raise _refuse(path, f"no LiteRT identifier {TFLITE_IDENTIFIER.decode()} at byte 4", remedy)
+    return data
+
+
+def read_openvino_ir(xml: Path, remedy: str) -> tuple[bytes, bytes]:
+    """An OpenVINO IR (topology .xml and weights .bin beside it), refusing XML that is not an IR, any DTD or
+    entity (no IR has one; expanding them is how XML files exhaust memory), and constants past the end of the .bin."""
+    import xml.etree.ElementTree as ET
+
+    text = xml.read_bytes()
+    if b"<!DOCTYPE" in text or b"<!ENTITY" in text:
+        raise _refuse(xml, "XML with a DTD or entity declarations", remedy)
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise _refuse(xml, f"not XML: {exc}", remedy) from exc
+    if root.tag != "net" or root.find("layers") is None:
+        raise _refuse(xml, f"an XML file whose root is <{root.tag}>, not an IR's <net> with layers", remedy)
+    weights_path = xml.with_suffix(".bin")
+    if not weights_path.is_file():
+        raise _refuse(xml, f"no weights file {weights_path.name} beside it", remedy)
+    weights = weights_path.read_bytes()
+    for data in root.iter("data"):
+        offset, size = data.get("offset"), data.get("size")
+        if offset is None or size is None:
+            continue
+        if not (offset.isdigit() and size.isdigit()) or int(offset) + int(size) > len(weights):
+            raise _refuse(xml, f"a constant at offset {offset} of {size} bytes lies outside {weights_path.name}", remedy)
+    return text, weights

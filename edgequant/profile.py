@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -19,10 +20,12 @@ from edgequant.types import Runner
 # First match wins: "Convert (NC)" is a layout op, not a convolution; "QLinearConv" is a conv;
 # "DequantizeLinear" (ONNX) converts, while "quantized::linear" (torch.ao) is a fully connected layer.
 KINDS = (
+    # OpenVINO names each op "<type> <node>"; a Reorder's node names the conv it feeds, so its type decides.
+    ("layout & quantize", re.compile(r"^(Reorder|Reshape|Transpose|FakeQuantize|Convert)\b")),
     ("max pool", re.compile(r"pool", re.I)),
     ("conv", re.compile(r"conv(?!ert)", re.I)),
     ("layout & quantize", re.compile(r"transpose|copy|convert|quantize(?!d)|reorder|reshape|clone|contiguous|permute|slice|empty", re.I)),
-    ("fully connected", re.compile(r"fully connected|gemm|linear|addmm|\bmm\b", re.I)),
+    ("fully connected", re.compile(r"fully[ _]?connected|gemm|linear|addmm|\bmm\b", re.I)),
     ("ReLU", re.compile(r"relu|clamp_min", re.I)),  # eager runs ReLU on its own; engines fuse it into the layer before
 )
 
@@ -91,6 +94,56 @@ def profile_onnx(profiled_session: Callable[[str], object], x: torch.Tensor, run
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             times[f"{e['args']['op_name']} {e['name'].removesuffix('_kernel_time')}"].append(e["dur"] / 1e3)
     return {op: float(np.median(t)) for op, t in times.items()}
+
+
+def profile_openvino(request, x: torch.Tensor, runs: int) -> dict[str, float]:
+    """Median milliseconds per call of each executed node of an OpenVINO infer request compiled with
+    PERF_COUNT, keyed "<type> <node> (<kernel>)": the kernel names the ISA and precision that ran."""
+    feed = {0: x.numpy()}
+    request.infer(feed)
+    times: dict[str, list[float]] = defaultdict(list)
+    for _ in range(runs):
+        request.infer(feed)
+        for info in request.get_profiling_info():
+            if info.status.name == "EXECUTED":
+                times[f"{info.node_type} {info.node_name} ({info.exec_type})"].append(info.real_time.total_seconds() * 1e3)
+    return {op: float(np.median(t)) for op, t in times.items()}
+
+
+def profile_litert(tflite: bytes, open_model: Callable[[bytes], object], feed: Callable[[dict], np.ndarray], runs: int) -> dict[str, float]:
+    """Milliseconds per call of each operator of a .tflite model, keyed "<BUILTIN_OP> #<index>".
+
+    LiteRT's Python interpreter exposes no profiler (its C API's LiteRtProfiler is not wrapped), so each
+    operator's time is the median call of the model cut after it minus that of the model cut before it,
+    every cut opened by `open_model` as the measurement opens the whole (XNNPACK, same threads); `feed`
+    gives the input for the input tensor's details. A negative difference (noise on a tiny op) counts as 0.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite, 0)
+    model.signatureDefs = None  # signatures name the whole model's output; a cut has its own
+    graph = model.subgraphs[0]
+    ops = list(graph.operators)
+    totals = [0.0]
+    for k in range(1, len(ops) + 1):
+        graph.operators, graph.outputs = ops[:k], [ops[k - 1].outputs[0]]
+        builder = flatbuffers.Builder(len(tflite) + 4096)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        runner = open_model(bytes(builder.Output()))
+        source = runner.get_input_details()[0]
+        x = feed(source)
+        times = []
+        for i in range(runs + 1):  # the first call warms up
+            start = time.perf_counter()
+            runner.set_tensor(source["index"], x)
+            runner.invoke()
+            if i:
+                times.append((time.perf_counter() - start) * 1e3)
+        totals.append(float(np.median(times)))
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    return {f"{names.get(codes[op.opcodeIndex], 'CUSTOM')} #{i}": max(totals[i + 1] - totals[i], 0.0) for i, op in enumerate(ops)}
 
 
 OP_COLUMNS = ("method", "runtime", "precision", "threads", "batch", "op", "kind", "ms_per_batch", "share_pct")

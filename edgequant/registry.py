@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import pkgutil
 import re
 from collections.abc import Callable
@@ -39,16 +40,18 @@ class Method:
     # (out_dir, batch_size, threads, x, runs) -> ms per call for each operator, from the runtime's own
     # profiler; None: the benchmark profiles the runner with torch.profiler (PyTorch runtimes).
     profile: Callable[[Path, int, int, torch.Tensor, int], dict[str, float]] | None = None
+    requires: tuple[str, ...] = ()  # modules of optional packages it imports on first use (the `runtimes` extra)
 
 
 _METHODS: dict[str, Method] = {}
 _MODULES: dict[str, str] = {}  # method -> the module that registered it: lists follow module order, whatever imported first
 
 
-def register(name: str, *, runtime: str, precision: str, baseline: str, static_shapes: bool = False):
+def register(name: str, *, runtime: str, precision: str, baseline: str, static_shapes: bool = False, requires: tuple[str, ...] = ()):
     """Class decorator: a class with static `export(model, calib, sample, out_dir, batch_sizes)` and
     `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)`)
-    becomes the method `name`; its docstring is its description."""
+    becomes the method `name`; its docstring is its description. `requires` names the optional modules
+    it imports lazily, so a method can be listed, and its tests skipped, where they are not installed."""
     if not NAME.fullmatch(name):
         raise ValueError(f"quantization method name {name!r} must be lower-case letters, digits and '_' (it names a directory)")
     if precision not in ("fp32", "int8"):
@@ -58,11 +61,28 @@ def register(name: str, *, runtime: str, precision: str, baseline: str, static_s
         if name in _METHODS:
             raise ValueError(f"quantization method {name!r} is registered twice")
         description, profile = (cls.__doc__ or "").strip(), getattr(cls, "profile", None)
-        _METHODS[name] = Method(name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile)
+        _METHODS[name] = Method(name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile, requires)
         _MODULES[name] = cls.__module__
         return cls
 
     return add
+
+
+def import_runtime(module: str, package: str, method: str):
+    """`module` of an optional edge runtime, imported on first use; a one-line ValueError naming the pip
+    package when it is absent, so the registry lists every method whether or not its runtime is installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(
+            f"{method} needs the {package} package, which is not installed ({exc.name or module} missing): "
+            "install the optional edge runtimes with `pip install -e '.[runtimes]'` (`make runtimes`)"
+        ) from exc
+
+
+def missing_modules(method: Method) -> list[str]:
+    """The modules `method` requires that this environment cannot import."""
+    return [m for m in method.requires if importlib.util.find_spec(m) is None]
 
 
 def known_methods() -> list[str]:

@@ -76,7 +76,8 @@ def import_runtime(module: str, package: str, method: str):
     except ImportError as exc:
         raise ValueError(
             f"{method} needs the {package} package, which is not installed ({exc.name or module} missing): "
-            "install the optional edge runtimes with `pip install -e '.[runtimes]'` (`make runtimes`)"
+            "`make runtimes` installs the optional edge runtimes "
+            "(the `pip install -e '.[runtimes]'` extra, pinned: requirements-runtimes.txt)"
         ) from exc
 
 

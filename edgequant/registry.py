@@ -83,7 +83,14 @@ def import_runtime(module: str, package: str, method: str):
 
 def missing_modules(method: Method) -> list[str]:
     """The modules `method` requires that this environment cannot import."""
-    return [m for m in method.requires if importlib.util.find_spec(m) is None]
+    return [m for m in method.requires if not _findable(m)]
+
+
+def _findable(module: str) -> bool:
+    try:  # a dotted name whose parent package is absent raises instead of returning None
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def known_methods() -> list[str]:

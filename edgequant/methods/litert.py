@@ -18,7 +18,7 @@ from edgequant.profile import profile_litert
 from edgequant.registry import Exported, import_runtime, register
 
 # The interpreter hands every op it supports to LiteRT's default CPU delegate, XNNPACK, which runs them
-# with `threads` threads; the round-trip test checks that a DELEGATE node is there. No other delegate is used.
+# with `threads` threads; tests/test_runtimes.py checks that a DELEGATE node is there. No other delegate is used.
 DELEGATE = "XNNPACK"
 REQUIRES = ("litert_torch", "ai_edge_litert")
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from edgequant.gate import check
+from edgequant.machine import int8_dot, name_of
 from edgequant.params import GateParams
 
 SHIP_RULE = (
@@ -23,16 +24,13 @@ def machine_name(machine: dict) -> str:
     """The probe's name; records made before the probe existed are named from their CPU flags the same way."""
     if "name" in machine:
         return machine["name"]
-    words = "-".join(str(machine.get("cpu", "unknown")).lower().split())
-    isa = "avx512-vnni" if machine.get("flag_avx512_vnni") else "avx2" if machine.get("flag_avx2") else machine.get("arch", "cpu")
-    return f"{words}-{isa}"
+    flags = {key.removeprefix("flag_"): on for key, on in machine.items() if key.startswith("flag_")}
+    return name_of(str(machine.get("cpu", "unknown")), flags, str(machine.get("arch", "cpu")))
 
 
 def int8_isa(machine: dict) -> str:
     if "isa" in machine:
         return machine["isa"]["int8_dot"]
-    from edgequant.machine import int8_dot
-
     return int8_dot({key.removeprefix("flag_") for key, on in machine.items() if key.startswith("flag_") and on})
 
 

@@ -147,25 +147,29 @@ def probe(cpuinfo: str | None = None, env: Mapping[str, str] | None = None) -> d
     return record
 
 
+# The widest INT8 feature of a CPU, named for the machine's slug: first match wins.
+INT8_FEATURES = (
+    ("amx_int8", "amx"),
+    ("avx512_vnni", "avx512-vnni"),
+    ("avx512f", "avx512"),
+    ("avx_vnni", "avx-vnni"),
+    ("avx2", "avx2"),
+    ("i8mm", "i8mm"),
+    ("asimddp", "dotprod"),
+)
+
+
+def widest_int8(flags: Mapping[str, bool], arch: str) -> str:
+    return next((name for flag, name in INT8_FEATURES if flags.get(flag)), arch)
+
+
+def name_of(cpu: str, flags: Mapping[str, bool], arch: str) -> str:
+    """CPU words and the widest INT8 feature, e.g. amd-epyc-avx512-vnni."""
+    words = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    return f"{words}-{widest_int8(flags, arch)}"
+
+
 def slug(record: dict) -> str:
-    """A name for the machine's branch and fleet row: CPU words and the widest INT8 feature, e.g. amd-epyc-avx512-vnni."""
-    words = re.sub(r"[^a-z0-9]+", "-", str(record["cpu"]).lower()).strip("-")
-    flags = record["flags"]
-    if flags["amx_int8"]:
-        isa = "amx"
-    elif flags["avx512_vnni"]:
-        isa = "avx512-vnni"
-    elif flags["avx512f"]:
-        isa = "avx512"
-    elif flags["avx_vnni"]:
-        isa = "avx-vnni"
-    elif flags["avx2"]:
-        isa = "avx2"
-    elif flags["i8mm"]:
-        isa = "i8mm"
-    elif flags["asimddp"]:
-        isa = "dotprod"
-    else:
-        isa = record["arch"]
+    """A name for the machine's folder, experiment and fleet row; a capped ISA is named apart."""
     capped = "-capped-" + str(record["isa"]["torch_cpu_capability"]).lower() if any(record["caps"].values()) else ""
-    return f"{words}-{isa}{capped}"
+    return name_of(str(record["cpu"]), record["flags"], record["arch"]) + capped

@@ -12,6 +12,7 @@ from edgequant.artifacts import read_tflite
 from edgequant.registry import import_runtime
 
 KIND = "compiler estimate (Vela), not a measurement"
+METHOD = "litert_int8"  # the method whose .tflite Vela compiles: the npu stage in dvc.yaml depends on its artifacts
 # The system configuration and memory mode Vela itself picks for each accelerator when none is named
 # (its bundled vela.ini), named explicitly so the numbers say what they assume. The clock comes from
 # them: 500 MHz for Ethos_U55_High_End_Embedded, 1 GHz for Ethos_U85_SYS_DRAM_Mid.

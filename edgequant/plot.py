@@ -166,3 +166,16 @@ def plot_ops(ops: pd.DataFrame, path: Path) -> None:
         title="Where the time goes: operators by kind",
     )
     _save(fig, path)
+
+
+def plot_npu(layers: pd.DataFrame, path: Path) -> None:
+    """Vela's estimated cycles per layer on each Ethos-U: compiler estimates, kept apart from every timing."""
+    df = layers.copy()
+    df["layer"] = df["name"].str.extract(r"_(conv\d+|fc\d+)", expand=False).fillna(df["operator"])
+    df = df.groupby(["accelerator", "layer"], sort=False, as_index=False)["est_cycles"].sum()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    sns.barplot(data=df, x="layer", y="est_cycles", hue="accelerator", ax=ax, palette="muted")
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.0f", fontsize=7)
+    ax.set(ylabel="estimated cycles per image", xlabel="", title="Ethos-U per layer: Vela compiler estimates, not measurements")
+    _save(fig, path)

@@ -44,6 +44,26 @@ def reference_table(train: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def npu_table(npu: dict) -> str:
+    """Vela's Ethos-U figures (metrics/npu.json), labelled as the compiler estimates they are."""
+    head = ["accelerator", "system config / memory mode", "clock MHz", "est. cycles per image", "est. latency ms", "est. images/s"]
+    head += ["SRAM KiB", "weights in", "NPU / CPU ops"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, a in npu["accelerators"].items():
+        weights = f"{a['weights_storage']} ({max(a['flash_used_kib'], a['dram_used_kib']):.0f} KiB)"
+        cells = [
+            f"`{name}`",
+            f"{a['system_config']} / {a['memory_mode']}",
+            f"{a['clock_mhz']:.0f}",
+            f"{a['est_cycles_per_inference']:,.0f}",
+        ]
+        cells += [f"{a['est_latency_ms']:.2f}", f"{a['est_inferences_per_s']:,.0f}", f"{a['sram_used_kib']:.1f}", weights]
+        cells.append(f"{a['npu_operators']} / {a['cpu_operators']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Vela on `{npu['model']}` of `litert_int8`: {npu['kind']}."]
+    return "\n".join(lines)
+
+
 def thread_counts(metrics: dict) -> list[int]:
     """The thread counts the benchmark measured, smallest first."""
     return sorted(int(k.removeprefix("threads_")) for k in metrics["peak"])
@@ -124,6 +144,7 @@ def ops_table(rows: list[dict]) -> str:
 RESULTS = ("<!-- results:begin (python -m edgequant.readme README.md) -->", "<!-- results:end -->")
 OPS = ("<!-- ops:begin (python -m edgequant.readme README.md) -->", "<!-- ops:end -->")
 FLEET = ("<!-- fleet:begin (python -m edgequant.readme README.md) -->", "<!-- fleet:end -->")
+NPU = ("<!-- npu:begin (python -m edgequant.readme README.md) -->", "<!-- npu:end -->")
 REFERENCE_BLOCK = ("<!-- reference:begin (python -m edgequant.readme README.md) -->", "<!-- reference:end -->")
 BEGIN, END = RESULTS
 
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", default="plots/ops.csv")
     parser.add_argument("--fleet", default="plots/fleet.md")
     parser.add_argument("--train", default="metrics/train.json")
+    parser.add_argument("--npu", default="metrics/npu.json")
     args = parser.parse_args(argv)
     metrics = json.loads(Path(args.metrics).read_text())
     table = markdown_table(metrics)
@@ -159,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         text = replace_block(Path(args.readme).read_text(), table, RESULTS)
         text = replace_block(text, ops, OPS)
         text = replace_block(text, reference, REFERENCE_BLOCK)
+        text = replace_block(text, npu_table(json.loads(Path(args.npu).read_text())), NPU)
         write_text(args.readme, replace_block(text, fleet, FLEET))
     else:
         print(f"{reference}\n\n{table}\n\n{ops}\n\n{fleet}")

@@ -24,7 +24,7 @@ class Exported:
 
     shipped: Path
     sqnr_db: dict[str, float] | None = None
-    settings: dict[str, str] | None = None  # choices a reader of the results should know (recorded in meta.json)
+    settings: dict[str, object] | None = None  # choices a reader of the results should know (recorded in meta.json)
 
 
 @dataclasses.dataclass(frozen=True)

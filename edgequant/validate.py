@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from edgequant import npu
 from edgequant.datasets import dataset_for
 from edgequant.params import (
     SECTIONS,
@@ -69,3 +70,9 @@ def load_all(path: str | Path = "params.yaml") -> Params:
     if missing:
         raise ParamsError(f"{path}: missing section(s) {', '.join(repr(s) for s in missing)}")
     return Params(**{section: parse(cls, data[section], section) for section, cls in SECTIONS.items()})
+
+
+def check_pipeline(p: Params) -> None:
+    """Rules dvc.yaml adds to a valid file: a stage that reads one method's artifacts needs that method."""
+    if npu.METHOD not in p.quantize.methods:
+        raise ParamsError(f"params.yaml: quantize.methods must list {npu.METHOD}: the npu stage estimates Ethos-U figures from its .tflite")

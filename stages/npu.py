@@ -8,7 +8,7 @@ from pathlib import Path
 from edgequant import params, stage
 from edgequant.io import atomic_path, write_json
 from edgequant.methods.litert import file_name
-from edgequant.npu import LAYER_COLUMNS, estimate_all
+from edgequant.npu import LAYER_COLUMNS, METHOD, estimate_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = params.load(params.BenchmarkParams, "benchmark", args.params).latency_batch
         tflite = Path(args.artifacts) / file_name(batch)
         if not tflite.is_file():
-            raise ValueError(f"no {tflite}: re-run `dvc repro quantize@litert_int8` (quantize.methods must list litert_int8)")
+            raise ValueError(f"no {tflite}: re-run `dvc repro quantize@{METHOD}` (quantize.methods must list {METHOD})")
         metrics, rows = estimate_all(tflite)
         write_json(args.metrics, metrics)
         with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:

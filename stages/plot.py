@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from edgequant import stage
-from edgequant.plot import plot_layers, plot_ops, plot_speedups, plot_tradeoffs, plot_training
+from edgequant.plot import plot_layers, plot_npu, plot_ops, plot_speedups, plot_tradeoffs, plot_training
 
 
 def read_live_history(live_dir: Path) -> pd.DataFrame:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", required=True, help="combined benchmark CSV")
     parser.add_argument("--layers", required=True, help="per-layer MACs/SQNR CSV")
     parser.add_argument("--ops", required=True, help="per-operator time CSV")
+    parser.add_argument("--npu", required=True, help="Vela's per-layer estimates CSV")
     parser.add_argument("--out", required=True, help="directory for the PNGs")
     args = parser.parse_args(argv)
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_speedups(bench, out / "speedups.png")
         plot_layers(pd.read_csv(args.layers), out / "layers.png")
         plot_ops(pd.read_csv(args.ops), out / "ops.png")
-        return f"5 charts -> {out}"
+        plot_npu(pd.read_csv(args.npu), out / "npu.png")
+        return f"6 charts -> {out}"
 
     return stage.run("plot", body)
 

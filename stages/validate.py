@@ -5,7 +5,7 @@ import sys
 
 from edgequant import stage
 from edgequant.io import write_text
-from edgequant.validate import load_all
+from edgequant.validate import check_pipeline, load_all
 
 # The same bytes whatever the params: stages depend on this file only to run after this check,
 # and a content that changed with the params would re-run all of them.
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> str:
-        load_all(args.params)
+        check_pipeline(load_all(args.params))
         write_text(args.out, VERDICT)
         return f"{args.params} is valid"
 

@@ -137,6 +137,19 @@ def test_cross_section_rules(tmp_path, quantize, gate, message):
         load_all(write_params(tmp_path, quantize={"methods": quantize}, gate=gate_section))
 
 
+def test_the_pipeline_needs_the_method_the_npu_stage_reads(tmp_path):
+    from edgequant.validate import check_pipeline
+
+    p = load_all(
+        write_params(
+            tmp_path, quantize={"methods": ["fp32", "onnx_fp32", "onnx_qdq_int8"]}, gate={**REAL["gate"], "methods": ["onnx_qdq_int8"]}
+        )
+    )
+    with pytest.raises(ParamsError, match="quantize.methods must list litert_int8: the npu stage"):
+        check_pipeline(p)
+    check_pipeline(load_all(ROOT / "params.yaml"))
+
+
 def test_real_params_pass_the_whole_file_check():
     everything = load_all(ROOT / "params.yaml")
     assert everything.download.dataset == "mnist" and "fp32" in everything.quantize.methods

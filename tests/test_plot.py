@@ -63,3 +63,18 @@ def test_layer_bars_colour_convolutions_by_kind_not_name(drawn, tmp_path):
     bars = drawn[0].axes[0].patches
     assert [matplotlib.colors.to_hex(b.get_facecolor()) for b in bars] == ["#c44e52", "#4c72b0"]
     assert [b.get_height() for b in bars] == [3.0, 1.0]
+
+
+def test_npu_bars_are_vela_cycles_per_layer_and_say_they_are_estimates(drawn, tmp_path):
+    rows = [
+        ("ethos-u55-128", "Conv2D", "Net/Conv2d_conv1;1", 100),
+        ("ethos-u55-128", "Relu", "Net/Conv2d_conv1;1", 20),  # fused into conv1's cycles
+        ("ethos-u55-128", "FullyConnected", "Net/Linear_fc1;7", 900),
+        ("ethos-u85-256", "Conv2D", "Net/Conv2d_conv1;1", 40),
+        ("ethos-u85-256", "FullyConnected", "Net/Linear_fc1;7", 300),
+    ]
+    layers = pd.DataFrame(rows, columns=["accelerator", "operator", "name", "est_cycles"])
+    plot.plot_npu(layers, tmp_path / "npu.png")
+    ax = drawn[0].axes[0]
+    assert sorted(round(p.get_height()) for p in ax.patches if p.get_height() > 0) == [40, 120, 300, 900]
+    assert "estimates, not measurements" in ax.get_title()

@@ -66,6 +66,15 @@ def test_reference_table_is_generated_from_reference_py_and_the_committed_run():
     assert block == expected and "| FP32 test accuracy | 98.97 % |" in block
 
 
+def test_npu_table_is_generated_from_the_committed_estimates():
+    import json
+
+    from edgequant.readme import NPU, npu_table
+
+    block = committed("README.md").split(NPU[0], 1)[1].split(NPU[1], 1)[0].strip()
+    assert block == npu_table(json.loads(committed("metrics/npu.json"))) and "compiler estimate (Vela), not a measurement" in block
+
+
 def test_fleet_table_is_the_committed_fleet_report():
     from edgequant.readme import FLEET
 

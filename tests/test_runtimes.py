@@ -1,6 +1,5 @@
 """The edge runtimes (LiteRT, OpenVINO, Vela): refused artifacts, a missing package, INT8 I/O, NPU estimates, layer precisions."""
 
-import json
 import subprocess
 import sys
 
@@ -162,13 +161,13 @@ def test_a_vela_failure_is_one_line(tmp_path):
 def test_openvino_reports_int8_kernels_for_every_int8_layer_and_f32_for_fp32(tiny_model, data, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[runtimes]')")
     pytest.importorskip("nncf", reason="nncf is not installed (pip install -e '.[runtimes]')")
-    from edgequant.methods.openvino import PRECISIONS, layer_precisions
+    from edgequant.methods.openvino import layer_precisions
 
     layers = ["conv1", "conv2", "fc1", "fc2"]
     for name, allowed in (("openvino_fp32", {"f32"}), ("openvino_int8", {"i8", "u8"})):
         out = tmp_path / name
         out.mkdir()
-        get_method(name).export(tiny_model, *data, out, (1,))
+        exported = get_method(name).export(tiny_model, *data, out, (1,))
         precisions = layer_precisions(out)
         assert sorted(precisions) == layers and set(precisions.values()) <= allowed, precisions
-        assert json.loads((out / PRECISIONS).read_text()) == precisions  # what export wrote beside the IR
+        assert exported.settings["runtime_precision_on_export_machine"] == precisions  # what meta.json records

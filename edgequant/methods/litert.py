@@ -119,7 +119,7 @@ class LiteRtFP32:
 
     @staticmethod
     def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return Exported(_write(pixel_model(model), out_dir, batch_sizes, "litert_fp32"))
+        return Exported(_write(pixel_model(model), out_dir, batch_sizes, "litert_fp32"), settings={"delegate": DELEGATE})
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
@@ -148,7 +148,7 @@ class LiteRtInt8:
         # Quantize/dequantize pairs stay in the graph: the LiteRT converter turns them into INT8 kernels.
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))  # else the converter warns
         shipped = _write(converted, out_dir, batch_sizes, "litert_int8", QuantConfig(pt2e_quantizer=quantizer))
-        return Exported(shipped, quantized_layer_sqnr(model, converted, sample))
+        return Exported(shipped, quantized_layer_sqnr(model, converted, sample), {"delegate": DELEGATE})
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from edgequant.artifacts import read_openvino_ir
-from edgequant.io import write_bytes, write_json
+from edgequant.io import write_bytes
 from edgequant.layers import layer_outputs, sqnr_db
 from edgequant.model import Net
 from edgequant.profile import profile_openvino
 from edgequant.registry import Exported, import_runtime, register
 
 XML, BIN = "model.xml", "model.bin"
-PRECISIONS = "runtime_precision.json"  # {layer: precision} the CPU plugin chose, written by export
 # The CPU plugin's default inference precision is bf16 on CPUs with AVX512_BF16 or AMX. On this VM's AMD EPYC
 # that left the FP32 IR at 59 dB against PyTorch and made the plugin refuse the NNCF INT8 IR ("No suitable
 # implementations"). f32 keeps the FP32 method the baseline it is named for; INT8 layers still run in INT8.
@@ -53,7 +52,6 @@ def _save(model, out_dir: Path, method: str) -> Path:
         ov.save_model(model, str(Path(tmp) / XML), compress_to_fp16=False)
         for name in (BIN, XML):
             write_bytes(out_dir / name, (Path(tmp) / name).read_bytes())
-    write_json(out_dir / PRECISIONS, layer_precisions(out_dir))
     return out_dir / BIN  # the weights: what a device stores; the topology .xml is a few tens of KB beside it
 
 
@@ -81,6 +79,15 @@ def layer_precisions(out_dir: Path, threads: int = 1) -> dict[str, str]:
             module = MODULE.search(info["originalLayersNames"].astype(str))
             found[module.group(1) if module else op.get_friendly_name()] = info["runtimePrecision"].astype(str)
     return found
+
+
+def settings(out_dir: Path) -> dict[str, object]:
+    """What meta.json records: the precision the CPU plugin compiled each layer to, on the export machine
+    (another CPU may choose otherwise: bf16 where it has AMX), and that f32 was asked for."""
+    return {
+        "runtime_precision_on_export_machine": layer_precisions(out_dir),
+        "inference_precision_hint": PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"],
+    }
 
 
 def _load(out_dir: Path, batch_size: int, threads: int):
@@ -123,7 +130,8 @@ class OpenVinoFP32:
 
     @staticmethod
     def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return Exported(_save(_convert(model, "openvino_fp32"), out_dir, "openvino_fp32"))
+        shipped = _save(_convert(model, "openvino_fp32"), out_dir, "openvino_fp32")
+        return Exported(shipped, settings=settings(out_dir))
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
@@ -139,7 +147,7 @@ class OpenVinoInt8:
         images = [image.unsqueeze(0).numpy() for image in calib]  # one at a time, as NNCF's bias correction expects
         quantized = nncf.quantize(_convert(model, "openvino_int8"), nncf.Dataset(images), subset_size=len(images))
         shipped = _save(quantized, out_dir, "openvino_int8")
-        return Exported(shipped, layer_sqnr(model, out_dir, sample))
+        return Exported(shipped, layer_sqnr(model, out_dir, sample), settings(out_dir))
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)

@@ -230,8 +230,10 @@ def test_server_killed_mid_push_then_retried_push_completes_and_remote_verifies(
         out = sh(["dvc", "push", "-r", "victim"], work, team.env)
         pushed = int(out.split(" files pushed")[0].split()[-1])
         stored = objects(client, "v/")
-        # Uploads cut off by the kill left no object: the retry sends exactly what the listing lacks.
-        assert pushed > 0 and len(stored) == len(landed) + pushed, out
+        # Uploads cut off by the kill left no object: the retry sends what the listing lacks. DVC counts
+        # files, and files with the same bytes (bundle/ copies the shipped artifacts) share one object.
+        new = set(stored) - set(landed)
+        assert set(landed) <= set(stored) and 0 < len(new) <= pushed, out
         print(f"{len(landed)} objects complete at the kill, {pushed} pushed by the retry")
         for key in stored:  # every object's bytes hash to its name: nothing truncated or half-written
             body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()

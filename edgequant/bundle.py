@@ -26,10 +26,15 @@ PACKAGE = Path(__file__).resolve().parent
 
 def shipped_files(out_dir: Path, static_shapes: bool, batches: list[int]) -> dict[int, str]:
     """The artifact file per batch size: one per size for static shapes, the same file for every size otherwise."""
-    meta = json.loads((out_dir / "meta.json").read_text())
+    shipped = json.loads((out_dir / "meta.json").read_text()).get("shipped")
+    # The same rule as the benchmark's read_meta: a plain file name inside the method's folder, so a
+    # damaged or hostile meta.json cannot copy a file from elsewhere into a bundle that leaves the machine.
+    if not isinstance(shipped, str) or Path(shipped).name != shipped or not (out_dir / shipped).is_file():
+        remedy = f"re-run `dvc repro quantize@{out_dir.name}`"
+        raise ValueError(f"{out_dir / 'meta.json'}: names no file of {out_dir} as the one shipped ({shipped!r}); {remedy}")
     if static_shapes:
-        return {bs: f"{out_dir.name}/model_b{bs}{Path(meta['shipped']).suffix}" for bs in batches}
-    return dict.fromkeys(batches, f"{out_dir.name}/{meta['shipped']}")
+        return {bs: f"{out_dir.name}/model_b{bs}{Path(shipped).suffix}" for bs in batches}
+    return dict.fromkeys(batches, f"{out_dir.name}/{shipped}")
 
 
 def make_bundle(artifacts: Path, test: Path, methods: list[str], batches: list[int], images: int, out: Path) -> list[str]:

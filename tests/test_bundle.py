@@ -55,6 +55,18 @@ def test_the_runner_measures_every_bundled_artifact(bundle):
     assert metrics["methods"]["executorch_xnnpack_int8"]["agreement_with_fp32_pct"] >= 75
 
 
+def test_a_meta_json_naming_a_file_elsewhere_is_refused(artifacts, tmp_path):
+    meta = artifacts / "quantized" / "onnx_fp32" / "meta.json"
+    good = meta.read_text()
+    try:
+        meta.write_text(json.dumps({"shipped": "../../test.pt"}))
+        with pytest.raises(ValueError, match=r"names no file of .*onnx_fp32 as the one shipped \('\.\./\.\./test\.pt'\)"):
+            make_bundle(artifacts / "quantized", artifacts / "test.pt", METHODS, [1, 16], 48, tmp_path / "bundle")
+    finally:
+        meta.write_text(good)
+    assert not (tmp_path / "bundle").exists()
+
+
 @pytest.mark.slow
 def test_the_runner_needs_only_onnxruntime_and_its_output_joins_the_fleet(bundle, tmp_path):
     """A fresh virtual environment with numpy and onnxruntime alone, as on a device: no torch, no edgequant."""

@@ -25,6 +25,22 @@ def fingerprint(work: Path) -> dict[str, str]:
     return {p.relative_to(work).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
 
 
+def live_members(group: int) -> list[str]:
+    """The processes of a process group that still run. An exited orphan stays a zombie in its group until
+    whoever adopted it reaps it, and a CI runner that adopts orphans may never do so: zombies do not count."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended between listing and reading
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after its last ")"
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == group and state not in ("Z", "X"):
+            members.append(f"{stat.parent.name} ({state})")
+    return members
+
+
 def repro_fails(work: Path, env: dict, *args: str) -> str:
     proc = subprocess.run(["dvc", "repro", *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0, proc.stdout + proc.stderr
@@ -129,14 +145,10 @@ def test_killing_only_dvc_stops_the_stage_it_started(clone):
     os.kill(proc.pid, signal.SIGKILL)  # dvc alone, not its process group
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while True:  # the group now holds only the orphaned stage, until it notices and stops
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
+    while running := live_members(proc.pid):  # the group now holds only the orphaned stage, until it notices and stops
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("the train stage kept running 30 s after dvc died")
+            pytest.fail(f"the train stage kept running 30 s after dvc died: {running}")
         time.sleep(0.2)
     assert not (work / "models/fp32.pt").exists() and not (work / "metrics/train_live").exists()
     assert not list((work / "metrics").glob(".*.tmp"))  # it unwound through its atomic writers

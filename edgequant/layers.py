@@ -17,11 +17,11 @@ def capture(
     names: Iterable[str] | None = None,
     convert: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
 ) -> dict[str, torch.Tensor]:
-    """Outputs of the named sub-modules (default: every Conv2d/Linear) on `x`, in execution order."""
+    """Outputs of the named sub-modules (default: every Conv2d/Linear, as deployed: see `taps`) on `x`, in execution order."""
     modules = dict(model.named_modules())
-    wanted = [n for n, m in modules.items() if isinstance(m, COMPUTE)] if names is None else list(names)
+    wanted = taps(model) if names is None else {n: n for n in names}
     outputs: dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, convert(o))) for n in wanted]
+    handles = [modules[t].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, convert(o))) for n, t in wanted.items()]
     try:
         with torch.no_grad():
             model.eval()(x)
@@ -29,6 +29,19 @@ def capture(
         for h in handles:
             h.remove()
     return outputs
+
+
+def taps(model: nn.Module) -> dict[str, str]:
+    """Each Conv2d/Linear layer -> the module whose output is that layer's as every exporter deploys it:
+    the BatchNorm right after it in a Sequential (folded into the conv's weights and bias), else itself."""
+    tapped = {n: n for n, m in model.named_modules() if isinstance(m, COMPUTE)}
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (name, layer), (next_name, following) in zip(children, children[1:], strict=False):
+                if isinstance(layer, COMPUTE) and isinstance(following, nn.BatchNorm2d):
+                    tapped[f"{prefix}.{name}" if prefix else name] = f"{prefix}.{next_name}" if prefix else next_name
+    return tapped
 
 
 def layer_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,20 +66,20 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 
 @functools.cache
-def net_macs() -> dict[str, int]:
-    """MACs per image of each layer of edgequant's Net, decided once, from the module itself."""
-    from edgequant.model import Net
+def net_macs(model: str) -> dict[str, int]:
+    """MACs per image of each layer of the registered model `model`, decided once, from the module itself."""
+    from edgequant.model import build_model
 
-    net = Net()
+    net = build_model(model)
     return count_macs(net, net.example_input())
 
 
-def conv_macs() -> int:
-    """MACs per image in the Net's convolutions (found by type, not by name)."""
-    from edgequant.model import Net
+def conv_macs(model: str) -> int:
+    """MACs per image in the convolutions of model `model` (found by type, not by name)."""
+    from edgequant.model import build_model
 
-    macs = net_macs()
-    return sum(macs[n] for n in conv_layers(Net()))
+    macs = net_macs(model)
+    return sum(macs[n] for n in conv_layers(build_model(model)))
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

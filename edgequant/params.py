@@ -114,6 +114,7 @@ class PrepareParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
+    model: str  # a name from edgequant.model's registry (validate checks it)
     seed: int
     epochs: int
     batch_size: int

@@ -155,7 +155,7 @@ def plot_ops(ops: pd.DataFrame, path: Path) -> None:
         by_kind = by_kind.loc[:, by_kind.sum() > 0]  # kinds no method spends time in stay out of the legend
         by_kind.plot.barh(stacked=True, ax=ax, color=[KIND_COLORS[k] for k in by_kind.columns], width=0.7)
         for i, (_, row) in enumerate(by_kind.iterrows()):
-            gmacs = conv_gmacs(int(batch), row.get("conv", 0.0))
+            gmacs = conv_gmacs(int(batch), row.get("conv", 0.0), int(ops["conv_macs_per_image"].iloc[0]))
             conv = f", conv {gmacs:.0f} GMAC/s" if gmacs else ""
             ax.annotate(f" {row.sum():.1f} ms{conv}", (row.sum(), i), va="center", fontsize=8)
         ax.set_xlim(0, by_kind.sum(axis=1).max() * 1.3)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgequant.layers import conv_macs
 from edgequant.types import Runner
 
 # First match wins: "Convert (NC)" is a layout op, not a convolution; "QLinearConv" is a conv;
@@ -146,14 +145,21 @@ def profile_litert(tflite: bytes, open_model: Callable[[bytes], object], feed: C
     return {f"{names.get(codes[op.opcodeIndex], 'CUSTOM')} #{i}": max(totals[i + 1] - totals[i], 0.0) for i, op in enumerate(ops)}
 
 
-OP_COLUMNS = ("method", "runtime", "precision", "threads", "batch", "op", "kind", "ms_per_batch", "share_pct")
+OP_COLUMNS = ("method", "runtime", "precision", "threads", "batch", "conv_macs_per_image", "op", "kind", "ms_per_batch", "share_pct")
 
 
-def op_rows(method: str, runtime: str, precision: str, threads: int, batch: int, ops: dict[str, float]) -> list[dict]:
+def op_rows(method: str, runtime: str, precision: str, threads: int, batch: int, conv_macs: int, ops: dict[str, float]) -> list[dict]:
     """CSV rows (OP_COLUMNS) for one method: each operator, slowest first, with its kind and share of the total."""
     total = sum(ops.values()) or 1.0
     ranked = sorted(ops.items(), key=lambda kv: -kv[1])
-    common = {"method": method, "runtime": runtime, "precision": precision, "threads": threads, "batch": batch}
+    common = {
+        "method": method,
+        "runtime": runtime,
+        "precision": precision,
+        "threads": threads,
+        "batch": batch,
+        "conv_macs_per_image": conv_macs,
+    }
     return [{**common, "op": op, "kind": kind_of(op), "ms_per_batch": ms, "share_pct": 100 * ms / total} for op, ms in ranked]
 
 
@@ -166,6 +172,6 @@ def ms_by_kind(rows: Iterable[Mapping]) -> dict[str, dict[str, float]]:
     return dict(sorted(ms.items(), key=lambda kv: -sum(kv[1].values())))
 
 
-def conv_gmacs(batch: int, conv_ms: float) -> float | None:
+def conv_gmacs(batch: int, conv_ms: float, conv_macs: int) -> float | None:
     """GMAC/s the convolutions reach when a batch of `batch` spends `conv_ms` in them (None when 0 ms)."""
-    return batch * conv_macs() / conv_ms / 1e6 if conv_ms > 0 else None
+    return batch * conv_macs / conv_ms / 1e6 if conv_ms > 0 else None

@@ -133,7 +133,7 @@ def ops_table(rows: list[dict]) -> str:
     head = ["method", *KIND_ORDER, "total ms", "conv GMAC/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, by_kind in ms.items():
-        gmacs = conv_gmacs(int(batch), by_kind["conv"])
+        gmacs = conv_gmacs(int(batch), by_kind["conv"], int(rows[0]["conv_macs_per_image"]))
         cells = [f"`{method}`", *(f"{by_kind[k]:.2f}" for k in KIND_ORDER), f"**{sum(by_kind.values()):.1f}**"]
         cells.append(f"{gmacs:.0f}" if gmacs else "–")
         lines.append("| " + " | ".join(cells) + " |")

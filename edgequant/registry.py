@@ -41,13 +41,23 @@ class Method:
     # profiler; None: the benchmark profiles the runner with torch.profiler (PyTorch runtimes).
     profile: Callable[[Path, int, int, torch.Tensor, int], dict[str, float]] | None = None
     requires: tuple[str, ...] = ()  # modules of optional packages it imports on first use (the `runtimes` extra)
+    models: tuple[str, ...] | None = None  # the models it can quantize (an eager rewrite is written per model); None: any
 
 
 _METHODS: dict[str, Method] = {}
 _MODULES: dict[str, str] = {}  # method -> the module that registered it: lists follow module order, whatever imported first
 
 
-def register(name: str, *, runtime: str, precision: str, baseline: str, static_shapes: bool = False, requires: tuple[str, ...] = ()):
+def register(
+    name: str,
+    *,
+    runtime: str,
+    precision: str,
+    baseline: str,
+    static_shapes: bool = False,
+    requires: tuple[str, ...] = (),
+    models: tuple[str, ...] | None = None,
+):
     """Class decorator: a class with static `export(model, calib, sample, out_dir, batch_sizes)` and
     `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)`)
     becomes the method `name`; its docstring is its description. `requires` names the optional modules
@@ -61,11 +71,31 @@ def register(name: str, *, runtime: str, precision: str, baseline: str, static_s
         if name in _METHODS:
             raise ValueError(f"quantization method {name!r} is registered twice")
         description, profile = (cls.__doc__ or "").strip(), getattr(cls, "profile", None)
-        _METHODS[name] = Method(name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile, requires)
+        _METHODS[name] = Method(
+            name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile, requires, models
+        )
         _MODULES[name] = cls.__module__
         return cls
 
     return add
+
+
+def record(method: Method, model: str, exported: Exported, batch_sizes: tuple[int, ...]) -> dict[str, object]:
+    """A method directory's meta.json: what the benchmark, the bundle and the loaders read back.
+
+    Only what follows from the inputs: the benchmark depends on the directory, so a timing in here
+    would re-run it after every byte-identical re-export.
+    """
+    return {
+        "method": method.name,
+        "model": model,
+        "runtime": method.runtime,
+        "precision": method.precision,
+        "shipped": exported.shipped.name,
+        "batch_sizes": list(batch_sizes),
+        "sqnr_db": exported.sqnr_db,
+        "settings": exported.settings,
+    }
 
 
 def import_runtime(module: str, package: str, method: str):

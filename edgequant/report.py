@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from edgequant.layers import conv_layers, net_macs, sqnr_db
+from edgequant.layers import conv_layers, conv_macs, net_macs, sqnr_db
 from edgequant.registry import get_method
 
 
@@ -46,6 +46,7 @@ def summarize(
     runs: dict[tuple[str, int], dict],
     peaks: dict[int, dict[str, float]],
     accuracy: dict[str, dict[str, float]],
+    model: str,
 ) -> tuple[dict, list[dict]]:
     """Combine everything into nested metrics (DVC flattens to `method.threads_1.latency_ms_p50`) and CSV rows.
 
@@ -53,9 +54,15 @@ def summarize(
     the FP32 of its own runtime (`Method.baseline`, which params validation guarantees was
     measured), and every method against FP32 eager PyTorch.
     """
-    macs_per_image = sum(net_macs().values())
+    macs_per_image = sum(net_macs(model).values())
     threads = sorted({t for _, t in runs})
-    metrics: dict = {"macs_per_image": macs_per_image, "peak": {f"threads_{t}": peaks[t] for t in threads}, "methods": {}}
+    metrics: dict = {
+        "model": model,
+        "macs_per_image": macs_per_image,
+        "conv_macs_per_image": conv_macs(model),
+        "peak": {f"threads_{t}": peaks[t] for t in threads},
+        "methods": {},
+    }
     rows = []
     for name in methods:
         method = get_method(name)
@@ -91,11 +98,11 @@ def summarize(
     return metrics, rows
 
 
-def layer_rows(sqnr: dict[str, dict[str, float]]) -> list[dict]:
-    """One row per Conv2d/Linear layer: its MACs, their share, and each method's SQNR there."""
-    from edgequant.model import Net
+def layer_rows(sqnr: dict[str, dict[str, float]], model: str) -> list[dict]:
+    """One row per Conv2d/Linear layer of model `model`: its MACs, their share, and each method's SQNR there."""
+    from edgequant.model import build_model
 
-    macs, convs = net_macs(), set(conv_layers(Net()))
+    macs, convs = net_macs(model), set(conv_layers(build_model(model)))
     total = sum(macs.values())
     rows = [
         {"layer": layer, "kind": "conv" if layer in convs else "linear", "macs": n, "macs_share_pct": 100.0 * n / total}

@@ -10,13 +10,13 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from edgequant.data import to_input
-from edgequant.model import Net
+from edgequant.model import Classifier, build_model
 from edgequant.params import TrainParams
 
 EpochLogger = Callable[[int, dict[str, float]], None]
 
 
-def make_optimizer(params: TrainParams, model: Net) -> torch.optim.Optimizer:
+def make_optimizer(params: TrainParams, model: Classifier) -> torch.optim.Optimizer:
     """The classic pytorch/examples recipe is Adadelta lr 1.0; Adam is kept as a knob to compare."""
     if params.optimizer == "adadelta":
         return torch.optim.Adadelta(model.parameters(), lr=params.lr)
@@ -24,7 +24,7 @@ def make_optimizer(params: TrainParams, model: Net) -> torch.optim.Optimizer:
 
 
 @torch.inference_mode()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy (%) of `model` on inputs `x` and labels `y`."""
     model.eval()
     loss, correct = 0.0, 0
@@ -42,7 +42,7 @@ def train(
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     log_epoch: EpochLogger | None = None,
-) -> tuple[Net, list[dict[str, float]]]:
+) -> tuple[Classifier, list[dict[str, float]]]:
     """Train from `params.seed`; returns the model (eval mode) and one record per epoch.
 
     Same params and machine → byte-identical weights: one seeded generator drives the shuffle,
@@ -54,7 +54,9 @@ def train(
     x_train, y_train = to_input(train_images), train_labels.long()
     x_test, y_test = to_input(test_images), test_labels.long()
     # Normalization statistics come from the training data only, never the test set.
-    model = Net(params.dropout_conv, params.dropout_fc, mean=x_train.mean().item(), std=x_train.std().item())
+    model = build_model(
+        params.model, dropout_conv=params.dropout_conv, dropout_fc=params.dropout_fc, mean=x_train.mean().item(), std=x_train.std().item()
+    )
     optimizer = make_optimizer(params, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=params.gamma)
     shuffle = torch.Generator().manual_seed(params.seed)

@@ -6,5 +6,5 @@ from collections.abc import Callable
 
 import torch
 
-# A runner maps a float32 batch of [0, 1] pixels, shaped (N, *Net.INPUT_SHAPE), to logits (N, classes).
+# A runner maps a float32 batch of [0, 1] pixels, shaped (N, *model.INPUT_SHAPE), to logits (N, classes).
 Runner = Callable[[torch.Tensor], torch.Tensor]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgequant import npu
 from edgequant.datasets import dataset_for
+from edgequant.model import get_model
 from edgequant.params import (
     SECTIONS,
     BenchmarkParams,
@@ -36,8 +37,16 @@ class Params:
     gate: GateParams
 
     def __post_init__(self) -> None:
+        get_model(self.train.model)  # raises ValueError listing the known models
         for name in self.quantize.methods + self.gate.methods:
             get_method(name)  # raises ValueError suggesting the closest known name
+        for name in self.quantize.methods:
+            models = get_method(name).models
+            if models is not None and self.train.model not in models:
+                raise ParamsError(
+                    f"params.yaml: {name} quantizes only {', '.join(models)}, not train.model {self.train.model}:"
+                    " drop it from quantize.methods"
+                )
         for name in self.quantize.methods:
             baseline = get_method(name).baseline
             if baseline not in self.quantize.methods:

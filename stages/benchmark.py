@@ -10,6 +10,8 @@ from edgequant import stage
 from edgequant.benchmark import machine_info
 from edgequant.data import load_prepared
 from edgequant.io import atomic_path, write_json
+from edgequant.layers import conv_macs
+from edgequant.model import model_of
 from edgequant.profile import OP_COLUMNS, op_rows
 from edgequant.registry import get_method
 from edgequant.report import accuracy, layer_rows, summarize
@@ -58,23 +60,28 @@ def main(argv: list[str] | None = None) -> int:
         p, methods = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
         meta = {m: read_meta(artifacts, m) for m in methods}
+        model = model_of(artifacts / methods[0])
+        if stale := [m for m in methods if meta[m].get("model") != model]:
+            raise ValueError(f"{', '.join(stale)} not exported from model {model!r} as {methods[0]} was: re-run `dvc repro quantize`")
         labels = load_prepared(args.test)["labels"]
         p.check_batches(len(labels), args.test)
         threads = clamp_threads(p.threads)
         peaks, runs, predictions, logits, ops = measure_all(p, methods, threads, artifacts, args.test)
         sizes = {m: meta[m]["size_bytes"] for m in methods}
-        metrics, rows = summarize(methods, sizes, runs, peaks, accuracy(methods, predictions, logits, labels))
+        metrics, rows = summarize(methods, sizes, runs, peaks, accuracy(methods, predictions, logits, labels), model)
         metrics["machine"] = machine_info(json.loads(Path(args.machine).read_text()))
         sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}
         op_table = [
             row
             for m in methods
-            for row in op_rows(m, get_method(m).runtime, get_method(m).precision, threads[0], p.throughput_batch, ops.get(m, {}))
+            for row in op_rows(
+                m, get_method(m).runtime, get_method(m).precision, threads[0], p.throughput_batch, conv_macs(model), ops.get(m, {})
+            )
         ]
         write_json(args.metrics, metrics)
         write_json(args.sqnr, sqnr)
         write_csv(args.csv, rows)
-        write_csv(args.layers_csv, layer_rows(sqnr))
+        write_csv(args.layers_csv, layer_rows(sqnr, model))
         write_csv(args.ops_csv, op_table, OP_COLUMNS)  # header only when benchmark.profile_runs is 0
         return f"{len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}"
 

@@ -9,7 +9,7 @@ from edgequant import params, stage
 from edgequant.data import load_prepared, to_input
 from edgequant.io import atomic_dir, write_json
 from edgequant.model import load_fp32
-from edgequant.registry import get_method
+from edgequant.registry import get_method, record
 from edgequant.runtime import peak_rss_mib
 
 SQNR_IMAGES = 512  # test images used to measure per-layer SQNR (a diagnostic; never used to calibrate)
@@ -28,25 +28,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         bench = params.load(params.BenchmarkParams, "benchmark", args.params)
+        train = params.load(params.TrainParams, "train", args.params)
         method = get_method(args.method)
-        model = load_fp32(args.model)
+        model = load_fp32(args.model, train.model)
         calib = to_input(load_prepared(args.calib)["images"])
         sample = to_input(load_prepared(args.test)["images"][:SQNR_IMAGES])
         batch_sizes = tuple(dict.fromkeys((bench.latency_batch, bench.throughput_batch)))
         start = time.perf_counter()
         with atomic_dir(args.out) as tmp:
             exported = method.export(model, calib, sample, tmp, batch_sizes)
-            # Only what follows from the inputs: the benchmark depends on this directory, so a
-            # timing in here would re-run it after every byte-identical re-export.
-            meta = {
-                "method": method.name,
-                "runtime": method.runtime,
-                "precision": method.precision,
-                "shipped": exported.shipped.name,
-                "batch_sizes": list(batch_sizes),
-                "sqnr_db": exported.sqnr_db,
-                "settings": exported.settings,
-            }
+            meta = record(method, train.model, exported, batch_sizes)
             write_json(tmp / "meta.json", meta)
         write_json(args.metrics, {"export_time_s": round(time.perf_counter() - start, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
         shipped = Path(args.out) / meta["shipped"]

@@ -65,22 +65,40 @@ def tiny_mirror(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def tiny_train_params(**overrides) -> TrainParams:
     """The classic recipe at test scale: one thread, small batches, one epoch unless overridden."""
-    values = {"seed": 0, "epochs": 1, "batch_size": 32, "test_batch_size": 64, "optimizer": "adadelta", "lr": 1.0, "gamma": 0.7}
+    values = {
+        "model": "cnn",
+        "seed": 0,
+        "epochs": 1,
+        "batch_size": 32,
+        "test_batch_size": 64,
+        "optimizer": "adadelta",
+        "lr": 1.0,
+        "gamma": 0.7,
+    }
     values.update(dropout_conv=0.25, dropout_fc=0.5, threads=1)
     return TrainParams(**{**values, **overrides})
 
 
-@pytest.fixture(scope="session")
-def tiny_model() -> Net:
-    """A briefly trained model: quantization tests need real activations, not random weights."""
+def train_tiny(model: str):
+    """A briefly trained `model`: quantization tests need real activations, not random weights."""
     from edgequant.train import train
 
     images, labels = make_digits(512, 0)
-    p = tiny_train_params()
+    p = tiny_train_params(model=model)
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    model, _ = train(p, x, y, x[:64], y[:64])
+    trained, _ = train(p, x, y, x[:64], y[:64])
     torch.use_deterministic_algorithms(False)
-    return model
+    return trained
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Net:
+    return train_tiny("cnn")
+
+
+@pytest.fixture(scope="session")
+def tiny_stress_model():
+    return train_tiny("dwsep_cnn")
 
 
 def make_env(tmp: Path) -> dict[str, str]:
@@ -107,6 +125,7 @@ TINY = {
     "download": {"dataset": "custom", "md5": {}},  # the md5s of the generated files are filled in where they are written
     "prepare": {"calib_size": 32, "calib_seed": 0},
     "train": {
+        "model": "cnn",
         "seed": 0,
         "epochs": 1,
         "batch_size": 32,

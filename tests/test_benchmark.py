@@ -93,12 +93,12 @@ def test_summarize_ratios():
     assert acc["fp32"]["logit_sqnr_db_vs_fp32"] == 200.0
     assert (acc["dynamic_int8"]["flips_lost"], acc["dynamic_int8"]["flips_gained"]) == (1, 0)
 
-    metrics, rows = summarize(["fp32", "dynamic_int8"], sizes, runs, {1: {"fp32_gmacs": 10.0, "int8_gmacs": 40.0}}, acc)
+    metrics, rows = summarize(["fp32", "dynamic_int8"], sizes, runs, {1: {"fp32_gmacs": 10.0, "int8_gmacs": 40.0}}, acc, "cnn")
     d = metrics["methods"]["dynamic_int8"]
     assert d["size_ratio_vs_fp32"] == 0.25
     assert d["threads_1"]["throughput_speedup_vs_fp32_eager"] == 4.0
     assert d["threads_1"]["latency_speedup_vs_fp32_eager"] == 2.0
-    assert d["threads_1"]["peak_fraction"] == pytest.approx(sum(net_macs().values()) * 400 / 1e9 / 40)
+    assert d["threads_1"]["peak_fraction"] == pytest.approx(sum(net_macs("cnn").values()) * 400 / 1e9 / 40)
     assert d["baseline"] == "fp32" and d["threads_1"]["throughput_speedup_vs_runtime_fp32"] == 4.0
     assert len(rows) == 2 and rows[1]["threads"] == 1 and rows[1]["baseline"] == "fp32" and "threads_1" not in rows[1]
 

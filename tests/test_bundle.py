@@ -15,7 +15,7 @@ from edgequant import fleet
 from edgequant.bench_runner import measure
 from edgequant.bundle import make_bundle
 from edgequant.machine import probe
-from edgequant.registry import get_method
+from edgequant.registry import get_method, record
 
 from .conftest import make_digits
 
@@ -32,7 +32,7 @@ def artifacts(tiny_model, tmp_path_factory):
         out = root / "quantized" / name
         out.mkdir(parents=True)
         exported = get_method(name).export(tiny_model, x, x, out, (1, 16))
-        (out / "meta.json").write_text(json.dumps({"shipped": exported.shipped.name}))
+        (out / "meta.json").write_text(json.dumps(record(get_method(name), tiny_model.NAME, exported, (1, 16))))
     torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, root / "test.pt")
     return root
 
@@ -59,7 +59,7 @@ def test_a_meta_json_naming_a_file_elsewhere_is_refused(artifacts, tmp_path):
     meta = artifacts / "quantized" / "onnx_fp32" / "meta.json"
     good = meta.read_text()
     try:
-        meta.write_text(json.dumps({"shipped": "../../test.pt"}))
+        meta.write_text(json.dumps({**json.loads(good), "shipped": "../../test.pt"}))
         with pytest.raises(ValueError, match=r"names no file of .*onnx_fp32 as the one shipped \('\.\./\.\./test\.pt'\)"):
             make_bundle(artifacts / "quantized", artifacts / "test.pt", METHODS, [1, 16], 48, tmp_path / "bundle")
     finally:

@@ -201,3 +201,17 @@ def test_impossible_sizes_rejected_before_any_work(tmp_path, section, values, me
 def test_bad_download_values_rejected(values, message):
     with pytest.raises(ParamsError, match=message):
         parse(DownloadParams, {**REAL["download"], **values}, "download")
+
+
+def test_unknown_model_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model 'dwsep' \(did you mean 'dwsep_cnn'\?\); known models: cnn, dwsep_cnn"):
+        load_all(write_params(tmp_path, train={**REAL["train"], "model": "dwsep"}))
+
+
+def test_a_method_written_for_one_model_is_refused_for_another(tmp_path):
+    quantize = {"methods": ["fp32", "eager_static_x86"]}
+    gate = {**REAL["gate"], "methods": ["eager_static_x86"]}
+    train = {**REAL["train"], "model": "dwsep_cnn"}
+    with pytest.raises(ParamsError, match="eager_static_x86 quantizes only cnn, not train.model dwsep_cnn: drop it from quantize.methods"):
+        load_all(write_params(tmp_path, train=train, quantize=quantize, gate=gate))
+    load_all(write_params(tmp_path, train=REAL["train"], quantize=quantize, gate=gate))  # the model it was written for

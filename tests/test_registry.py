@@ -1,12 +1,14 @@
 """Every registered method on tiny data: exports, loads, agrees with FP32, keeps per-layer SQNR high, shrinks."""
 
+import json
+
 import pytest
 import torch
 
 from edgequant.data import to_input
-from edgequant.layers import conv_macs, sqnr_db
+from edgequant.layers import conv_macs, net_macs, sqnr_db
 from edgequant.profile import KIND_ORDER, conv_gmacs, kind_of, ms_by_kind, op_rows, profile_torch
-from edgequant.registry import Exported, get_method, known_methods, missing_modules, register
+from edgequant.registry import Exported, get_method, known_methods, missing_modules, record, register
 
 from .conftest import ROOT, make_digits
 
@@ -53,6 +55,26 @@ def data():
     return x[:64], x[64:]  # calibration, evaluation
 
 
+@pytest.mark.parametrize("name", [m for m in known_methods() if get_method(m).models is None])
+def test_every_method_for_any_model_quantizes_the_stress_model(name, tiny_stress_model, data, tmp_path, monkeypatch):
+    """The depthwise-separable model through every method that claims any model: export, record, load, run."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    method = get_method(name)
+    if missing_modules(method):
+        pytest.skip(f"{name} needs {', '.join(missing_modules(method))}, not installed (pip install -e '.[runtimes]')")
+    calib, x = data
+    exported = method.export(tiny_stress_model, calib, x, tmp_path, BATCHES)
+    (tmp_path / "meta.json").write_text(json.dumps(record(method, "dwsep_cnn", exported, BATCHES)))
+    with torch.no_grad():
+        reference = tiny_stress_model(x[:8])
+    out = method.load(tmp_path, 8, 1)(x[:8].contiguous())
+    assert out.shape == (8, 10)
+    assert sqnr_db(reference, out) > (60 if method.precision == "fp32" else 10), sqnr_db(reference, out)
+    if exported.sqnr_db is not None:  # one value per conv/linear layer of this model, not of the classic CNN
+        assert list(exported.sqnr_db) == list(net_macs("dwsep_cnn"))
+        assert min(exported.sqnr_db.values()) > 15, exported.sqnr_db  # compared after the BatchNorm each exporter folds in
+
+
 @pytest.mark.parametrize("name", known_methods())
 def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
@@ -70,6 +92,7 @@ def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
     assert again.sqnr_db == exported.sqnr_db
     # Nor may they depend on where the checkout is: no absolute source path inside (stack traces).
     assert str(ROOT).encode() not in exported.shipped.read_bytes()
+    (tmp_path / "meta.json").write_text(json.dumps(record(method, tiny_model.NAME, exported, BATCHES)))  # as the quantize stage does
     with torch.no_grad():
         reference = tiny_model(x[:8])
     run = method.load(tmp_path, 8, 1)
@@ -131,16 +154,16 @@ def test_operator_kinds_across_runtimes(op, kind):
 
 
 def test_time_by_kind_sums_each_methods_operators_slowest_method_first():
-    rows = op_rows("fast", "rt", "int8", 1, 256, {"Convolution #1": 2.0, "Convolution #2": 3.0, "Transpose #1": 0.5})
-    rows += op_rows("slow", "rt", "fp32", 1, 256, {"aten::mkldnn_convolution": 9.0, "aten::clamp_min": 4.0})
+    rows = op_rows("fast", "rt", "int8", 1, 256, conv_macs("cnn"), {"Convolution #1": 2.0, "Convolution #2": 3.0, "Transpose #1": 0.5})
+    rows += op_rows("slow", "rt", "fp32", 1, 256, conv_macs("cnn"), {"aten::mkldnn_convolution": 9.0, "aten::clamp_min": 4.0})
     rows = [{k: str(v) for k, v in r.items()} for r in rows]  # as csv.DictReader hands them over
     by_kind = ms_by_kind(rows)
     assert list(by_kind) == ["slow", "fast"]
     assert list(by_kind["fast"]) == list(KIND_ORDER)
     assert by_kind["fast"]["conv"] == 5.0 and by_kind["fast"]["layout & quantize"] == 0.5 and by_kind["fast"]["ReLU"] == 0.0
     assert by_kind["slow"]["ReLU"] == 4.0
-    assert conv_gmacs(256, 5.0) == pytest.approx(256 * conv_macs() / 5e-3 / 1e9)
-    assert conv_gmacs(256, 0.0) is None and ms_by_kind([]) == {}
+    assert conv_gmacs(256, 5.0, conv_macs("cnn")) == pytest.approx(256 * conv_macs("cnn") / 5e-3 / 1e9)
+    assert conv_gmacs(256, 0.0, 1) is None and ms_by_kind([]) == {}
 
 
 def test_pt2e_archive_deflates_its_graph_and_stores_tensors(tmp_path):

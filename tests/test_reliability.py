@@ -67,15 +67,14 @@ def test_threads_above_cores_are_clamped_with_a_message(capsys, monkeypatch):
 
 
 def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared, subprocess_env, tiny_model):
-    from edgequant.registry import get_method
+    from edgequant.registry import get_method, record
 
     artifacts = prepared / "artifacts"
     for name in ("fp32", "dynamic_int8"):
         out = artifacts / name
         out.mkdir(parents=True)
         exported = get_method(name).export(tiny_model, torch.zeros(8, 1, 28, 28), torch.zeros(8, 1, 28, 28), out, (1,))
-        meta = {"method": name, "shipped": exported.shipped.name, "sqnr_db": None}
-        (out / "meta.json").write_text(json.dumps(meta))
+        (out / "meta.json").write_text(json.dumps(record(get_method(name), tiny_model.NAME, exported, (1,))))
     # Damaged after quantize wrote it (a bad copy to the device, a disk error): loading it must fail.
     (artifacts / "dynamic_int8" / "model.pt").write_bytes(b"not a model")
     params = yaml.safe_load((prepared / "params.yaml").read_text())

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from edgequant.data import batches
 from edgequant.io import save_torch
 from edgequant.layers import capture, layer_outputs, sqnr_db
-from edgequant.model import Net, load_state
+from edgequant.model import Classifier, Net, build_model, load_state, model_of
 from edgequant.registry import Exported, register
 
 
@@ -36,12 +36,14 @@ class FP32:
     """FP32 eager PyTorch: the unquantized baseline every speed-up is measured against."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         return Exported(_save_state(model, out_dir / "model.pt"))
 
     @staticmethod
     def load(out_dir: Path, batch_size: int, threads: int):
-        return _eager_runner(load_state(str(out_dir / "model.pt"), Net(), "re-run `dvc repro quantize@fp32`"), threads)
+        return _eager_runner(
+            load_state(str(out_dir / "model.pt"), build_model(model_of(out_dir)), "re-run `dvc repro quantize@fp32`"), threads
+        )
 
 
 def _quantize_dynamic(model: nn.Module) -> nn.Module:
@@ -57,12 +59,14 @@ class DynamicInt8:
     """Dynamic INT8 on Linear layers (torch.ao, deprecated API): the reference method. Convs stay FP32."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         return Exported(_save_state(_quantize_dynamic(model), out_dir / "model.pt"))
 
     @staticmethod
     def load(out_dir: Path, batch_size: int, threads: int):
-        model = load_state(str(out_dir / "model.pt"), _quantize_dynamic(Net().eval()), "re-run `dvc repro quantize@dynamic_int8`")
+        model = load_state(
+            str(out_dir / "model.pt"), _quantize_dynamic(build_model(model_of(out_dir)).eval()), "re-run `dvc repro quantize@dynamic_int8`"
+        )
         return _eager_runner(model, threads)
 
 
@@ -125,7 +129,7 @@ def _static_layer_sqnr(net: Net, model: nn.Module, x: torch.Tensor) -> dict[str,
     return {name: sqnr_db(ref.relu() if name in fused else ref, captured[name]) for name, ref in reference.items()}
 
 
-@register("eager_static_x86", runtime="pytorch", precision="int8", baseline="fp32")
+@register("eager_static_x86", runtime="pytorch", precision="int8", baseline="fp32", models=("cnn",))
 class EagerStaticX86:
     """Static INT8 in eager PyTorch (torch.ao, deprecated API; x86 engine, fused conv+ReLU, calibrated)."""
 

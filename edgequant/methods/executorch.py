@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -9,19 +10,19 @@ import torch
 from edgequant.artifacts import read_pte
 from edgequant.io import atomic_path
 from edgequant.methods.pt2e import calibrate_and_convert, export_static, quantized_layer_sqnr
-from edgequant.model import Net
+from edgequant.model import Classifier
 from edgequant.profile import profile_executorch
 from edgequant.registry import Exported, register
 
 
-def _write_pte(module: torch.nn.Module, out_dir: Path, batch_sizes: tuple[int, ...]) -> Path:
+def _write_pte(module: torch.nn.Module, example_input: Callable[[int], torch.Tensor], out_dir: Path, batch_sizes: tuple[int, ...]) -> Path:
     """Lower `module` to XNNPACK once per batch size (a dynamic-batch .pte failed at run time)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     paths = []
     for bs in batch_sizes:
-        program = to_edge_transform_and_lower(export_static(module, bs), partitioner=[XnnpackPartitioner()])
+        program = to_edge_transform_and_lower(export_static(module, example_input(bs)), partitioner=[XnnpackPartitioner()])
         with atomic_path(out_dir / f"model_b{bs}.pte") as tmp:
             tmp.write_bytes(program.to_executorch().buffer)
         paths.append(out_dir / f"model_b{bs}.pte")
@@ -65,8 +66,8 @@ class ExecuTorchFP32:
     """ExecuTorch .pte, FP32, delegated to XNNPACK: the on-device FP32 baseline."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return Exported(_write_pte(model.eval(), out_dir, batch_sizes))
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return Exported(_write_pte(model.eval(), model.example_input, out_dir, batch_sizes))
 
     load = staticmethod(_load_pte)
     profile = staticmethod(_profile_pte)
@@ -77,7 +78,7 @@ class ExecuTorchInt8:
     """ExecuTorch .pte, static INT8 (XNNPACKQuantizer, per-channel, calibrated): ARM NEON / x86 INT8 kernels."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
             get_symmetric_quantization_config,
@@ -85,7 +86,7 @@ class ExecuTorchInt8:
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         converted = calibrate_and_convert(model, calib, quantizer)
-        return Exported(_write_pte(converted, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
+        return Exported(_write_pte(converted, model.example_input, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
 
     load = staticmethod(_load_pte)
     profile = staticmethod(_profile_pte)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from edgequant.artifacts import read_tflite
 from edgequant.data import batches
 from edgequant.io import write_bytes
 from edgequant.methods.pt2e import quantized_layer_sqnr
-from edgequant.model import Net
+from edgequant.model import Classifier
 from edgequant.profile import profile_litert
 from edgequant.registry import Exported, import_runtime, register
 
@@ -27,7 +28,7 @@ def file_name(batch_size: int) -> str:
     return f"model_b{batch_size}.tflite"
 
 
-def pixel_model(model: Net) -> Net:
+def pixel_model(model: Classifier) -> Classifier:
     """A copy of `model` with its input normalization folded into conv1, which pads nothing, so the fold is exact.
 
     Why: the PT2E quantizer leaves the subtract and divide in float, so the INT8 file took float pixels
@@ -46,12 +47,19 @@ def pixel_model(model: Net) -> Net:
     return folded
 
 
-def _write(module: torch.nn.Module, out_dir: Path, batch_sizes: tuple[int, ...], method: str, quant_config=None) -> Path:
+def _write(
+    module: torch.nn.Module,
+    example_input: Callable[[int], torch.Tensor],
+    out_dir: Path,
+    batch_sizes: tuple[int, ...],
+    method: str,
+    quant_config=None,
+) -> Path:
     """Convert `module` once per batch size (LiteRT plans its memory for static shapes) and write the .tflite files."""
     litert_torch = import_runtime("litert_torch", "litert-torch", method)
     litert_torch.config.show_progress = False  # a progress line per conversion step, on stdout
     for bs in batch_sizes:
-        converted = litert_torch.convert(module, (Net.example_input(bs),), quant_config=quant_config)
+        converted = litert_torch.convert(module, (example_input(bs),), quant_config=quant_config)
         with tempfile.TemporaryDirectory() as tmp:
             converted.export(str(Path(tmp) / "model.tflite"))
             write_bytes(out_dir / file_name(bs), (Path(tmp) / "model.tflite").read_bytes())
@@ -118,8 +126,10 @@ class LiteRtFP32:
     """LiteRT .tflite (litert-torch), FP32, on the LiteRT interpreter with the XNNPACK delegate."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return Exported(_write(pixel_model(model), out_dir, batch_sizes, "litert_fp32"), settings={"delegate": DELEGATE})
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return Exported(
+            _write(pixel_model(model), model.example_input, out_dir, batch_sizes, "litert_fp32"), settings={"delegate": DELEGATE}
+        )
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
@@ -130,7 +140,7 @@ class LiteRtInt8:
     """LiteRT .tflite, static INT8 (litert-torch PT2E, per-channel weights, calibrated) with int8 input and output."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         import_runtime("litert_torch", "litert-torch", "litert_int8")
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
@@ -140,14 +150,14 @@ class LiteRtInt8:
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         batch = torch.export.Dim("batch", min=1, max=4096)
         pixels = pixel_model(model)
-        graph = torch.export.export(pixels, (Net.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
+        graph = torch.export.export(pixels, (model.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for chunk in batches(calib):
                 prepared(chunk)
         # Quantize/dequantize pairs stay in the graph: the LiteRT converter turns them into INT8 kernels.
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))  # else the converter warns
-        shipped = _write(converted, out_dir, batch_sizes, "litert_int8", QuantConfig(pt2e_quantizer=quantizer))
+        shipped = _write(converted, model.example_input, out_dir, batch_sizes, "litert_int8", QuantConfig(pt2e_quantizer=quantizer))
         return Exported(shipped, quantized_layer_sqnr(model, converted, sample), {"delegate": DELEGATE})
 
     load = staticmethod(_load)

@@ -12,14 +12,14 @@ from edgequant.artifacts import read_onnx
 from edgequant.data import batches
 from edgequant.io import atomic_path
 from edgequant.layers import layer_outputs, sqnr_db
-from edgequant.model import Net
+from edgequant.model import Classifier
 from edgequant.profile import profile_onnx
 from edgequant.registry import Exported, register
 
 INPUT = "pixels"
 
 
-def _export_onnx(model: Net, path: Path) -> None:
+def _export_onnx(model: Classifier, path: Path) -> None:
     """Dynamo export with a dynamic batch: ORT handles any batch from one file."""
     program = torch.onnx.export(
         model.eval(),
@@ -91,7 +91,7 @@ class OnnxFP32:
     """ONNX (dynamo export), FP32, on ONNX Runtime's CPU provider."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         _export_onnx(model, out_dir / "model.onnx")
         return Exported(out_dir / "model.onnx")
 
@@ -112,7 +112,7 @@ class _Reader:
         pass
 
 
-def onnx_layer_sqnr(model: Net, path: Path, x: torch.Tensor) -> dict[str, float]:
+def onnx_layer_sqnr(model: Classifier, path: Path, x: torch.Tensor) -> dict[str, float]:
     """SQNR of each Conv/Gemm/MatMul output of the QDQ model against the FP32 model's layers."""
     import onnx
 
@@ -172,7 +172,7 @@ class OnnxQdqInt8:
     """ONNX static INT8 in QDQ format (per-channel 7-bit-range weights, calibrated): ORT on any x86 or Arm, NPU toolchains."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 

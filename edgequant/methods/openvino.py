@@ -15,8 +15,8 @@ import torch
 
 from edgequant.artifacts import read_openvino_ir
 from edgequant.io import write_bytes
-from edgequant.layers import layer_outputs, sqnr_db
-from edgequant.model import Net
+from edgequant.layers import layer_outputs, sqnr_db, taps
+from edgequant.model import Classifier
 from edgequant.profile import profile_openvino
 from edgequant.registry import Exported, import_runtime, register
 
@@ -27,17 +27,17 @@ XML, BIN = "model.xml", "model.bin"
 PLUGIN_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
 COMPUTE_TYPES = ("Convolution", "FullyConnected")  # the CPU plugin's layer types for conv and linear
 AUTO_NAME = re.compile(r"[A-Za-z]+_\d+")  # names numbered from a process-wide counter: they differ run to run
-MODULE = re.compile(r"__module\.(\w+)/")  # the converter names each op after the nn.Module it came from
+MODULE = re.compile(r"__module\.([\w.]+)/")  # the converter names each op after the nn.Module it came from
 
 
 def _ov(method: str):
     return import_runtime("openvino", "openvino", method)
 
 
-def _convert(model: Net, method: str):
+def _convert(model: Classifier, method: str):
     """An ov.Model of `model` with a dynamic batch: one IR serves every batch size."""
     ov = _ov(method)
-    return ov.convert_model(model.eval(), example_input=Net.example_input(2), input=[ov.PartialShape([-1, *Net.INPUT_SHAPE])])
+    return ov.convert_model(model.eval(), example_input=model.example_input(2), input=[ov.PartialShape([-1, *model.INPUT_SHAPE])])
 
 
 def _save(model, out_dir: Path, method: str) -> Path:
@@ -104,17 +104,19 @@ def _profile(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs
     return profile_openvino(_compile(out_dir, threads, perf_count=True).create_infer_request(), x, runs)
 
 
-def layer_sqnr(reference: Net, out_dir: Path, x: torch.Tensor) -> dict[str, float]:
+def layer_sqnr(reference: Classifier, out_dir: Path, x: torch.Tensor) -> dict[str, float]:
     """SQNR (dB) of each conv/linear output (bias added, before ReLU) as OpenVINO computes it, against
     the FP32 model's layers: the IR gets those outputs as extra results, compiled as the runner does."""
     ov = _ov(out_dir.name)
     model = ov.Core().read_model(*read_openvino_ir(out_dir / XML, "re-export"))
     adds = {}
     for op in model.get_ordered_ops():
-        module = MODULE.match(op.get_friendly_name())
-        if module and op.get_type_name() == "Add" and re.search(r"aten::(_convolution|linear)/Add$", op.get_friendly_name()):
+        module, name = MODULE.match(op.get_friendly_name()), op.get_friendly_name()
+        # A layer's bias addition, or the one a BatchNorm after a bias-free conv became
+        if module and op.get_type_name() == "Add" and re.search(r"aten::(_convolution|linear)/Add$|aten::batch_norm/\w+$", name):
             adds[module.group(1)] = op
-    expected = layer_outputs(reference, x)
+    expected, tapped = layer_outputs(reference, x), taps(reference)
+    adds = {layer: adds[tapped[layer]] for layer in expected if tapped[layer] in adds}
     if sorted(adds) != sorted(expected):
         raise RuntimeError(f"found bias additions of {sorted(adds)} in {out_dir / XML}, expected {sorted(expected)}")
     for name in expected:  # fc2's bias addition is the model's output already: named, it is found either way
@@ -129,7 +131,7 @@ class OpenVinoFP32:
     """OpenVINO IR (ov.convert_model from PyTorch), FP32, on the CPU plugin."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         shipped = _save(_convert(model, "openvino_fp32"), out_dir, "openvino_fp32")
         return Exported(shipped, settings=settings(out_dir))
 
@@ -142,7 +144,7 @@ class OpenVinoInt8:
     """OpenVINO IR, static INT8 by NNCF (per-channel weights, calibrated), on the CPU plugin's INT8 kernels."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         nncf = import_runtime("nncf", "nncf", "openvino_int8")
         images = [image.unsqueeze(0).numpy() for image in calib]  # one at a time, as NNCF's bias correction expects
         quantized = nncf.quantize(_convert(model, "openvino_int8"), nncf.Dataset(images), subset_size=len(images))

@@ -12,11 +12,11 @@ from edgequant.artifacts import read_pt2
 from edgequant.data import batches
 from edgequant.io import write_bytes
 from edgequant.layers import layer_outputs, sqnr_db
-from edgequant.model import Net
+from edgequant.model import Classifier, get_model, model_of
 from edgequant.registry import Exported, register
 
 
-def calibrate_and_convert(model: Net, calib: torch.Tensor, quantizer) -> torch.fx.GraphModule:
+def calibrate_and_convert(model: Classifier, calib: torch.Tensor, quantizer) -> torch.fx.GraphModule:
     """Insert observers for `quantizer`, run the calibration images through, convert to INT8.
 
     The graph is exported with a dynamic batch so calibration can use any batch; each target
@@ -45,7 +45,7 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> None:
             delattr(gm.get_submodule(owner) if owner else gm, leaf)
 
 
-def quantized_layer_sqnr(model: Net, converted: torch.fx.GraphModule, x: torch.Tensor) -> dict[str, float]:
+def quantized_layer_sqnr(model: Classifier, converted: torch.fx.GraphModule, x: torch.Tensor) -> dict[str, float]:
     """SQNR (dB) of each conv/linear output of the INT8-simulating graph against the FP32 model.
 
     Errors accumulate through the network, so a low value points at the first layer that loses precision.
@@ -68,8 +68,9 @@ def quantized_layer_sqnr(model: Net, converted: torch.fx.GraphModule, x: torch.T
     return {name: sqnr_db(ref, q) for (name, ref), q in zip(reference.items(), captured, strict=True)}
 
 
-def export_static(module: torch.nn.Module, batch_size: int) -> torch.export.ExportedProgram:
-    return torch.export.export(module, (Net.example_input(batch_size),))
+def export_static(module: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`module` exported for the static shape of `example` (devices run static shapes)."""
+    return torch.export.export(module, (example,))
 
 
 # Debug provenance export keeps on every node: source stack traces (absolute paths of this checkout),
@@ -110,14 +111,14 @@ class PT2EX86:
     """Static INT8 (PT2E, X86InductorQuantizer, calibrated) compiled by inductor: PyTorch's x86 server path."""
 
     @staticmethod
-    def export(model: Net, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
         quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
         converted = calibrate_and_convert(model, calib, quantizer)
         paths = []
         for bs in batch_sizes:
-            save_program(export_static(converted, bs), out_dir / f"model_b{bs}.pt2")
+            save_program(export_static(converted, model.example_input(bs)), out_dir / f"model_b{bs}.pt2")
             paths.append(out_dir / f"model_b{bs}.pt2")
         return Exported(paths[0], quantized_layer_sqnr(model, converted, sample))
 
@@ -138,5 +139,5 @@ class PT2EX86:
             with torch.no_grad():
                 return compiled(x)
 
-        run(Net.example_input(batch_size))  # compile now, not inside the first timed call
+        run(get_model(model_of(out_dir)).example_input(batch_size))  # compile now, not inside the first timed call
         return run

@@ -141,6 +141,58 @@ def ops_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def workload_table(name: str, metrics: dict, params: dict) -> str:
+    """One workload's accuracy side (a saved run under workloads/<name>/): per method, the drop against
+    FP32 with the test images that flipped each way and McNemar's p, beside what the method buys."""
+    m = metrics["methods"]
+    t = f"threads_{thread_counts(metrics)[0]}"
+    fp32 = m["fp32"]
+    head = [
+        "method",
+        "top-1 %",
+        "drop pp",
+        "flips lost / gained",
+        "McNemar p",
+        "size vs own FP32",
+        "speed vs own FP32",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != "fp32", -kv[1]["accuracy_pct"])):
+        cells = [f"`{method}`", f"{r['accuracy_pct']:.2f}"]
+        significant = r["precision"] == "int8" and r["mcnemar_p"] < 0.05
+        if r["precision"] == "fp32":
+            cells += ["–", "–", "–", "1.00", "1.00"]
+        else:
+            drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"
+            cells += [drop, f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
+            cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
+        lines.append("| " + " | ".join(cells) + " |")
+    from edgequant.fleet import machine_name
+
+    p, batch = params["train"], params["benchmark"]["throughput_batch"]
+    lines += [
+        "",
+        f"`{params['download']['dataset']}` × `{p['model']}`, {p['epochs']} epochs ({p['optimizer']}, lr {p['lr']}):"
+        f" FP32 {fp32['accuracy_pct']:.2f} %; {params['prepare']['calib_size']} training images calibrate."
+        " A drop in bold is significant: McNemar's exact test on the flipped test images gives p < 0.05."
+        f" Speed: batch {batch}, {t.split('_')[1]} thread, on `{machine_name(metrics['machine'])}`."
+        f" From `workloads/{name}/` (`benchmark.json`, `params.yaml`).",
+    ]
+    return "\n".join(lines)
+
+
+def workload_tables(root: Path) -> str:
+    """Every saved workload run under `root` (workloads/), one table each."""
+    import yaml
+
+    tables = []
+    for folder in sorted(p for p in root.iterdir() if (p / "benchmark.json").is_file()):
+        metrics, params = json.loads((folder / "benchmark.json").read_text()), yaml.safe_load((folder / "params.yaml").read_text())
+        tables.append(f"#### {folder.name}\n\n" + workload_table(folder.name, metrics, params))
+    return "\n\n".join(tables) or "(no saved workload runs under workloads/)"
+
+
+WORKLOADS = ("<!-- workloads:begin (python -m edgequant.readme README.md) -->", "<!-- workloads:end -->")
 RESULTS = ("<!-- results:begin (python -m edgequant.readme README.md) -->", "<!-- results:end -->")
 OPS = ("<!-- ops:begin (python -m edgequant.readme README.md) -->", "<!-- ops:end -->")
 FLEET = ("<!-- fleet:begin (python -m edgequant.readme README.md) -->", "<!-- fleet:end -->")
@@ -171,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", default="plots/fleet.md")
     parser.add_argument("--train", default="metrics/train.json")
     parser.add_argument("--npu", default="metrics/npu.json")
+    parser.add_argument("--workloads", default="workloads")
     args = parser.parse_args(argv)
     metrics = json.loads(Path(args.metrics).read_text())
     table = markdown_table(metrics)
@@ -182,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         text = replace_block(text, ops, OPS)
         text = replace_block(text, reference, REFERENCE_BLOCK)
         text = replace_block(text, npu_table(json.loads(Path(args.npu).read_text())), NPU)
+        text = replace_block(text, workload_tables(Path(args.workloads)), WORKLOADS)
         write_text(args.readme, replace_block(text, fleet, FLEET))
     else:
         print(f"{reference}\n\n{table}\n\n{ops}\n\n{fleet}")

@@ -160,40 +160,87 @@ def drop_int32_zero_points(path: Path) -> None:
 # (2 x 255 x 63 fits). Measured on the tiny test model: under an emulated AVX2 CPU (qemu -cpu Haswell)
 # full-range weights give logits 0.74x too small (SQNR 11.8 dB), 7-bit ones 42.3 dB; on a VNNI CPU,
 # which cannot saturate, 7 bits cost 2 dB (44.3 -> 42.3). One artifact must run right on every x86.
-SETTINGS = {
-    "weights": "int8 per-channel, 7-bit range (reduce_range)",
-    "activations": "uint8 per-tensor, MinMax calibration",
-    "why": "x86 without VNNI saturates full-range u8 x s8 pairs (ONNX Runtime quantization docs: reduce_range)",
-}
+def _quantize_qdq(
+    model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, per_channel: bool, calibrator: str
+) -> Exported:
+    """Static QDQ INT8 of `model`: weights per channel or per tensor, activations calibrated by `calibrator` (an ORT CalibrationMethod)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        _export_onnx(model, fp32)
+        quant_pre_process(str(fp32), str(pre))  # shape inference + graph cleanup the quantizer relies on
+        with atomic_path(out_dir / "model.onnx") as dest:
+            quantize_static(
+                str(pre),
+                str(dest),
+                _Reader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, calibrator),
+            )
+            drop_int32_zero_points(dest)
+    shipped = out_dir / "model.onnx"
+    settings = {
+        "weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}, 7-bit range (reduce_range)",
+        "activations": f"uint8 per-tensor, {calibrator} calibration",
+        "why": "x86 without VNNI saturates full-range u8 x s8 pairs (ONNX Runtime quantization docs: reduce_range)",
+    }
+    return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), settings)
 
 
+# ONNX Runtime runs u8 x s8 products on x86 without VNNI with vpmaddubsw, which sums pairs into a
+# saturating int16: 2 x 255 x 127 overflows it. Its documented remedy is reduce_range, 7-bit weights
+# (2 x 255 x 63 fits). Measured on the tiny test model: under an emulated AVX2 CPU (qemu -cpu Haswell)
+# full-range weights give logits 0.74x too small (SQNR 11.8 dB), 7-bit ones 42.3 dB; on a VNNI CPU,
+# which cannot saturate, 7 bits cost 2 dB (44.3 -> 42.3). One artifact must run right on every x86.
 @register("onnx_qdq_int8", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
 class OnnxQdqInt8:
-    """ONNX static INT8 in QDQ format (per-channel 7-bit-range weights, calibrated): ORT on any x86 or Arm, NPU toolchains."""
+    """ONNX static INT8 in QDQ format (per-channel 7-bit-range weights, MinMax-calibrated): ORT on any x86 or Arm, NPU toolchains."""
 
     @staticmethod
     def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="MinMax")
 
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
-            _export_onnx(model, fp32)
-            quant_pre_process(str(fp32), str(pre))  # shape inference + graph cleanup the quantizer relies on
-            with atomic_path(out_dir / "model.onnx") as dest:
-                quantize_static(
-                    str(pre),
-                    str(dest),
-                    _Reader(calib),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    reduce_range=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                )
-                drop_int32_zero_points(dest)
-        shipped = out_dir / "model.onnx"
-        return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), SETTINGS)
+    load = staticmethod(_load)
+    profile = staticmethod(_profile)
+
+
+@register("onnx_qdq_int8_per_tensor", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
+class OnnxQdqInt8PerTensor:
+    """onnx_qdq_int8 with one weight scale per tensor: what per-tensor-only NPUs and older toolchains get."""
+
+    @staticmethod
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return _quantize_qdq(model, calib, sample, out_dir, per_channel=False, calibrator="MinMax")
+
+    load = staticmethod(_load)
+    profile = staticmethod(_profile)
+
+
+@register("onnx_qdq_int8_entropy", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
+class OnnxQdqInt8Entropy:
+    """onnx_qdq_int8 with activation ranges from entropy (KL) calibration instead of MinMax: clips outliers."""
+
+    @staticmethod
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="Entropy")
+
+    load = staticmethod(_load)
+    profile = staticmethod(_profile)
+
+
+@register("onnx_qdq_int8_percentile", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
+class OnnxQdqInt8Percentile:
+    """onnx_qdq_int8 with activation ranges at ORT's default percentile (99.999 %) instead of MinMax."""
+
+    @staticmethod
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="Percentile")
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)

@@ -1,4 +1,4 @@
-"""MNIST IDX parsing and the prepared uint8 tensors: train, test and a seeded calibration subset."""
+"""MNIST IDX parsing and the prepared uint8 tensors: train, test, and seeded calibration and validation subsets."""
 
 from __future__ import annotations
 
@@ -63,12 +63,16 @@ def load_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def draw_calibration(n_train: int, size: int, seed: int) -> torch.Tensor:
-    """Indices of the calibration subset: a seeded permutation of the TRAINING set, never the test set."""
-    if size > n_train:
-        raise ValueError(f"prepare.calib_size = {size} exceeds the {n_train} training images; lower it in params.yaml")
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_train, generator=g)[:size].sort().values
+def draw_subsets(n_train: int, calib_size: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the calibration and validation subsets: the first `calib_size` and the next `val_size`
+    of a seeded permutation of the TRAINING set (never the test set), so the two never share an image."""
+    if calib_size + val_size > n_train:
+        drawn = calib_size + val_size
+        raise ValueError(
+            f"prepare.calib_size + prepare.val_size = {drawn} exceeds the {n_train} training images; lower them in params.yaml"
+        )
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+    return perm[:calib_size].sort().values, perm[calib_size : calib_size + val_size].sort().values
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:

@@ -107,9 +107,11 @@ class DownloadParams:
 class PrepareParams:
     calib_size: int  # images drawn from the training set to calibrate static INT8 methods
     calib_seed: int
+    val_size: int  # further training images, disjoint from those: accuracy-aware methods measure their drop there
 
     def __post_init__(self) -> None:
         _require(self.calib_size > 0, f"prepare.calib_size must be > 0, got {self.calib_size}")
+        _require(self.val_size > 0, f"prepare.val_size must be > 0, got {self.val_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +147,10 @@ OPTIMIZERS = ("adadelta", "adam")
 @dataclasses.dataclass(frozen=True)
 class QuantizeParams:
     methods: list[str]
+    qat_epochs: int  # passes over the calibration images quantization-aware training fine-tunes for
 
     def __post_init__(self) -> None:
+        _require(self.qat_epochs > 0, f"quantize.qat_epochs must be > 0, got {self.qat_epochs}")
         _require(len(self.methods) > 0, "quantize.methods is empty: list at least one method, e.g. [fp32]")
         _require(len(set(self.methods)) == len(self.methods), f"quantize.methods has duplicates: {self.methods}")
         check_names(self.methods, "quantize.methods")

@@ -28,6 +28,19 @@ class Exported:
 
 
 @dataclasses.dataclass(frozen=True)
+class Labelled:
+    """What methods that learn or search get besides calibration images: the calibration labels (QAT
+    fine-tunes on them), a validation subset disjoint from them, and the accuracy the method may lose
+    there (gate.max_accuracy_drop_pp, the budget the gate then checks on the test set)."""
+
+    calib_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    max_drop_pp: float
+    qat_epochs: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
     name: str
     runtime: str  # the engine that runs the artifact on the device
@@ -42,6 +55,7 @@ class Method:
     profile: Callable[[Path, int, int, torch.Tensor, int], dict[str, float]] | None = None
     requires: tuple[str, ...] = ()  # modules of optional packages it imports on first use (the `runtimes` extra)
     models: tuple[str, ...] | None = None  # the models it can quantize (an eager rewrite is written per model); None: any
+    labelled: bool = False  # export takes a `labelled` keyword (Labelled): accuracy-aware and QAT methods
 
 
 _METHODS: dict[str, Method] = {}
@@ -57,6 +71,7 @@ def register(
     static_shapes: bool = False,
     requires: tuple[str, ...] = (),
     models: tuple[str, ...] | None = None,
+    labelled: bool = False,
 ):
     """Class decorator: a class with static `export(model, calib, sample, out_dir, batch_sizes)` and
     `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)`)
@@ -72,7 +87,7 @@ def register(
             raise ValueError(f"quantization method {name!r} is registered twice")
         description, profile = (cls.__doc__ or "").strip(), getattr(cls, "profile", None)
         _METHODS[name] = Method(
-            name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile, requires, models
+            name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile, requires, models, labelled
         )
         _MODULES[name] = cls.__module__
         return cls

@@ -63,10 +63,11 @@ class Params:
                     f"params.yaml: gate.methods lists {name}, an FP32 method: the gate holds INT8 candidates to their FP32 baseline"
                 )
         dataset = dataset_for(self.download.dataset, self.download.md5)
-        if dataset.train_images is not None and self.prepare.calib_size > dataset.train_images:
-            calib = self.prepare.calib_size
+        drawn = self.prepare.calib_size + self.prepare.val_size
+        if dataset.train_images is not None and drawn > dataset.train_images:
             raise ParamsError(
-                f"params.yaml: prepare.calib_size = {calib} exceeds the {dataset.train_images} training images of {dataset.name}"
+                f"params.yaml: prepare.calib_size + prepare.val_size = {drawn} exceeds the {dataset.train_images} training images"
+                f" of {dataset.name}"
             )
         if dataset.test_images is not None:
             self.benchmark.check_batches(dataset.test_images, dataset.name)

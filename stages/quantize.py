@@ -9,7 +9,7 @@ from edgequant import params, stage
 from edgequant.data import load_prepared, to_input
 from edgequant.io import atomic_dir, write_json
 from edgequant.model import load_fp32
-from edgequant.registry import get_method, record
+from edgequant.registry import Labelled, get_method, record
 from edgequant.runtime import peak_rss_mib
 
 SQNR_IMAGES = 512  # test images used to measure per-layer SQNR (a diagnostic; never used to calibrate)
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", required=True)
     parser.add_argument("--model", required=True, help="FP32 state dict from the train stage")
     parser.add_argument("--calib", required=True, help="prepared calibration images (calib.pt)")
+    parser.add_argument("--val", required=True, help="prepared validation images (val.pt): accuracy-aware methods' budget is met there")
     parser.add_argument("--test", required=True, help="prepared test images (test.pt); a few measure per-layer SQNR")
     parser.add_argument("--out", required=True, help="output directory for this method's artifacts")
     parser.add_argument("--metrics", required=True, help="output: export time and peak memory, JSON")
@@ -27,16 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> str:
-        bench = params.load(params.BenchmarkParams, "benchmark", args.params)
         train = params.load(params.TrainParams, "train", args.params)
+        bench = params.load(params.BenchmarkParams, "benchmark", args.params)
         method = get_method(args.method)
         model = load_fp32(args.model, train.model)
-        calib = to_input(load_prepared(args.calib)["images"])
+        calib_set = load_prepared(args.calib)
+        calib = to_input(calib_set["images"])
         sample = to_input(load_prepared(args.test)["images"][:SQNR_IMAGES])
         batch_sizes = tuple(dict.fromkeys((bench.latency_batch, bench.throughput_batch)))
+        extra = {}
+        if method.labelled:
+            budget = params.load(params.GateParams, "gate", args.params).max_accuracy_drop_pp
+            epochs = params.load(params.QuantizeParams, "quantize", args.params).qat_epochs
+            val = load_prepared(args.val)
+            extra["labelled"] = Labelled(calib_set["labels"].long(), to_input(val["images"]), val["labels"].long(), budget, epochs)
         start = time.perf_counter()
         with atomic_dir(args.out) as tmp:
-            exported = method.export(model, calib, sample, tmp, batch_sizes)
+            exported = method.export(model, calib, sample, tmp, batch_sizes, **extra)
             meta = record(method, train.model, exported, batch_sizes)
             write_json(tmp / "meta.json", meta)
         write_json(args.metrics, {"export_time_s": round(time.perf_counter() - start, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})

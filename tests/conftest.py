@@ -123,7 +123,7 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 
 TINY = {
     "download": {"dataset": "custom", "md5": {}},  # the md5s of the generated files are filled in where they are written
-    "prepare": {"calib_size": 32, "calib_seed": 0},
+    "prepare": {"calib_size": 32, "calib_seed": 0, "val_size": 64},
     "train": {
         "model": "cnn",
         "seed": 0,
@@ -137,7 +137,7 @@ TINY = {
         "dropout_fc": 0.5,
         "threads": 1,
     },
-    "quantize": {"methods": ["fp32", "dynamic_int8", "onnx_fp32", "onnx_qdq_int8", "litert_fp32", "litert_int8"]},
+    "quantize": {"methods": ["fp32", "dynamic_int8", "onnx_fp32", "onnx_qdq_int8", "litert_fp32", "litert_int8"], "qat_epochs": 1},
     "benchmark": {
         "threads": [1],
         "latency_batch": 1,

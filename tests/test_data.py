@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgequant.data import IdxError, draw_calibration, load_split, parse_idx, read_idx_gz, to_input
+from edgequant.data import IdxError, draw_subsets, load_split, parse_idx, read_idx_gz, to_input
 
 from .conftest import idx_bytes, make_digits, write_mirror
 
@@ -53,14 +53,16 @@ def test_counts_must_agree(tmp_path):
 
 
 def test_calibration_is_seeded_subset_of_train():
-    a, b, c = draw_calibration(1000, 64, 0), draw_calibration(1000, 64, 0), draw_calibration(1000, 64, 1)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert len(a.unique()) == 64 and a.max() < 1000
+    (a, va), (b, vb), (c, _) = draw_subsets(1000, 64, 100, 0), draw_subsets(1000, 64, 100, 0), draw_subsets(1000, 64, 100, 1)
+    assert torch.equal(a, b) and torch.equal(va, vb) and not torch.equal(a, c)
+    assert len(a.unique()) == 64 and a.max() < 1000 and len(va.unique()) == 100
+    assert not set(a.tolist()) & set(va.tolist())  # validation never sees a calibration image
+    assert torch.equal(draw_subsets(1000, 64, 10, 0)[0], a)  # the validation size leaves the calibration subset as it was
 
 
 def test_calibration_larger_than_train_rejected():
-    with pytest.raises(ValueError, match="calib_size = 2000 exceeds the 1000 training images"):
-        draw_calibration(1000, 2000, 0)
+    with pytest.raises(ValueError, match="calib_size \\+ prepare.val_size = 2100 exceeds the 1000 training images"):
+        draw_subsets(1000, 2000, 100, 0)
 
 
 def test_to_input_scales_to_unit_range():

@@ -86,7 +86,7 @@ def test_int_accepted_where_float_expected():
 )
 def test_bad_method_lists_rejected(methods, message):
     with pytest.raises(ValueError, match=message):
-        parse(QuantizeParams, {"methods": methods}, "quantize")
+        parse(QuantizeParams, {"methods": methods, "qat_epochs": 1}, "quantize")
 
 
 @pytest.mark.parametrize(("key", "value"), [("threads", []), ("threads", [0]), ("latency_runs", 0), ("min_run_time_s", 0)])
@@ -97,7 +97,7 @@ def test_bad_benchmark_values_rejected(key, value):
 
 def test_calib_size_must_be_positive():
     with pytest.raises(ParamsError, match="calib_size must be > 0"):
-        parse(PrepareParams, {"calib_size": 0, "calib_seed": 0}, "prepare")
+        parse(PrepareParams, {"calib_size": 0, "calib_seed": 0, "val_size": 1}, "prepare")
 
 
 def test_missing_file_and_section(tmp_path):
@@ -134,7 +134,7 @@ def test_bad_gate_values_rejected(key, value, message):
 def test_cross_section_rules(tmp_path, quantize, gate, message):
     gate_section = {**REAL["gate"], "methods": gate or ["onnx_qdq_int8"]}
     with pytest.raises(ValueError, match=message):
-        load_all(write_params(tmp_path, quantize={"methods": quantize}, gate=gate_section))
+        load_all(write_params(tmp_path, quantize={**REAL["quantize"], "methods": quantize}, gate=gate_section))
 
 
 def test_the_pipeline_needs_the_method_the_npu_stage_reads(tmp_path):
@@ -142,7 +142,9 @@ def test_the_pipeline_needs_the_method_the_npu_stage_reads(tmp_path):
 
     p = load_all(
         write_params(
-            tmp_path, quantize={"methods": ["fp32", "onnx_fp32", "onnx_qdq_int8"]}, gate={**REAL["gate"], "methods": ["onnx_qdq_int8"]}
+            tmp_path,
+            quantize={**REAL["quantize"], "methods": ["fp32", "onnx_fp32", "onnx_qdq_int8"]},
+            gate={**REAL["gate"], "methods": ["onnx_qdq_int8"]},
         )
     )
     with pytest.raises(ParamsError, match="quantize.methods must list litert_int8: the npu stage"):
@@ -157,7 +159,7 @@ def test_real_params_pass_the_whole_file_check():
 
 def test_unknown_method_suggests_the_closest(tmp_path):
     with pytest.raises(ValueError, match=r"unknown quantization method 'onnx_qdq_int9' \(did you mean 'onnx_qdq_int8'\?\)"):
-        quantize = {"methods": ["fp32", "onnx_fp32", "onnx_qdq_int9"]}
+        quantize = {**REAL["quantize"], "methods": ["fp32", "onnx_fp32", "onnx_qdq_int9"]}
         load_all(write_params(tmp_path, quantize=quantize, gate={**REAL["gate"], "methods": ["onnx_fp32"]}))
 
 
@@ -182,7 +184,7 @@ def test_non_finite_numbers_rejected(value, text):
         ("benchmark", {"throughput_batch": 10001}, "benchmark.throughput_batch = 10001 exceeds the 10000 test images of mnist"),
         ("benchmark", {"latency_batch": 20000}, "benchmark.latency_batch = 20000 exceeds the 10000 test images"),
         ("benchmark", {"peak_gemm_size": 80000}, r"benchmark.peak_gemm_size must be <= 8192 .*got 80000"),
-        ("prepare", {"calib_size": 60001}, "prepare.calib_size = 60001 exceeds the 60000 training images of mnist"),
+        ("prepare", {"calib_size": 60001}, r"prepare.calib_size \+ prepare.val_size = 62001 exceeds the 60000 training images of mnist"),
     ],
 )
 def test_impossible_sizes_rejected_before_any_work(tmp_path, section, values, message):
@@ -209,7 +211,7 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
 
 
 def test_a_method_written_for_one_model_is_refused_for_another(tmp_path):
-    quantize = {"methods": ["fp32", "eager_static_x86"]}
+    quantize = {**REAL["quantize"], "methods": ["fp32", "eager_static_x86"]}
     gate = {**REAL["gate"], "methods": ["eager_static_x86"]}
     train = {**REAL["train"], "model": "dwsep_cnn"}
     with pytest.raises(ParamsError, match="eager_static_x86 quantizes only cnn, not train.model dwsep_cnn: drop it from quantize.methods"):

@@ -8,7 +8,7 @@ import torch
 from edgequant.data import to_input
 from edgequant.layers import conv_macs, net_macs, sqnr_db
 from edgequant.profile import KIND_ORDER, conv_gmacs, kind_of, ms_by_kind, op_rows, profile_torch
-from edgequant.registry import Exported, get_method, known_methods, missing_modules, record, register
+from edgequant.registry import Exported, Labelled, get_method, known_methods, missing_modules, record, register
 
 from .conftest import ROOT, make_digits
 
@@ -55,6 +55,22 @@ def data():
     return x[:64], x[64:]  # calibration, evaluation
 
 
+def extra(method) -> dict:
+    """What the quantize stage adds for methods that learn or search: labels for the calibration images
+    (make_digits is seeded, so these are the images `data` calibrates with), a validation set, and a
+    budget wide enough that an accuracy-aware method keeps no layer in FP32 (tests/test_mixed.py checks
+    the search itself)."""
+    if not method.labelled:
+        return {}
+    _, calib_labels = make_digits(96, 5)
+    images, labels = make_digits(128, 9)
+    return {
+        "labelled": Labelled(
+            torch.from_numpy(calib_labels[:64]).long(), to_input(torch.from_numpy(images)), torch.from_numpy(labels).long(), 100.0, 1
+        )
+    }
+
+
 @pytest.mark.parametrize("name", [m for m in known_methods() if get_method(m).models is None])
 def test_every_method_for_any_model_quantizes_the_stress_model(name, tiny_stress_model, data, tmp_path, monkeypatch):
     """The depthwise-separable model through every method that claims any model: export, record, load, run."""
@@ -63,7 +79,7 @@ def test_every_method_for_any_model_quantizes_the_stress_model(name, tiny_stress
     if missing_modules(method):
         pytest.skip(f"{name} needs {', '.join(missing_modules(method))}, not installed (pip install -e '.[runtimes]')")
     calib, x = data
-    exported = method.export(tiny_stress_model, calib, x, tmp_path, BATCHES)
+    exported = method.export(tiny_stress_model, calib, x, tmp_path, BATCHES, **extra(method))
     (tmp_path / "meta.json").write_text(json.dumps(record(method, "dwsep_cnn", exported, BATCHES)))
     with torch.no_grad():
         reference = tiny_stress_model(x[:8])
@@ -82,11 +98,11 @@ def test_method_round_trip(name, tiny_model, data, tmp_path, monkeypatch):
     if missing_modules(method):  # an optional runtime: `make runtimes` installs it (CI does)
         pytest.skip(f"{name} needs {', '.join(missing_modules(method))}, not installed (pip install -e '.[runtimes]')")
     calib, x = data
-    exported = method.export(tiny_model, calib, x, tmp_path, BATCHES)
+    exported = method.export(tiny_model, calib, x, tmp_path, BATCHES, **extra(method))
     assert isinstance(exported, Exported) and exported.shipped.is_file()
     # Byte-identical on a second export: DVC hashes these files, so noise in them would make every run
     # look like a change (torch once named its zip folder after the random temporary file).
-    again = method.export(tiny_model, calib, x, tmp_path / "again", BATCHES)
+    again = method.export(tiny_model, calib, x, tmp_path / "again", BATCHES, **extra(method))
     files = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert files and all((tmp_path / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
     assert again.sqnr_db == exported.sqnr_db

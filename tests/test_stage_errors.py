@@ -48,7 +48,22 @@ def test_truncated_prepared_split_in_train(workdir, capsys):
 
 def test_truncated_prepared_split_in_quantize_and_benchmark(workdir, capsys):
     torch.save(Net().state_dict(), "fp32.pt")
-    args = ["--method", "fp32", "--model", "fp32.pt", "--calib", "truncated.pt", "--test", "good.pt", "--out", "q", "--metrics", "q.json"]
+    args = [
+        "--method",
+        "fp32",
+        "--model",
+        "fp32.pt",
+        "--calib",
+        "truncated.pt",
+        "--val",
+        "good.pt",
+        "--test",
+        "good.pt",
+        "--out",
+        "q",
+        "--metrics",
+        "q.json",
+    ]
     assert quantize.main(args) == 1
     assert re.search(TRUNCATED, one_line(capsys, "quantize"))
     args = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import torch
 
 from edgequant.artifacts import read_pte
 from edgequant.io import atomic_path
-from edgequant.methods.pt2e import calibrate_and_convert, export_static, quantized_layer_sqnr
+from edgequant.layers import layer_outputs
+from edgequant.methods.pt2e import calibrate_and_convert, drop_unused_attributes, export_static, quantized_layer_sqnr
+from edgequant.mixed import Trial, keep_fp32, score, summary
 from edgequant.model import Classifier
 from edgequant.profile import profile_executorch
-from edgequant.registry import Exported, register
+from edgequant.registry import Exported, Labelled, register
 
 
 def _write_pte(module: torch.nn.Module, example_input: Callable[[int], torch.Tensor], out_dir: Path, batch_sizes: tuple[int, ...]) -> Path:
@@ -73,20 +76,130 @@ class ExecuTorchFP32:
     profile = staticmethod(_profile_pte)
 
 
+def _quantizer(per_channel: bool = True, fp32_layers: tuple[str, ...] = (), qat: bool = False):
+    """XNNPACK's symmetric INT8 quantizer; the layers named in `fp32_layers` are left unannotated, so they run FP32."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantizer import get_module_name_filter
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
+    if fp32_layers:  # its set_module_name refuses None; a filter is how XNNPACKQuantizer skips modules
+        skipped = [get_module_name_filter(name) for name in fp32_layers]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in skipped))
+    return quantizer
+
+
 @register("executorch_xnnpack_int8", runtime="executorch-xnnpack", precision="int8", baseline="executorch_xnnpack_fp32", static_shapes=True)
 class ExecuTorchInt8:
     """ExecuTorch .pte, static INT8 (XNNPACKQuantizer, per-channel, calibrated): ARM NEON / x86 INT8 kernels."""
 
     @staticmethod
     def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        converted = calibrate_and_convert(model, calib, quantizer)
+        converted = calibrate_and_convert(model, calib, _quantizer())
         return Exported(_write_pte(converted, model.example_input, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
+
+    load = staticmethod(_load_pte)
+    profile = staticmethod(_profile_pte)
+
+
+def _export_aware(
+    model: Classifier,
+    calib: torch.Tensor,
+    sample: torch.Tensor,
+    out_dir: Path,
+    batch_sizes: tuple[int, ...],
+    labelled: Labelled,
+    per_channel: bool,
+) -> Exported:
+    """XNNPACK INT8 keeping the fewest layers in FP32 (edgequant.mixed) that bring the validation drop within budget;
+    each configuration is measured on the INT8-simulating graph, and only the chosen one is lowered."""
+    with torch.no_grad():
+        fp32_logits = model.eval()(labelled.val_images)
+    layers = list(layer_outputs(model, sample[:1]))
+
+    def measure(kept: tuple[str, ...]) -> Trial:
+        with torch.no_grad():
+            logits = calibrate_and_convert(model, calib, _quantizer(per_channel, kept))(labelled.val_images)
+        return score(labelled, fp32_logits, logits, kept)
+
+    kept, trials = keep_fp32(layers, measure, labelled.max_drop_pp)
+    converted = calibrate_and_convert(model, calib, _quantizer(per_channel, kept))
+    settings = {"weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}", **summary(kept, trials, labelled.max_drop_pp)}
+    shipped = _write_pte(converted, model.example_input, out_dir, batch_sizes)
+    return Exported(shipped, quantized_layer_sqnr(model, converted, sample), settings)
+
+
+@register(
+    "executorch_xnnpack_int8_per_tensor_aware",
+    runtime="executorch-xnnpack",
+    precision="int8",
+    baseline="executorch_xnnpack_fp32",
+    static_shapes=True,
+    labelled=True,
+)
+class ExecuTorchInt8PerTensorAware:
+    """ExecuTorch/XNNPACK INT8, per-tensor weights, its most sensitive layers kept FP32 until the validation drop is within budget."""
+
+    @staticmethod
+    def export(
+        model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], labelled: Labelled
+    ) -> Exported:
+        return _export_aware(model, calib, sample, out_dir, batch_sizes, labelled, per_channel=False)
+
+    load = staticmethod(_load_pte)
+    profile = staticmethod(_profile_pte)
+
+
+QAT_LR = 1e-4  # Adam: a fine-tune of an already trained model, small steps
+
+
+def train_qat(model: Classifier, labelled: Labelled, calib: torch.Tensor) -> torch.fx.GraphModule:
+    """PT2E quantization-aware training: fake-quantize with XNNPACK's QAT config, fine-tune on the labelled
+    calibration images for `labelled.qat_epochs` passes, and convert. Seeded, so the bytes repeat."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=2, max=4096)
+    graph = torch.export.export(copy.deepcopy(model).train(), (model.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
+    prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
+    optimizer = torch.optim.Adam(prepared.parameters(), lr=QAT_LR)
+    move_exported_model_to_train(prepared)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(labelled.qat_epochs):
+        order = torch.randperm(len(calib), generator=generator)
+        for i in range(0, len(order) - 1, 64):  # a last batch of one image would break BatchNorm's batch statistics
+            idx = order[i : i + 64]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(prepared(calib[idx]), labelled.calib_labels[idx]).backward()
+            optimizer.step()
+    move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    drop_unused_attributes(converted)
+    return converted
+
+
+@register(
+    "executorch_xnnpack_qat",
+    runtime="executorch-xnnpack",
+    precision="int8",
+    baseline="executorch_xnnpack_fp32",
+    static_shapes=True,
+    labelled=True,
+)
+class ExecuTorchQat:
+    """ExecuTorch .pte, INT8 from quantization-aware training (PT2E QAT, XNNPACK per-channel QAT config) on the calibration images."""
+
+    @staticmethod
+    def export(
+        model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], labelled: Labelled
+    ) -> Exported:
+        converted = train_qat(model, labelled, calib)
+        settings = {
+            "weights": "int8 per-channel",
+            "fine_tune": f"{labelled.qat_epochs} passes over {len(calib)} calibration images, Adam lr {QAT_LR}",
+        }
+        shipped = _write_pte(converted, model.example_input, out_dir, batch_sizes)
+        return Exported(shipped, quantized_layer_sqnr(model, converted, sample), settings)
 
     load = staticmethod(_load_pte)
     profile = staticmethod(_profile_pte)

@@ -12,11 +12,13 @@ from edgequant.artifacts import read_onnx
 from edgequant.data import batches
 from edgequant.io import atomic_path
 from edgequant.layers import layer_outputs, sqnr_db
+from edgequant.mixed import Trial, keep_fp32, score, summary
 from edgequant.model import Classifier
 from edgequant.profile import profile_onnx
-from edgequant.registry import Exported, register
+from edgequant.registry import Exported, Labelled, register
 
 INPUT = "pixels"
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")  # the nodes that hold a layer's weights, in the order the layers run
 
 
 def _export_onnx(model: Classifier, path: Path) -> None:
@@ -117,7 +119,7 @@ def onnx_layer_sqnr(model: Classifier, path: Path, x: torch.Tensor) -> dict[str,
     import onnx
 
     graph_model = onnx.load(str(path))
-    compute = [n.output[0] for n in graph_model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    compute = [n.output[0] for n in graph_model.graph.node if n.op_type in COMPUTE_OPS]
     graph_model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in compute)
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.onnx"
@@ -153,6 +155,91 @@ def drop_int32_zero_points(path: Path) -> None:
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     onnx.save(model, str(path))
+
+
+# ONNX Runtime runs u8 x s8 products on x86 without VNNI with vpmaddubsw, which sums pairs into a
+# saturating int16: 2 x 255 x 127 overflows it. Its documented remedy is reduce_range, 7-bit weights
+# (2 x 255 x 63 fits). Measured on the tiny test model: under an emulated AVX2 CPU (qemu -cpu Haswell)
+# full-range weights give logits 0.74x too small (SQNR 11.8 dB), 7-bit ones 42.3 dB; on a VNNI CPU,
+# which cannot saturate, 7 bits cost 2 dB (44.3 -> 42.3). One artifact must run right on every x86.
+def _preprocess(model: Classifier, directory: Path) -> Path:
+    """The FP32 export, shape-inferred and cleaned up as the quantizer relies on (BatchNorm folded into convs)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, pre = directory / "fp32.onnx", directory / "pre.onnx"
+    _export_onnx(model, fp32)
+    quant_pre_process(str(fp32), str(pre))
+    return pre
+
+
+def _qdq(pre: Path, dest: Path, calib: torch.Tensor, per_channel: bool, calibrator: str, exclude: tuple[str, ...] = ()) -> None:
+    """Static QDQ INT8 of the preprocessed `pre` into `dest`; nodes named in `exclude` stay FP32."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(pre),
+        str(dest),
+        _Reader(calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, calibrator),
+        nodes_to_exclude=list(exclude),
+    )
+    drop_int32_zero_points(dest)
+
+
+def _settings(per_channel: bool, calibrator: str) -> dict[str, object]:
+    return {
+        "weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}, 7-bit range (reduce_range)",
+        "activations": f"uint8 per-tensor, {calibrator} calibration",
+        "why": "x86 without VNNI saturates full-range u8 x s8 pairs (ONNX Runtime quantization docs: reduce_range)",
+    }
+
+
+def _quantize_qdq(
+    model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, per_channel: bool, calibrator: str
+) -> Exported:
+    """Static QDQ INT8 of `model`: weights per channel or per tensor, activations calibrated by `calibrator` (an ORT CalibrationMethod)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = _preprocess(model, Path(tmp))
+        with atomic_path(out_dir / "model.onnx") as dest:
+            _qdq(pre, dest, calib, per_channel, calibrator)
+    shipped = out_dir / "model.onnx"
+    return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), _settings(per_channel, calibrator))
+
+
+def _quantize_qdq_aware(
+    model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, labelled: Labelled, per_channel: bool, calibrator: str
+) -> Exported:
+    """`_quantize_qdq` keeping the fewest layers in FP32 (edgequant.mixed) that bring the validation drop within budget."""
+    import onnx
+
+    with torch.no_grad():
+        fp32_logits = model.eval()(labelled.val_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = _preprocess(model, Path(tmp))
+        graph = onnx.load(str(pre)).graph
+        nodes = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
+        layers = list(layer_outputs(model, sample[:1]))
+        if len(nodes) != len(layers):
+            raise RuntimeError(f"found {len(nodes)} conv/linear ops in the ONNX export, expected {len(layers)}")
+        node_of = dict(zip(layers, nodes, strict=True))
+
+        def measure(kept: tuple[str, ...]) -> Trial:
+            trial = Path(tmp) / "trial.onnx"
+            _qdq(pre, trial, calib, per_channel, calibrator, tuple(node_of[layer] for layer in kept))
+            logits = torch.from_numpy(_session(trial, 2).run(None, {INPUT: labelled.val_images.numpy()})[0])
+            return score(labelled, fp32_logits, logits, kept)
+
+        kept, trials = keep_fp32(layers, measure, labelled.max_drop_pp)
+        with atomic_path(out_dir / "model.onnx") as dest:
+            _qdq(pre, dest, calib, per_channel, calibrator, tuple(node_of[layer] for layer in kept))
+    shipped = out_dir / "model.onnx"
+    settings = {**_settings(per_channel, calibrator), **summary(kept, trials, labelled.max_drop_pp)}
+    return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), settings)
 
 
 # ONNX Runtime runs u8 x s8 products on x86 without VNNI with vpmaddubsw, which sums pairs into a
@@ -222,25 +309,31 @@ class OnnxQdqInt8PerTensor:
     profile = staticmethod(_profile)
 
 
-@register("onnx_qdq_int8_entropy", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
-class OnnxQdqInt8Entropy:
-    """onnx_qdq_int8 with activation ranges from entropy (KL) calibration instead of MinMax: clips outliers."""
+@register("onnx_qdq_int8_percentile", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
+class OnnxQdqInt8Percentile:
+    """onnx_qdq_int8 with activation ranges at ORT's default percentile (99.999 %) instead of MinMax.
+
+    No entropy twin: through quantize_static, ORT 1.32's entropy calibrator searches 128 bins for 128
+    quantized bins, a single candidate (the full range), and wrote activation scales identical to MinMax.
+    """
 
     @staticmethod
     def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="Entropy")
+        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="Percentile")
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
 
 
-@register("onnx_qdq_int8_percentile", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
-class OnnxQdqInt8Percentile:
-    """onnx_qdq_int8 with activation ranges at ORT's default percentile (99.999 %) instead of MinMax."""
+@register("onnx_qdq_int8_per_tensor_aware", runtime="onnxruntime", precision="int8", baseline="onnx_fp32", labelled=True)
+class OnnxQdqInt8PerTensorAware:
+    """onnx_qdq_int8_per_tensor keeping its most sensitive layers in FP32 until the validation drop is within gate.max_accuracy_drop_pp."""
 
     @staticmethod
-    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="Percentile")
+    def export(
+        model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], labelled: Labelled
+    ) -> Exported:
+        return _quantize_qdq_aware(model, calib, sample, out_dir, labelled, per_channel=False, calibrator="MinMax")
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)

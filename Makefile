@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup runtimes repro test lint compare vega machine clean-venv
+.PHONY: setup runtimes repro test lint compare vega machine fashion-mnist clean-venv
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,14 @@ $(VEGA_DIR)/vega-embed.min.js:
 		tar -xzOf $$tgz package/build/$$name.min.js > $(VEGA_DIR)/$$name.min.js.tmp; \
 		mv $(VEGA_DIR)/$$name.min.js.tmp $(VEGA_DIR)/$$name.min.js; rm $$tgz; \
 	done
+
+# Fashion-MNIST offline (download.dataset: fashion_mnist): Debian's dataset-fashion-mnist, where apt is available.
+# Its files are recompressed; the download stage verifies their decompressed content against upstream's.
+fashion-mnist:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST is in /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null; then sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; \
+	else echo "no apt-get here: the download stage takes Fashion-MNIST from the public mirror"; fi
 
 clean-venv:
 	rm -rf $(VENV)

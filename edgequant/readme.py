@@ -141,7 +141,7 @@ def ops_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def workload_table(name: str, metrics: dict, params: dict) -> str:
+def workload_table(name: str, metrics: dict, params: dict, settings: dict) -> str:
     """One workload's accuracy side (a saved run under workloads/<name>/): per method, the drop against
     FP32 with the test images that flipped each way and McNemar's p, beside what the method buys."""
     m = metrics["methods"]
@@ -155,17 +155,21 @@ def workload_table(name: str, metrics: dict, params: dict) -> str:
         "McNemar p",
         "size vs own FP32",
         "speed vs own FP32",
+        "layers kept FP32 (validation drop)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != "fp32", -kv[1]["accuracy_pct"])):
         cells = [f"`{method}`", f"{r['accuracy_pct']:.2f}"]
         significant = r["precision"] == "int8" and r["mcnemar_p"] < 0.05
         if r["precision"] == "fp32":
-            cells += ["–", "–", "–", "1.00", "1.00"]
+            cells += ["–", "–", "–", "1.00", "1.00", "–"]
         else:
             drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"
             cells += [drop, f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
             cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
+            search = settings.get(method) or {}
+            kept = ", ".join(f"`{layer}`" for layer in search.get("fp32_layers", [])) or "none"
+            cells.append(f"{kept} ({search['validation_drop_pp']:+.2f} pp)" if "fp32_layers" in search else "–")
         lines.append("| " + " | ".join(cells) + " |")
     from edgequant.fleet import machine_name
 
@@ -176,7 +180,7 @@ def workload_table(name: str, metrics: dict, params: dict) -> str:
         f" FP32 {fp32['accuracy_pct']:.2f} %; {params['prepare']['calib_size']} training images calibrate."
         " A drop in bold is significant: McNemar's exact test on the flipped test images gives p < 0.05."
         f" Speed: batch {batch}, {t.split('_')[1]} thread, on `{machine_name(metrics['machine'])}`."
-        f" From `workloads/{name}/` (`benchmark.json`, `params.yaml`).",
+        f" From `workloads/{name}/` (`benchmark.json`, `settings.json`, `params.yaml`).",
     ]
     return "\n".join(lines)
 
@@ -187,8 +191,9 @@ def workload_tables(root: Path) -> str:
 
     tables = []
     for folder in sorted(p for p in root.iterdir() if (p / "benchmark.json").is_file()):
-        metrics, params = json.loads((folder / "benchmark.json").read_text()), yaml.safe_load((folder / "params.yaml").read_text())
-        tables.append(f"#### {folder.name}\n\n" + workload_table(folder.name, metrics, params))
+        metrics, settings = (json.loads((folder / f).read_text()) for f in ("benchmark.json", "settings.json"))
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        tables.append(f"#### {folder.name}\n\n" + workload_table(folder.name, metrics, params, settings))
     return "\n\n".join(tables) or "(no saved workload runs under workloads/)"
 
 

@@ -137,7 +137,10 @@ TINY = {
         "dropout_fc": 0.5,
         "threads": 1,
     },
-    "quantize": {"methods": ["fp32", "dynamic_int8", "onnx_fp32", "onnx_qdq_int8", "litert_fp32", "litert_int8"], "qat_epochs": 1},
+    "quantize": {
+        "methods": ["fp32", "dynamic_int8", "onnx_fp32", "onnx_qdq_int8", "onnx_qdq_int8_per_tensor_aware", "litert_fp32", "litert_int8"],
+        "qat_epochs": 1,
+    },
     "benchmark": {
         "threads": [1],
         "latency_batch": 1,

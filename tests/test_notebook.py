@@ -16,8 +16,11 @@ def test_explore_notebook_executes_on_committed_results(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    text = "".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/html", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs
+    )
     gate = json.loads((ROOT / "metrics" / "gate.json").read_text())
     verdict = "gate passed" if gate["passed"] else f"gate FAILED: {gate['failures']} check(s)"
     assert "executorch_xnnpack_int8" in text and verdict in text  # the committed verdict, whichever it is
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # four figures rendered
+    assert "onnx_qdq_int8_per_tensor_aware" in text and "McNemar" in text  # the saved workload runs, with their statistics

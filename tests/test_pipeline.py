@@ -22,6 +22,9 @@ def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
     assert q["threads_1"]["latency_ms_p50"] > 0 and metrics["machine"]["versions"]["torch"].startswith("2.13")
     quantize = json.loads((work / "metrics/quantize/onnx_qdq_int8.json").read_text())
     assert 0 < q["threads_1"]["peak_rss_mib"] < 2048 and 0 < quantize["peak_rss_mib"] < 2048 and quantize["export_time_s"] > 0
+    # The accuracy-aware method got the validation split and the gate's budget (100 pp here: nothing kept FP32).
+    aware = json.loads((work / "models/quantized/onnx_qdq_int8_per_tensor_aware/meta.json").read_text())["settings"]
+    assert aware["budget_pp"] == TINY["gate"]["max_accuracy_drop_pp"] and aware["fp32_layers"] == [] and len(aware["tried"]) == 1
     # The size is that of the shipped file, measured by the benchmark.
     assert q["size_bytes"] == (work / "models/quantized/onnx_qdq_int8/model.onnx").stat().st_size
     for png in ("training", "tradeoffs", "speedups", "layers", "ops"):

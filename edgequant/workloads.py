@@ -1,0 +1,46 @@
+"""Saved runs on other params (a dataset and a model by name): what the README's workload tables are made from.
+
+python -m edgequant.workloads workloads/fashion_mnist-dwsep_cnn   # after `dvc repro benchmark` on that workload's params
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from edgequant.io import atomic_dir, write_json
+
+FILES = ("params.yaml", "metrics/benchmark.json", "metrics/train.json")
+
+
+def save(workspace: Path, out: Path) -> list[str]:
+    """Copy the run's params and metrics from `workspace` into `out` (replaced whole), with each method's
+    export settings (meta.json's `settings`: the layers an accuracy-aware method kept in FP32, and what it tried)."""
+    missing = [f for f in FILES if not (workspace / f).is_file()]
+    if missing:
+        raise ValueError(f"{workspace} has no {', '.join(missing)}: run `dvc repro benchmark` there first")
+    metrics = json.loads((workspace / "metrics/benchmark.json").read_text())
+    settings = {}
+    for method in metrics["methods"]:
+        meta = json.loads((workspace / "models/quantized" / method / "meta.json").read_text())
+        settings[method] = meta.get("settings")
+    with atomic_dir(out) as tmp:
+        for f in FILES:
+            shutil.copy(workspace / f, tmp / Path(f).name)
+        write_json(tmp / "settings.json", settings)
+    return sorted(p.name for p in out.iterdir())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="the folder to write, e.g. workloads/<dataset>-<model>")
+    parser.add_argument("--workspace", default=".", help="the checkout whose run to save (default: this one)")
+    args = parser.parse_args(argv)
+    print(f"{args.out}: {', '.join(save(Path(args.workspace), Path(args.out)))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

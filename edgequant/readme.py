@@ -174,11 +174,12 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict) -> st
     from edgequant.fleet import machine_name
 
     p, batch = params["train"], params["benchmark"]["throughput_batch"]
+    epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] > 1)}"
     lines += [
         "",
-        f"`{params['download']['dataset']}` × `{p['model']}`, {p['epochs']} epochs ({p['optimizer']}, lr {p['lr']}):"
+        f"`{params['download']['dataset']}` × `{p['model']}`, {epochs} ({p['optimizer']}, lr {p['lr']}):"
         f" FP32 {fp32['accuracy_pct']:.2f} %; {params['prepare']['calib_size']} training images calibrate."
-        " A drop in bold is significant: McNemar's exact test on the flipped test images gives p < 0.05."
+        " A difference in bold is significant (McNemar's exact test on the flipped test images: p < 0.05); a negative drop is a gain."
         f" Speed: batch {batch}, {t.split('_')[1]} thread, on `{machine_name(metrics['machine'])}`."
         f" From `workloads/{name}/` (`benchmark.json`, `settings.json`, `params.yaml`).",
     ]

@@ -65,18 +65,7 @@ def tiny_mirror(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def tiny_train_params(**overrides) -> TrainParams:
     """The classic recipe at test scale: one thread, small batches, one epoch unless overridden."""
-    values = {
-        "model": "cnn",
-        "seed": 0,
-        "epochs": 1,
-        "batch_size": 32,
-        "test_batch_size": 64,
-        "optimizer": "adadelta",
-        "lr": 1.0,
-        "gamma": 0.7,
-    }
-    values.update(dropout_conv=0.25, dropout_fc=0.5, threads=1)
-    return TrainParams(**{**values, **overrides})
+    return TrainParams(**{**TINY["train"], **overrides})  # the same recipe the tiny pipeline runs
 
 
 def train_tiny(model: str):

@@ -157,11 +157,6 @@ def drop_int32_zero_points(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-# ONNX Runtime runs u8 x s8 products on x86 without VNNI with vpmaddubsw, which sums pairs into a
-# saturating int16: 2 x 255 x 127 overflows it. Its documented remedy is reduce_range, 7-bit weights
-# (2 x 255 x 63 fits). Measured on the tiny test model: under an emulated AVX2 CPU (qemu -cpu Haswell)
-# full-range weights give logits 0.74x too small (SQNR 11.8 dB), 7-bit ones 42.3 dB; on a VNNI CPU,
-# which cannot saturate, 7 bits cost 2 dB (44.3 -> 42.3). One artifact must run right on every x86.
 def _preprocess(model: Classifier, directory: Path) -> Path:
     """The FP32 export, shape-inferred and cleaned up as the quantizer relies on (BatchNorm folded into convs)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -239,44 +234,6 @@ def _quantize_qdq_aware(
             _qdq(pre, dest, calib, per_channel, calibrator, tuple(node_of[layer] for layer in kept))
     shipped = out_dir / "model.onnx"
     settings = {**_settings(per_channel, calibrator), **summary(kept, trials, labelled.max_drop_pp)}
-    return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), settings)
-
-
-# ONNX Runtime runs u8 x s8 products on x86 without VNNI with vpmaddubsw, which sums pairs into a
-# saturating int16: 2 x 255 x 127 overflows it. Its documented remedy is reduce_range, 7-bit weights
-# (2 x 255 x 63 fits). Measured on the tiny test model: under an emulated AVX2 CPU (qemu -cpu Haswell)
-# full-range weights give logits 0.74x too small (SQNR 11.8 dB), 7-bit ones 42.3 dB; on a VNNI CPU,
-# which cannot saturate, 7 bits cost 2 dB (44.3 -> 42.3). One artifact must run right on every x86.
-def _quantize_qdq(
-    model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, per_channel: bool, calibrator: str
-) -> Exported:
-    """Static QDQ INT8 of `model`: weights per channel or per tensor, activations calibrated by `calibrator` (an ORT CalibrationMethod)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
-        _export_onnx(model, fp32)
-        quant_pre_process(str(fp32), str(pre))  # shape inference + graph cleanup the quantizer relies on
-        with atomic_path(out_dir / "model.onnx") as dest:
-            quantize_static(
-                str(pre),
-                str(dest),
-                _Reader(calib),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, calibrator),
-            )
-            drop_int32_zero_points(dest)
-    shipped = out_dir / "model.onnx"
-    settings = {
-        "weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}, 7-bit range (reduce_range)",
-        "activations": f"uint8 per-tensor, {calibrator} calibration",
-        "why": "x86 without VNNI saturates full-range u8 x s8 pairs (ONNX Runtime quantization docs: reduce_range)",
-    }
     return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), settings)
 
 

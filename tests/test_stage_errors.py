@@ -6,6 +6,10 @@ import errno
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -120,3 +124,22 @@ def test_training_that_diverges_stops_at_the_first_non_finite_loss():
     with pytest.raises(ValueError, match=r"training diverged: loss is (nan|inf) at epoch 1, batch \d+; lower train.lr \(now 1e\+30\)"):
         fit(tiny_train_params(lr=1e30, optimizer="adam", epochs=50), x, y, x[:32], y[:32])
     torch.use_deterministic_algorithms(False)
+
+
+def test_a_stage_stuck_after_ctrl_c_still_exits():
+    code = (
+        "import time\n"
+        "from edgequant import stage\n"
+        "stage.stop_promptly_on_interrupt(grace_s=1.0)\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    time.sleep(60)  # stuck while unwinding, as a library caught mid-write can be\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    assert proc.returncode == 128 + signal.SIGINT and time.monotonic() - start < 10

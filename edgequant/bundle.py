@@ -16,7 +16,7 @@ import torch
 from edgequant.data import load_prepared, to_input
 from edgequant.io import atomic_dir
 from edgequant.layers import net_macs
-from edgequant.model import model_of
+from edgequant.model import common_model
 from edgequant.registry import get_method
 from edgequant.roofline import ort_gemm_model
 
@@ -46,7 +46,7 @@ def make_bundle(artifacts: Path, test: Path, methods: list[str], batches: list[i
     split = load_prepared(test)
     x, labels = to_input(split["images"][:images]), split["labels"][:images]
     with atomic_dir(out) as tmp:
-        model = model_of(artifacts / kept[0])
+        model = common_model(artifacts, kept)
         manifest = {"model": model, "macs_per_image": sum(net_macs(model).values()), "methods": {}}
         for name in kept:
             method = get_method(name)

@@ -30,9 +30,11 @@ def logits_of(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def score(labelled: Labelled, fp32_logits: torch.Tensor, logits: torch.Tensor, fp32_layers: tuple[str, ...]) -> Trial:
     """The validation drop and logit SQNR of a quantized model's `logits` against the FP32 model's."""
-    fp32_acc = (fp32_logits.argmax(1) == labelled.val_labels).float().mean().item()
-    acc = (logits.argmax(1) == labelled.val_labels).float().mean().item()
-    return Trial(fp32_layers, round(100.0 * (fp32_acc - acc), 6), min(sqnr_db(fp32_logits, logits), 200.0))
+    # Counted in integers: a float32 mean made 10 images of 10,000 read 0.100004 pp and miss a 0.1 pp budget.
+    fp32_right = int((fp32_logits.argmax(1) == labelled.val_labels).sum())
+    right = int((logits.argmax(1) == labelled.val_labels).sum())
+    drop = round(100.0 * (fp32_right - right) / len(labelled.val_labels), 6)
+    return Trial(fp32_layers, drop, min(sqnr_db(fp32_logits, logits), 200.0))
 
 
 def keep_fp32(layers: list[str], measure: Callable[[tuple[str, ...]], Trial], budget_pp: float) -> tuple[tuple[str, ...], list[Trial]]:

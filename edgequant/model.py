@@ -130,6 +130,15 @@ def build_model(name: str, **hyper: float) -> Classifier:
     return get_model(name)(**hyper)
 
 
+def common_model(artifacts: Path, methods: list[str]) -> str:
+    """The one model every method's directory under `artifacts` was exported from, or a ValueError naming those that differ."""
+    models = {m: model_of(Path(artifacts) / m) for m in methods}
+    first = models[methods[0]]
+    if stale := [m for m in methods if models[m] != first]:
+        raise ValueError(f"{', '.join(stale)} not exported from model {first!r} as {methods[0]} was: re-run `dvc repro quantize`")
+    return first
+
+
 def model_of(out_dir: Path) -> str:
     """The model an exported method directory was made from, as the quantize stage recorded it in meta.json."""
     try:

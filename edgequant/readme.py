@@ -180,7 +180,7 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict) -> st
         f"`{params['download']['dataset']}` × `{p['model']}`, {epochs} ({p['optimizer']}, lr {p['lr']}):"
         f" FP32 {fp32['accuracy_pct']:.2f} %; {params['prepare']['calib_size']} training images calibrate."
         " A difference in bold is significant (McNemar's exact test on the flipped test images: p < 0.05); a negative drop is a gain."
-        f" Speed: batch {batch}, {t.split('_')[1]} thread, on `{machine_name(metrics['machine'])}`."
+        f" Speed: batch {batch}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on `{machine_name(metrics['machine'])}`."
         f" From `workloads/{name}/` (`benchmark.json`, `settings.json`, `params.yaml`).",
     ]
     return "\n".join(lines)

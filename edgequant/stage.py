@@ -75,28 +75,31 @@ def run(name: str, body: Callable[[], str]) -> int:
 
 def stop_promptly_on_interrupt(grace_s: float = 10.0) -> None:
     """Ctrl-C (SIGINT) raises KeyboardInterrupt as usual, which unwinds through the atomic writers and
-    removes their temporaries (about a second in train), and arms a timer: if the process is still alive
-    `grace_s` later, it exits. In one of some 270 test runs under load a SIGINT in the middle of train's
-    epoch logging left the stage alive past 30 s; a stage must stop when asked, and anything it left
-    half-written is a hidden `.*.tmp` that the next run sweeps."""
+    removes their temporaries (about a second in train); if the process is still alive `grace_s` later,
+    it exits. In one of some 270 test runs under load a SIGINT in the middle of train's epoch logging
+    left the stage alive past 30 s; a stage must stop when asked, and anything it left half-written is a
+    hidden `.*.tmp` that the next run sweeps. The timer is armed by the signal itself: the C-level handler
+    writes it to a wakeup pipe even while the main thread is stuck in C code and cannot run Python."""
+    if threading.current_thread() is not threading.main_thread():  # the wakeup fd can only be set there
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
-    def interrupt(signum, frame):
-        threading.Thread(target=_exit_after, args=(grace_s, 128 + signum), name="interrupt-grace", daemon=True).start()
-        raise KeyboardInterrupt
+    def watch() -> None:
+        while signal.SIGINT not in os.read(read_fd, 64):
+            pass
+        time.sleep(grace_s)
+        os._exit(128 + signal.SIGINT)
 
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGINT, interrupt)
-
-
-def _exit_after(seconds: float, code: int) -> None:
-    time.sleep(seconds)
-    os._exit(code)
+    threading.Thread(target=watch, name="interrupt-grace", daemon=True).start()
 
 
 def watch_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
     """Stop this process when its parent dies (e.g. `dvc` killed on its own), so an orphaned stage never
     writes outputs after DVC is gone: the main thread gets KeyboardInterrupt, which unwinds through the
-    atomic writers and removes their temporaries; if it cannot within `grace_s`, the process exits."""
+    atomic writers and removes their temporaries; if it cannot within `grace_s`, the process exits (a
+    stage's own interrupt timer, `stop_promptly_on_interrupt`, ends it sooner; benchmark workers have only this one)."""
     parent = os.getppid()
     if parent == 1:  # already an orphan (started by init, a container's entry point): nothing to watch
         return

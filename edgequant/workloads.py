@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
+
+import yaml
 
 from edgequant.io import atomic_dir, write_json
 
@@ -22,6 +25,12 @@ def save(workspace: Path, out: Path) -> list[str]:
     if missing:
         raise ValueError(f"{workspace} has no {', '.join(missing)}: run `dvc repro benchmark` there first")
     metrics = json.loads((workspace / "metrics/benchmark.json").read_text())
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    if metrics.get("model") != params["train"]["model"]:
+        raise ValueError(
+            f"{workspace}: metrics/benchmark.json is of model {metrics.get('model')!r}, params.yaml says"
+            f" {params['train']['model']!r}: run `dvc repro benchmark` there first"
+        )
     settings = {}
     for method in metrics["methods"]:
         meta = json.loads((workspace / "models/quantized" / method / "meta.json").read_text())
@@ -38,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="the folder to write, e.g. workloads/<dataset>-<model>")
     parser.add_argument("--workspace", default=".", help="the checkout whose run to save (default: this one)")
     args = parser.parse_args(argv)
-    print(f"{args.out}: {', '.join(save(Path(args.workspace), Path(args.out)))}")
+    try:
+        saved = save(Path(args.workspace), Path(args.out))
+    except (ValueError, OSError) as exc:
+        print(f"workloads: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: {', '.join(saved)}")
     return 0
 
 

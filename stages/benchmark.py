@@ -11,7 +11,7 @@ from edgequant.benchmark import machine_info
 from edgequant.data import load_prepared
 from edgequant.io import atomic_path, write_json
 from edgequant.layers import conv_macs
-from edgequant.model import model_of
+from edgequant.model import common_model
 from edgequant.profile import OP_COLUMNS, op_rows
 from edgequant.registry import get_method
 from edgequant.report import accuracy, layer_rows, summarize
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         p, methods = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
         meta = {m: read_meta(artifacts, m) for m in methods}
-        model = model_of(artifacts / methods[0])
-        if stale := [m for m in methods if meta[m].get("model") != model]:
-            raise ValueError(f"{', '.join(stale)} not exported from model {model!r} as {methods[0]} was: re-run `dvc repro quantize`")
+        model = common_model(artifacts, methods)
         labels = load_prepared(args.test)["labels"]
         p.check_batches(len(labels), args.test)
         threads = clamp_threads(p.threads)

@@ -55,33 +55,45 @@ def test_an_unreachable_budget_says_what_was_tried_and_the_best_reached():
     assert max(len(kept) for kept in calls) == 2  # never more than half the layers in FP32
 
 
-def test_onnx_excluded_nodes_keep_float_weights(tiny_model, tmp_path):
+@pytest.mark.parametrize(("model", "layer", "groups"), [("tiny_model", "conv1", 1), ("tiny_stress_model", "blocks.0.0", 32)])
+def test_onnx_excluded_nodes_keep_float_weights(model, layer, groups, tmp_path, request):
     import onnx
 
-    from edgequant.methods.onnx import COMPUTE_OPS, _preprocess, _qdq
+    from edgequant.methods.onnx import _preprocess, _qdq, compute_nodes
 
-    pre = _preprocess(tiny_model, tmp_path)
-    nodes = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in COMPUTE_OPS]
-    _qdq(pre, tmp_path / "q.onnx", torch.rand(16, 1, 28, 28), False, "MinMax", exclude=(nodes[0],))
+    net = request.getfixturevalue(model)
+    pre = _preprocess(net, tmp_path)
+    node_of = compute_nodes(net, pre)  # paired by order, checked by weight shape
+    _qdq(pre, tmp_path / "q.onnx", torch.rand(16, 1, 28, 28), False, "MinMax", exclude=(node_of[layer],))
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     produced_by = {out: n for n in graph.node for out in n.output}
-    initializers = {i.name for i in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
 
     def weight_is_int8(name: str) -> bool:
-        node = next(n for n in graph.node if n.name == name)
-        source = produced_by.get(node.input[1])
-        return source is not None and source.op_type == "DequantizeLinear" and node.input[1] not in initializers
+        source = produced_by.get(nodes[name].input[1])
+        return source is not None and source.op_type == "DequantizeLinear"
 
-    assert not weight_is_int8(nodes[0]) and all(weight_is_int8(n) for n in nodes[1:])
+    kept = nodes[node_of[layer]]
+    assert next(a.i for a in kept.attribute if a.name == "group") == groups  # the layer asked for, not a neighbour
+    assert not weight_is_int8(kept.name) and all(weight_is_int8(n) for other, n in node_of.items() if other != layer)
 
 
-def test_xnnpack_skipped_layers_stay_fp32(tiny_model):
+@pytest.mark.parametrize(("model", "layer", "groups"), [("tiny_model", "conv1", 1), ("tiny_stress_model", "blocks.0.0", 32)])
+def test_xnnpack_skipped_layers_stay_fp32(model, layer, groups, request):
     from edgequant.methods.executorch import _quantizer
     from edgequant.methods.pt2e import calibrate_and_convert
 
-    def quantized_convs(fp32_layers: tuple[str, ...]) -> int:
-        graph = calibrate_and_convert(tiny_model, torch.rand(16, 1, 28, 28), _quantizer(True, fp32_layers)).graph
-        convs = [n for n in graph.nodes if n.target == torch.ops.aten.conv2d.default]
-        return sum(str(getattr(c.args[1], "target", "")).startswith("quantized_decomposed.dequantize") for c in convs)
+    net = request.getfixturevalue(model)
 
-    assert quantized_convs(()) == 2 and quantized_convs(("conv1",)) == 1
+    def convs(fp32_layers: tuple[str, ...]) -> list[tuple[bool, int]]:
+        """(INT8 weights?, groups) of each conv of the converted graph."""
+        graph = calibrate_and_convert(net, torch.rand(16, 1, 28, 28), _quantizer(True, fp32_layers)).graph
+        found = [n for n in graph.nodes if n.target == torch.ops.aten.conv2d.default]
+        return [
+            (str(getattr(c.args[1], "target", "")).startswith("quantized_decomposed.dequantize"), c.args[6] if len(c.args) > 6 else 1)
+            for c in found
+        ]
+
+    all_int8, one_kept = convs(()), convs((layer,))
+    assert all(q for q, _ in all_int8)
+    assert [g for q, g in one_kept if not q] == [groups] and sum(q for q, _ in one_kept) == len(all_int8) - 1

@@ -1,8 +1,6 @@
 """Model shapes, MACs, and safe loading of model files."""
 
 import pickle
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +32,7 @@ def test_every_model_takes_its_example_input_and_saves_loads(name, tmp_path):
     assert torch.equal(loaded(model.example_input(2) + 0.5), model(model.example_input(2) + 0.5))
 
 
-def test_the_stress_model_is_depthwise_separable():
+def test_the_stress_model_is_depthwise_separable(tmp_path):
     # 4 blocks of depthwise 3x3 (9 MACs per output) + pointwise 1x1 (in-channels MACs per output), worked by hand.
     macs = net_macs("dwsep_cnn")
     depthwise = 26 * 26 * 32 * 9 + 13 * 13 * 64 * 9 + 13 * 13 * 128 * 9 + 7 * 7 * 128 * 9
@@ -42,8 +40,8 @@ def test_the_stress_model_is_depthwise_separable():
     assert sum(macs.values()) == 26 * 26 * 32 * 9 + depthwise + pointwise + 256 * 10
     assert sum(macs.values()) < 0.7 * sum(net_macs("cnn").values())  # a mobile model: under 70 % of the classic CNN's compute
     with pytest.raises(ValueError, match="do not fit model 'cnn'"):  # the two architectures never load each other's weights
-        torch.save(build_model("dwsep_cnn").state_dict(), tmp_path_file := Path(tempfile.mkdtemp()) / "m.pt")
-        load_fp32(str(tmp_path_file), "cnn")
+        torch.save(build_model("dwsep_cnn").state_dict(), tmp_path / "m.pt")
+        load_fp32(str(tmp_path / "m.pt"), "cnn")
 
 
 def test_macs_follow_the_module_not_its_names():

@@ -168,6 +168,6 @@ def test_openvino_reports_int8_kernels_for_every_int8_layer_and_f32_for_fp32(tin
         out = tmp_path / name
         out.mkdir()
         exported = get_method(name).export(tiny_model, *data, out, (1,))
-        precisions = layer_precisions(out)
+        precisions = layer_precisions(out, tiny_model)
         assert sorted(precisions) == layers and set(precisions.values()) <= allowed, precisions
         assert exported.settings["runtime_precision_on_export_machine"] == precisions  # what meta.json records

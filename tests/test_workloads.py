@@ -15,7 +15,7 @@ def fake_run(work, methods):
     (work / "metrics").mkdir(parents=True)
     (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     (work / "metrics/train.json").write_text("{}")
-    (work / "metrics/benchmark.json").write_text(json.dumps({"methods": {m: {} for m in methods}}))
+    (work / "metrics/benchmark.json").write_text(json.dumps({"model": "cnn", "methods": {m: {} for m in methods}}))
     for m in methods:
         (work / "models/quantized" / m).mkdir(parents=True)
         (work / "models/quantized" / m / "meta.json").write_text(
@@ -31,6 +31,14 @@ def test_save_copies_the_run_and_each_methods_settings(tmp_path):
         "fp32": None,
         "onnx_qdq_int8_per_tensor_aware": {"fp32_layers": ["conv1"]},
     }
+
+
+def test_save_refuses_metrics_of_another_model_than_the_params_name(tmp_path):
+    fake_run(tmp_path / "ws", ["fp32"])
+    params = yaml.safe_load((tmp_path / "ws/params.yaml").read_text())
+    (tmp_path / "ws/params.yaml").write_text(yaml.safe_dump({**params, "train": {**params["train"], "model": "dwsep_cnn"}}))
+    with pytest.raises(ValueError, match="benchmark.json is of model 'cnn', params.yaml says 'dwsep_cnn'"):
+        save(tmp_path / "ws", tmp_path / "out")
 
 
 def test_save_refuses_a_workspace_without_a_benchmark(tmp_path):

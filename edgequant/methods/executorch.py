@@ -174,10 +174,15 @@ QAT_LR = 1e-4  # Adam: a fine-tune of an already trained model, small steps
 def train_qat(model: Classifier, labelled: Labelled, calib: torch.Tensor) -> torch.fx.GraphModule:
     """PT2E quantization-aware training: fake-quantize with XNNPACK's QAT config, fine-tune on the labelled
     calibration images for `labelled.qat_epochs` passes, and convert. Seeded, so the bytes repeat."""
+    with torch.random.fork_rng():  # seeded here, without resetting the caller's generator
+        torch.manual_seed(0)
+        return _fine_tune_and_convert(model, labelled, calib)
+
+
+def _fine_tune_and_convert(model: Classifier, labelled: Labelled, calib: torch.Tensor) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    torch.manual_seed(0)
     batch = torch.export.Dim("batch", min=2, max=4096)
     graph = torch.export.export(copy.deepcopy(model).train(), (model.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
     prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))

@@ -12,7 +12,7 @@ from edgequant.artifacts import read_onnx
 from edgequant.data import batches
 from edgequant.io import atomic_path
 from edgequant.layers import layer_outputs, sqnr_db
-from edgequant.mixed import Trial, keep_fp32, score, summary
+from edgequant.mixed import Trial, keep_fp32, logits_of, score, summary
 from edgequant.model import Classifier
 from edgequant.profile import profile_onnx
 from edgequant.registry import Exported, Labelled, register
@@ -186,6 +186,26 @@ def _qdq(pre: Path, dest: Path, calib: torch.Tensor, per_channel: bool, calibrat
     drop_int32_zero_points(dest)
 
 
+def compute_nodes(model: Classifier, pre: Path) -> dict[str, str]:
+    """{layer: ONNX node} for each conv/linear layer of `model` in its preprocessed export: both run in the
+    same order, and each node's weight must have its layer's shape, or the pairing is refused."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(pre)).graph
+    weights = {i.name: numpy_helper.to_array(i).shape for i in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type in COMPUTE_OPS]
+    modules = dict(model.named_modules())
+    layers = list(layer_outputs(model, model.example_input()))
+    if len(nodes) != len(layers):
+        raise RuntimeError(f"found {len(nodes)} conv/linear ops in {pre.name}, expected {len(layers)}")
+    for layer, node in zip(layers, nodes, strict=True):
+        expected = tuple(modules[layer].weight.shape)
+        if weights.get(node.input[1]) not in (expected, expected[::-1]):  # Gemm may hold the weight transposed
+            raise RuntimeError(f"{pre.name}: node {node.name} has weight shape {weights.get(node.input[1])}, layer {layer} {expected}")
+    return {layer: node.name for layer, node in zip(layers, nodes, strict=True)}
+
+
 def _settings(per_channel: bool, calibrator: str) -> dict[str, object]:
     return {
         "weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}, 7-bit range (reduce_range)",
@@ -210,23 +230,20 @@ def _quantize_qdq_aware(
     model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, labelled: Labelled, per_channel: bool, calibrator: str
 ) -> Exported:
     """`_quantize_qdq` keeping the fewest layers in FP32 (edgequant.mixed) that bring the validation drop within budget."""
-    import onnx
 
-    with torch.no_grad():
-        fp32_logits = model.eval()(labelled.val_images)
+    fp32_logits = logits_of(model.eval(), labelled.val_images)
     with tempfile.TemporaryDirectory() as tmp:
         pre = _preprocess(model, Path(tmp))
-        graph = onnx.load(str(pre)).graph
-        nodes = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
-        layers = list(layer_outputs(model, sample[:1]))
-        if len(nodes) != len(layers):
-            raise RuntimeError(f"found {len(nodes)} conv/linear ops in the ONNX export, expected {len(layers)}")
-        node_of = dict(zip(layers, nodes, strict=True))
+        node_of = compute_nodes(model, pre)
+        layers = list(node_of)
 
         def measure(kept: tuple[str, ...]) -> Trial:
             trial = Path(tmp) / "trial.onnx"
             _qdq(pre, trial, calib, per_channel, calibrator, tuple(node_of[layer] for layer in kept))
-            logits = torch.from_numpy(_session(trial, 2).run(None, {INPUT: labelled.val_images.numpy()})[0])
+            session = _session(trial, torch.get_num_threads())
+            logits = torch.cat(
+                [torch.from_numpy(session.run(None, {INPUT: chunk.numpy()})[0]) for chunk in batches(labelled.val_images, 500)]
+            )
             return score(labelled, fp32_logits, logits, kept)
 
         kept, trials = keep_fp32(layers, measure, labelled.max_drop_pp)

@@ -69,23 +69,26 @@ def _compile(out_dir: Path, threads: int, perf_count: bool = False, model=None):
         raise ValueError(f"{out_dir / XML}: OpenVINO refuses it ({lines[-1] if lines else exc}); {remedy}") from exc
 
 
-def layer_precisions(out_dir: Path, threads: int = 1) -> dict[str, str]:
-    """{layer: precision} of each conv and fully connected layer as the CPU plugin compiled it, read from
-    the runtime graph's `runtimePrecision` ("i8"/"u8" for INT8 kernels, "f32", "bf16")."""
+def layer_precisions(out_dir: Path, model: Classifier, threads: int = 1) -> dict[str, str]:
+    """{layer: precision} of each conv and fully connected layer of `model` as the CPU plugin compiled it, read
+    from the runtime graph's `runtimePrecision` ("i8"/"u8" for INT8 kernels, "f32", "bf16"). A conv whose
+    BatchNorm was folded into it is named after the BatchNorm there; it is reported under the conv's name."""
+    conv_of = {tap: layer for layer, tap in taps(model).items()}
     found = {}
     for op in _compile(out_dir, threads).get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         if info["layerType"].astype(str) in COMPUTE_TYPES:
             module = MODULE.search(info["originalLayersNames"].astype(str))
-            found[module.group(1) if module else op.get_friendly_name()] = info["runtimePrecision"].astype(str)
+            name = module.group(1) if module else op.get_friendly_name()
+            found[conv_of.get(name, name)] = info["runtimePrecision"].astype(str)
     return found
 
 
-def settings(out_dir: Path) -> dict[str, object]:
+def settings(out_dir: Path, model: Classifier) -> dict[str, object]:
     """What meta.json records: the precision the CPU plugin compiled each layer to, on the export machine
     (another CPU may choose otherwise: bf16 where it has AMX), and that f32 was asked for."""
     return {
-        "runtime_precision_on_export_machine": layer_precisions(out_dir),
+        "runtime_precision_on_export_machine": layer_precisions(out_dir, model),
         "inference_precision_hint": PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"],
     }
 
@@ -133,7 +136,7 @@ class OpenVinoFP32:
     @staticmethod
     def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
         shipped = _save(_convert(model, "openvino_fp32"), out_dir, "openvino_fp32")
-        return Exported(shipped, settings=settings(out_dir))
+        return Exported(shipped, settings=settings(out_dir, model))
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
@@ -149,7 +152,7 @@ class OpenVinoInt8:
         images = [image.unsqueeze(0).numpy() for image in calib]  # one at a time, as NNCF's bias correction expects
         quantized = nncf.quantize(_convert(model, "openvino_int8"), nncf.Dataset(images), subset_size=len(images))
         shipped = _save(quantized, out_dir, "openvino_int8")
-        return Exported(shipped, layer_sqnr(model, out_dir, sample), settings(out_dir))
+        return Exported(shipped, layer_sqnr(model, out_dir, sample), settings(out_dir, model))
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)

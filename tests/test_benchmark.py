@@ -1,5 +1,6 @@
 """Timing helpers, padded prediction, and the summary's ratios."""
 
+import os
 import subprocess
 import sys
 import time
@@ -51,9 +52,15 @@ print((minor_faults() - before) / 10)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_keep_freed_memory_stops_page_faults_on_reuse():
     # A fresh process each: mallopt changes the allocator for the rest of the process.
+    # glibc raises its mmap and trim thresholds by itself after the first large free, by an amount that
+    # depends on the allocation history (one run counted 230 faults a step, others ~5,000). Pinning them at
+    # their initial values, as MALLOC_*_THRESHOLD_ does, makes the control repeatable; keep_freed_memory
+    # overrides both in the other process.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
     def faults(mode: str) -> float:
         cmd = [sys.executable, "-c", FAULTS_PER_TRAINING_STEP, mode]
-        return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        return float(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)
 
     default, kept = faults("default"), faults("keep")
     assert default > 1000, f"glibc should unmap and re-fault activations every step, saw {default} faults"

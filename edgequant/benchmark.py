@@ -13,7 +13,7 @@ import torch
 from torch.utils import benchmark as tbench
 
 from edgequant import roofline
-from edgequant.data import load_prepared, to_input
+from edgequant.data import load_prepared, predict, to_input
 from edgequant.model import NUM_CLASSES
 from edgequant.profile import profile_torch
 from edgequant.registry import get_method
@@ -110,18 +110,6 @@ def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, thre
         "batch_ms_iqr": m.iqr * 1e3,
         "minor_faults_per_batch": (minor_faults() - before) / calls,
     }
-
-
-def predict(run: Runner, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits for every row of `x`; the last partial batch is zero-padded for static-shape artifacts."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i : i + batch_size]
-        n = len(chunk)
-        if n < batch_size:
-            chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, *chunk.shape[1:])])
-        out.append(torch.as_tensor(run(chunk))[:n].float())
-    return torch.cat(out)
 
 
 def check_runs(run: Runner, x: torch.Tensor, request: MethodRequest) -> None:

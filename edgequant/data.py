@@ -6,6 +6,7 @@ import gzip
 import io
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,15 @@ def batches(x: torch.Tensor, size: int = 256):
     """`x` in consecutive batches of `size`: how calibration images go through observers and calibrators."""
     for i in range(0, len(x), size):
         yield x[i : i + size]
+
+
+def predict(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits for every row of `x`, `batch_size` rows per call; the last partial batch is zero-padded for
+    static-shape artifacts (the benchmark's accuracy, the accuracy-aware searches' validation)."""
+    out = []
+    for chunk in batches(x, batch_size):
+        n = len(chunk)
+        if n < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, *chunk.shape[1:])])
+        out.append(torch.as_tensor(run(chunk))[:n].float())
+    return torch.cat(out)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgequant.data import batches
+from edgequant.data import predict
 from edgequant.layers import sqnr_db
 from edgequant.registry import Labelled
 
@@ -25,7 +25,7 @@ def logits_of(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`module`'s logits for `x`, a batch of 500 at a time: one call on 10,000 images held gigabytes of
     activations and ran several times slower than the same work in cache-sized batches."""
     with torch.no_grad():
-        return torch.cat([module(chunk) for chunk in batches(x, 500)])
+        return predict(module, x, 500)
 
 
 def score(labelled: Labelled, fp32_logits: torch.Tensor, logits: torch.Tensor, fp32_layers: tuple[str, ...]) -> Trial:

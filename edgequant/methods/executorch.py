@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from edgequant.artifacts import read_pte
-from edgequant.data import batches
+from edgequant.data import predict
 from edgequant.io import atomic_path
 from edgequant.layers import layer_outputs
 from edgequant.methods.pt2e import calibrate_and_convert, drop_unused_attributes, export_static, quantized_layer_sqnr
@@ -115,11 +115,7 @@ def _xnnpack_logits(
     data = program.to_executorch().buffer
     _use_threads(torch.get_num_threads())
     method = Runtime.get().load_program(data).load_method("forward")
-    outputs = []
-    for chunk in batches(x, batch):
-        padded = torch.cat([chunk, chunk.new_zeros(batch - len(chunk), *chunk.shape[1:])]) if len(chunk) < batch else chunk
-        outputs.append(method.execute([padded.contiguous()])[0][: len(chunk)])
-    return torch.cat(outputs)
+    return predict(lambda chunk: method.execute([chunk.contiguous()])[0], x, batch)
 
 
 def _export_aware(

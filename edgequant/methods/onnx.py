@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from edgequant.artifacts import read_onnx
-from edgequant.data import batches
+from edgequant.data import batches, predict
 from edgequant.io import atomic_path
 from edgequant.layers import layer_outputs, sqnr_db
 from edgequant.mixed import Trial, keep_fp32, logits_of, score, summary
@@ -241,9 +241,7 @@ def _quantize_qdq_aware(
             trial = Path(tmp) / "trial.onnx"
             _qdq(pre, trial, calib, per_channel, calibrator, tuple(node_of[layer] for layer in kept))
             session = _session(trial, torch.get_num_threads())
-            logits = torch.cat(
-                [torch.from_numpy(session.run(None, {INPUT: chunk.numpy()})[0]) for chunk in batches(labelled.val_images, 500)]
-            )
+            logits = predict(lambda chunk: torch.from_numpy(session.run(None, {INPUT: chunk.numpy()})[0]), labelled.val_images, 500)
             return score(labelled, fp32_logits, logits, kept)
 
         kept, trials = keep_fp32(layers, measure, labelled.max_drop_pp)

@@ -69,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics, rows = summarize(methods, sizes, runs, peaks, accuracy(methods, predictions, logits, labels), model)
         metrics["machine"] = machine_info(json.loads(Path(args.machine).read_text()))
         sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}
+        conv = conv_macs(model)  # per image, one figure for every method's rows
         op_table = [
             row
             for m in methods
-            for row in op_rows(
-                m, get_method(m).runtime, get_method(m).precision, threads[0], p.throughput_batch, conv_macs(model), ops.get(m, {})
-            )
+            for row in op_rows(m, get_method(m).runtime, get_method(m).precision, threads[0], p.throughput_batch, conv, ops.get(m, {}))
         ]
         write_json(args.metrics, metrics)
         write_json(args.sqnr, sqnr)

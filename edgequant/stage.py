@@ -10,6 +10,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 # Refusals a user can act on: bad params or inputs (ValueError), a failed download or measurement
 # (StageError), a full disk or a read-only checkout (OSError). Anything else is a bug and keeps its traceback.
@@ -95,19 +96,49 @@ def stop_promptly_on_interrupt(grace_s: float = 10.0) -> None:
     threading.Thread(target=watch, name="interrupt-grace", daemon=True).start()
 
 
+# Shells that may stand between DVC and a stage: DVC runs each cmd as `$SHELL -c cmd` (`/bin/sh` when SHELL is
+# unset, as under many CI runners), and dash stays alive as the stage's parent where bash would exec the command.
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox"})
+
+
+def read_stat(pid: int) -> tuple[str, int] | None:
+    """(command name, parent pid) of a live process from /proc, or None where it is gone (or there is no /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after its last ")"
+    head, tail = text.rsplit(")", 1)
+    return head.split("(", 1)[1], int(tail.split()[1])
+
+
+def launch_chain() -> list[tuple[int, int]]:
+    """(pid, parent pid) for this process and each shell between it and whatever started it. When that
+    launcher dies, the process just below it is re-parented at once (zombie or not), so a changed parent
+    anywhere in the chain means the launcher is gone."""
+    chain = [(os.getpid(), os.getppid())]
+    while chain[-1][1] > 1 and (stat := read_stat(chain[-1][1])) and stat[0] in SHELLS:
+        chain.append((chain[-1][1], stat[1]))
+    return chain
+
+
 def watch_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
-    """Stop this process when its parent dies (e.g. `dvc` killed on its own), so an orphaned stage never
-    writes outputs after DVC is gone: the main thread gets KeyboardInterrupt, which unwinds through the
-    atomic writers and removes their temporaries; if it cannot within `grace_s`, the process exits (a
-    stage's own interrupt timer, `stop_promptly_on_interrupt`, ends it sooner; benchmark workers have only this one)."""
-    parent = os.getppid()
-    if parent == 1:  # already an orphan (started by init, a container's entry point): nothing to watch
+    """Stop this process when whatever started it dies (e.g. `dvc` killed on its own, leaving the stage
+    behind the `sh -c` that ran it), so an orphaned stage never writes outputs after DVC is gone: the main
+    thread gets KeyboardInterrupt, which unwinds through the atomic writers and removes their temporaries;
+    if it cannot within `grace_s`, the process exits (a stage's own interrupt timer,
+    `stop_promptly_on_interrupt`, ends it sooner; benchmark workers have only this one)."""
+    chain = launch_chain()
+    if chain[0][1] <= 1:  # already an orphan (started by init, a container's entry point): nothing to watch
         return
 
+    def orphaned() -> bool:
+        return os.getppid() != chain[0][1] or any((read_stat(pid) or ("", -1))[1] != parent for pid, parent in chain[1:])
+
     def watch() -> None:
-        while os.getppid() == parent:
+        while not orphaned():
             time.sleep(poll_s)
-        print(f"{os.path.basename(sys.argv[0])}: parent process {parent} died; stopping", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: process {chain[-1][1]} that started it died; stopping", file=sys.stderr)
         signal.raise_signal(signal.SIGINT)
         time.sleep(grace_s)
         os._exit(1)

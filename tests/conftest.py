@@ -233,3 +233,14 @@ def clone(tiny_origin: Origin, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     sh(["git", "clone", "-q", str(tiny_origin.work), str(work)], tmp_path, tiny_origin.env)
     sh(["dvc", "pull"], work, tiny_origin.env)
     return work, tiny_origin.env
+
+
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), or None once it is gone.
+    An exited orphan stays a zombie (state Z) until whoever adopted it reaps it, and a CI runner that adopts
+    orphans may never do so: a test waiting for a process to stop must not count zombies."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import TINY, is_up_to_date, set_params, sh, stages_run
+from .conftest import TINY, is_up_to_date, set_params, sh, stages_run, stat_fields
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,12 @@ def fingerprint(work: Path) -> dict[str, str]:
 
 
 def live_members(group: int) -> list[str]:
-    """The processes of a process group that still run. An exited orphan stays a zombie in its group until
-    whoever adopted it reaps it, and a CI runner that adopts orphans may never do so: zombies do not count."""
+    """The processes of a process group that still run (zombies do not count)."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended between listing and reading
-            continue
-        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after its last ")"
-        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
-        if int(pgrp) == group and state not in ("Z", "X"):
-            members.append(f"{stat.parent.name} ({state})")
+        fields = stat_fields(stat.parent.name)
+        if fields and int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            members.append(f"{stat.parent.name} ({fields[0]})")
     return members
 
 
@@ -135,6 +129,9 @@ def test_compare_refuses_an_out_that_is_a_pipeline_output(clone, out):
 def test_killing_only_dvc_stops_the_stage_it_started(clone):
     work, env = clone
     set_params(work, "train", epochs=2000)  # long enough to outlive dvc by minutes if nothing stopped it
+    # DVC runs the cmd through $SHELL, or /bin/sh where it is unset (as under CI runners): Debian's dash then
+    # stays between DVC and the stage, so the stage's own parent outlives DVC
+    env = dict(env, SHELL="/bin/sh")
     proc = subprocess.Popen(
         ["dvc", "repro"], cwd=work, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

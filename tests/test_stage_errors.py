@@ -18,7 +18,7 @@ import yaml
 from edgequant.model import Net
 from stages import benchmark, gate, quantize, train
 
-from .conftest import ROOT, make_digits
+from .conftest import ROOT, make_digits, stat_fields
 
 
 @pytest.fixture
@@ -151,3 +151,40 @@ def test_a_stage_stuck_after_ctrl_c_still_exits(stuck):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGINT and time.monotonic() - start < 10
+
+
+def is_live(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash", None], ids=["sh", "bash", "no-shell"])
+def test_a_stage_stops_when_what_started_it_dies(tmp_path, shell):
+    # DVC runs a cmd as `$SHELL -c cmd`; dash (Debian's /bin/sh) stays as the stage's parent where bash execs it,
+    # so when DVC dies it is the shell that is orphaned, and the stage's own parent lives on.
+    if shell and not os.path.exists(shell):
+        pytest.skip(f"{shell} is not installed")
+    stage = tmp_path / "stage.py"
+    stage.write_text(
+        "import os, time\nfrom edgequant import stage\n"
+        "stage.watch_parent(poll_s=0.05, grace_s=5)\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
+    )
+    command = f"{sys.executable} {stage}"
+    launch = f"[{shell!r}, '-c', {command!r}]" if shell else f"{command.split()!r}"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess\nsubprocess.run({launch})\n"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(launcher.stdout.readline())
+    assert is_live(pid)
+    launcher.kill()  # the launcher alone, as `kill -9` on dvc
+    launcher.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while is_live(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the stage under {shell or 'no shell'} kept running 10 s after what started it died")
+        time.sleep(0.05)

@@ -29,8 +29,9 @@ $(VENV)/.runtimes: $(VENV)/.installed requirements-runtimes.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-runtimes.txt
 	touch $@
 
-repro: setup runtimes
-	dvc repro
+# Every pipeline: the MNIST reference (./dvc.yaml) and each workload under workloads/ (their own dvc.yaml).
+repro: setup runtimes fashion-mnist
+	dvc repro -P
 
 test: setup runtimes lint
 	python -m pytest -q

@@ -34,16 +34,18 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_training(history: pd.DataFrame, path: Path) -> None:
-    """Loss and test accuracy per epoch, with the reference losses as hollow markers."""
+def plot_training(history: pd.DataFrame, path: Path, reference: bool) -> None:
+    """Loss and test accuracy per epoch; on the reference workload, the reference's figures beside them."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(history["epoch"], history["train_loss"], "o-", label="edgequant (train loss)")
-    ref = REFERENCE["train_loss_per_epoch"]
-    ax1.plot(range(1, len(ref) + 1), ref, "s--", mfc="none", color="gray", label="reference")
+    if reference:
+        ref = REFERENCE["train_loss_per_epoch"]
+        ax1.plot(range(1, len(ref) + 1), ref, "s--", mfc="none", color="gray", label="reference")
     ax1.set(xlabel="epoch", ylabel="mean training loss", title="Training loss", yscale="log")
     ax1.legend()
     ax2.plot(history["epoch"], history["test_accuracy_pct"], "o-", color="#55A868", label="edgequant (FP32 test)")
-    ax2.axhline(REFERENCE["fp32_accuracy_pct"], ls="--", color="gray", label=f"reference {REFERENCE['fp32_accuracy_pct']} %")
+    if reference:
+        ax2.axhline(REFERENCE["fp32_accuracy_pct"], ls="--", color="gray", label=f"reference {REFERENCE['fp32_accuracy_pct']} %")
     ax2.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Test accuracy")
     ax2.legend()
     for ax in (ax1, ax2):
@@ -68,8 +70,9 @@ def _scatter_pairs(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
     ax.legend(handles=handles, fontsize=8, loc="best")
 
 
-def plot_tradeoffs(bench: pd.DataFrame, path: Path) -> None:
-    """Latency vs accuracy and throughput vs size, at the smallest thread count (the edge-device case)."""
+def plot_tradeoffs(bench: pd.DataFrame, path: Path, reference: bool) -> None:
+    """Latency vs accuracy and throughput vs size, at the smallest thread count (the edge-device case); on the
+    reference workload, dotted lines at the reference's FP32 accuracy and dynamic INT8 size."""
     t = bench["threads"].min()
     df = bench[bench["threads"] == t].copy()
     df["size_kb"] = df["size_bytes"] / 1024
@@ -81,8 +84,10 @@ def plot_tradeoffs(bench: pd.DataFrame, path: Path) -> None:
         ylabel="top-1 accuracy (%)",
         title="Latency vs accuracy (up-left is better)",
     )
-    ax1.axhline(REFERENCE["fp32_accuracy_pct"], ls=":", color="gray", label="reference FP32")
-    acc = list(df["accuracy_pct"]) + [REFERENCE["fp32_accuracy_pct"]]
+    acc = list(df["accuracy_pct"])
+    if reference:
+        ax1.axhline(REFERENCE["fp32_accuracy_pct"], ls=":", color="gray", label="reference FP32")
+        acc.append(REFERENCE["fp32_accuracy_pct"])
     ax1.set_ylim(min(acc) - 0.15, max(acc) + 0.15)  # tenths of a point matter here; autoscale hides them
     _scatter_pairs(ax2, df, "size_kb", "throughput_ips")
     ax2.set(
@@ -92,11 +97,36 @@ def plot_tradeoffs(bench: pd.DataFrame, path: Path) -> None:
         ylabel=f"throughput at batch 256, {t} thread (img/s, log)",
         title="Throughput vs size (up-left is better)",
     )
-    ax2.axvline(REFERENCE["dynamic_int8_size_bytes"] / 1024, ls=":", color="gray")
+    if reference:
+        ax2.axvline(REFERENCE["dynamic_int8_size_bytes"] / 1024, ls=":", color="gray")
     for ax in (ax1, ax2):
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _save(fig, path)
+
+
+def plot_accuracy(bench: pd.DataFrame, path: Path) -> None:
+    """What each INT8 method costs in accuracy, with its 95 % interval: a bar whose interval crosses zero is noise.
+    Solid bars are significant (McNemar p < 0.05); each label gives the test images lost / gained against FP32."""
+    df = bench[(bench["threads"] == bench["threads"].min()) & (bench["precision"] == "int8")].sort_values("accuracy_drop_pp")
+    fig, ax = plt.subplots(figsize=(12, 0.42 * max(len(df), 2) + 1.6))
+    colors = runtime_colors(df["runtime"])
+    for i, (_, row) in enumerate(df.iterrows()):
+        significant = row["mcnemar_p"] < 0.05
+        ax.barh(i, row["accuracy_drop_pp"], color=colors[row["runtime"]], alpha=1.0 if significant else 0.35)
+        ax.errorbar(row["accuracy_drop_pp"], i, xerr=row["accuracy_drop_pp_ci95"], color="k", capsize=3, lw=1)
+    labels = [f"{r.method}  ({r.flips_lost:.0f} lost / {r.flips_gained:.0f} gained, p {r.mcnemar_p:.2g})" for r in df.itertuples()]
+    ax.set_yticks(range(len(df)), labels, fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    lo = min(0.0, (df["accuracy_drop_pp"] - df["accuracy_drop_pp_ci95"]).min())
+    hi = max(0.0, (df["accuracy_drop_pp"] + df["accuracy_drop_pp_ci95"]).max())
+    pad = 0.06 * ((hi - lo) or 0.1)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set(
+        xlabel="top-1 accuracy lost against FP32 (pp, ± 95 % interval; negative is a gain)",
+        title="What INT8 costs in accuracy (solid: significant, McNemar p < 0.05)",
+    )
     _save(fig, path)
 
 

@@ -141,39 +141,53 @@ def ops_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def workload_table(name: str, metrics: dict, params: dict, settings: dict) -> str:
-    """One workload's accuracy side (a saved run under workloads/<name>/): per method, the drop against
-    FP32 with the test images that flipped each way and McNemar's p, beside what the method buys."""
+def gate_verdicts(gate: dict) -> dict[str, str]:
+    """Per gated method: "pass", or the limits it missed (from the gate stage's metrics/gate.json)."""
+    missed: dict[str, list[str]] = {}
+    for c in gate["checks"]:
+        missed.setdefault(c["method"], [])
+        what = c["param"].removeprefix("gate.").removeprefix("max_").removeprefix("min_").split("_")[0]
+        if not c["passed"] and what not in missed[c["method"]]:
+            missed[c["method"]].append(what)
+    return {m: "pass" if not what else "misses " + ", ".join(what) for m, what in missed.items()}
+
+
+def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate: dict) -> str:
+    """One workload's accuracy side (its run under workloads/<name>/): per method, the drop against FP32 with
+    its 95 % interval, the test images that flipped each way and McNemar's p, beside what the method buys."""
     m = metrics["methods"]
     t = f"threads_{thread_counts(metrics)[0]}"
     fp32 = m["fp32"]
     head = [
         "method",
         "top-1 %",
-        "drop pp",
+        "drop pp (± 95 %)",
         "flips lost / gained",
         "McNemar p",
         "size vs own FP32",
         "speed vs own FP32",
         "layers kept FP32 (validation drop)",
+        "gate",
     ]
+    verdicts = gate_verdicts(gate)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != "fp32", -kv[1]["accuracy_pct"])):
         cells = [f"`{method}`", f"{r['accuracy_pct']:.2f}"]
         significant = r["precision"] == "int8" and r["mcnemar_p"] < 0.05
         if r["precision"] == "fp32":
-            cells += ["–", "–", "–", "1.00", "1.00", "–"]
+            cells += ["–", "–", "–", "1.00", "1.00", "–", "–"]
         else:
             drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"
-            cells += [drop, f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
+            cells += [f"{drop} ± {r['accuracy_drop_pp_ci95']:.2f}", f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
             cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
             search = settings.get(method) or {}
             kept = ", ".join(f"`{layer}`" for layer in search.get("fp32_layers", [])) or "none"
             cells.append(f"{kept} ({search['validation_drop_pp']:+.2f} pp)" if "fp32_layers" in search else "–")
+            cells.append(verdicts.get(method, "–"))
         lines.append("| " + " | ".join(cells) + " |")
     from edgequant.fleet import machine_name
 
-    p, batch = params["train"], params["benchmark"]["throughput_batch"]
+    p, g, batch = params["train"], params["gate"], params["benchmark"]["throughput_batch"]
     epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] > 1)}"
     lines += [
         "",
@@ -181,21 +195,25 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict) -> st
         f" FP32 {fp32['accuracy_pct']:.2f} %; {params['prepare']['calib_size']} training images calibrate."
         " A difference in bold is significant (McNemar's exact test on the flipped test images: p < 0.05); a negative drop is a gain."
         f" Speed: batch {batch}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on `{machine_name(metrics['machine'])}`."
-        f" From `workloads/{name}/` (`benchmark.json`, `settings.json`, `params.yaml`).",
+        f" Gate: `gate.methods` against {g['max_accuracy_drop_pp']} pp, speed-up ≥ {g['min_speedup']}, size ≤ {g['max_size_ratio']}"
+        f" ({'enforced' if g['enforce'] else 'recorded, not enforced'})."
+        f" From `workloads/{name}/` (`params.yaml`, `metrics/benchmark.json`, `metrics/settings.json`, `metrics/gate.json`).",
     ]
     return "\n".join(lines)
 
 
 def workload_tables(root: Path) -> str:
-    """Every saved workload run under `root` (workloads/), one table each."""
+    """Every workload under `root` (workloads/) that has run, one table each."""
     import yaml
 
     tables = []
-    for folder in sorted(p for p in root.iterdir() if (p / "benchmark.json").is_file()):
-        metrics, settings = (json.loads((folder / f).read_text()) for f in ("benchmark.json", "settings.json"))
+    for folder in sorted(p for p in root.iterdir() if (p / "metrics/benchmark.json").is_file()) if root.is_dir() else []:
+        metrics, settings, gate = (
+            json.loads((folder / "metrics" / f).read_text()) for f in ("benchmark.json", "settings.json", "gate.json")
+        )
         params = yaml.safe_load((folder / "params.yaml").read_text())
-        tables.append(f"#### {folder.name}\n\n" + workload_table(folder.name, metrics, params, settings))
-    return "\n\n".join(tables) or "(no saved workload runs under workloads/)"
+        tables.append(f"#### {folder.name}\n\n" + workload_table(folder.name, metrics, params, settings, gate))
+    return "\n\n".join(tables) or "(no workload under workloads/ has run: `dvc repro -P`)"
 
 
 WORKLOADS = ("<!-- workloads:begin (python -m edgequant.readme README.md) -->", "<!-- workloads:end -->")

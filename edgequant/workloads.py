@@ -1,58 +1,123 @@
-"""Saved runs on other params (a dataset and a model by name): what the README's workload tables are made from.
+"""Workloads beside the reference: a folder with its own params.yaml and a dvc.yaml derived from the reference's.
 
-python -m edgequant.workloads workloads/fashion_mnist-dwsep_cnn   # after `dvc repro benchmark` on that workload's params
+python -m edgequant.workloads workloads/fashion_mnist-dwsep_cnn   # writes its dvc.yaml from ./dvc.yaml
+
+Each workload's stages are the reference's, with every output moved under the workload's folder and every
+value read from the workload's params.yaml, so one `dvc repro -P` runs them all, a param changed in one
+workload re-runs only that workload's stages, and `dvc metrics show` / `dvc plots show` list each beside
+the reference. The machine is probed once, by the reference's probe stage, and shared.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
+import copy
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from edgequant.io import atomic_dir, write_json
+from edgequant.io import write_text
 
-FILES = ("params.yaml", "metrics/benchmark.json", "metrics/train.json")
+# What a workload leaves out: the machine probe (shared), and what concerns the shipped reference only
+# (the fleet of machines, the device bundle).
+SKIPPED = ("probe", "fleet", "bundle")
+SHARED = ("metrics/machine.json",)
+OUTPUT_ROOTS = ("data", "models", "metrics", "plots")
+HEADER = (
+    "# Written by `python -m edgequant.workloads {folder}` from the reference's dvc.yaml: edit that one and\n"
+    "# re-run the command (tests/test_workloads.py fails while this file is stale). Values: {folder}/params.yaml.\n"
+)
 
 
-def save(workspace: Path, out: Path) -> list[str]:
-    """Copy the run's params and metrics from `workspace` into `out` (replaced whole), with each method's
-    export settings (meta.json's `settings`: the layers an accuracy-aware method kept in FP32, and what it tried)."""
-    missing = [f for f in FILES if not (workspace / f).is_file()]
-    if missing:
-        raise ValueError(f"{workspace} has no {', '.join(missing)}: run `dvc repro benchmark` there first")
-    metrics = json.loads((workspace / "metrics/benchmark.json").read_text())
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    if metrics.get("model") != params["train"]["model"]:
-        raise ValueError(
-            f"{workspace}: metrics/benchmark.json is of model {metrics.get('model')!r}, params.yaml says"
-            f" {params['train']['model']!r}: run `dvc repro benchmark` there first"
-        )
-    settings = {}
-    for method in metrics["methods"]:
-        meta = json.loads((workspace / "models/quantized" / method / "meta.json").read_text())
-        settings[method] = meta.get("settings")
-    with atomic_dir(out) as tmp:
-        for f in FILES:
-            shutil.copy(workspace / f, tmp / Path(f).name)
-        write_json(tmp / "settings.json", settings)
-    return sorted(p.name for p in out.iterdir())
+def move(path: str, folder: str) -> str:
+    """A path of the reference's pipeline as the workload's: outputs move under `folder`, code and the machine stay."""
+    outputs = path.split("/", 1)[0] in OUTPUT_ROOTS  # `plots` (plot's --out) as well as `plots/ops.csv`
+    return f"{folder}/{path}" if outputs and path not in SHARED else path
+
+
+def _entries(entries: list, folder: str) -> list:
+    """deps/outs/metrics/plots: each a path, or {path: options}."""
+    return [move(e, folder) if isinstance(e, str) else {move(k, folder): v for k, v in e.items()} for e in entries]
+
+
+def _params(entries: list, params_file: str) -> list:
+    """`- train` and `- params.yaml:` (all of it) become the same keys of the workload's params file."""
+    keys, whole = [], False
+    for e in entries:
+        if isinstance(e, str):
+            keys.append(e)
+        elif set(e) == {"params.yaml"} and e["params.yaml"] is None:
+            whole = True
+        else:
+            raise ValueError(f"dvc.yaml: a params entry edgequant.workloads cannot move: {e!r}")
+    return [{params_file: None if whole else keys}]
+
+
+def derive_stage(stage: dict, folder: str, wdir: str) -> dict:
+    body = copy.deepcopy(stage)
+    tokens = [move(token, folder) for token in body["cmd"].split()]
+    params_file = f"{folder}/params.yaml"
+    body["cmd"] = " ".join([*tokens, "--params", params_file])
+    for key in ("deps", "outs", "metrics", "plots"):
+        if key in body:
+            body[key] = _entries(body[key], folder)
+    if "params" in body:
+        body["params"] = _params(body["params"], params_file)
+    return {"wdir": wdir, **body}  # run from the repo root, where `python -m stages.<name>` imports
+
+
+def derive(reference: dict, folder: str) -> dict:
+    """The workload's dvc.yaml (as a mapping) from the reference's: `folder` is relative to the repo root."""
+    wdir = os.path.relpath(".", folder)
+    stages = {}
+    for name, stage in reference["stages"].items():
+        if name in SKIPPED:
+            continue
+        if "foreach" in stage:
+            stages[name] = {"foreach": stage["foreach"], "do": derive_stage(stage["do"], folder, wdir)}
+        else:
+            stages[name] = derive_stage(stage, folder, wdir)
+    plots = []
+    for entry in reference.get("plots", []):
+        (plot_id, spec), *_ = entry.items()
+        spec = copy.deepcopy(spec)
+        for axis in ("x", "y"):
+            if isinstance(spec.get(axis), dict):
+                spec[axis] = {move(k, folder): v for k, v in spec[axis].items()}
+        plots.append({plot_id: spec})
+    return {"stages": stages, "plots": plots}
+
+
+def render(reference_path: Path, folder: str) -> str:
+    reference = yaml.safe_load(reference_path.read_text())
+    body = yaml.safe_dump(derive(reference, folder), sort_keys=False, width=200)
+    return HEADER.format(folder=folder) + body
+
+
+def write(folder: str, reference_path: Path = Path("dvc.yaml")) -> Path:
+    """Write `folder`/dvc.yaml; `folder`/params.yaml must exist (a copy of ./params.yaml to edit)."""
+    folder = Path(folder).as_posix().rstrip("/")
+    if Path(folder).is_absolute() or ".." in Path(folder).parts or folder in ("", "."):
+        raise ValueError(f"{folder!r}: give a folder inside this repository, e.g. workloads/<dataset>-<model>")
+    if not (Path(folder) / "params.yaml").is_file():
+        raise ValueError(f"{folder}/params.yaml does not exist: copy params.yaml there and edit it first")
+    out = Path(folder) / "dvc.yaml"
+    write_text(out, render(reference_path, folder))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", help="the folder to write, e.g. workloads/<dataset>-<model>")
-    parser.add_argument("--workspace", default=".", help="the checkout whose run to save (default: this one)")
+    parser.add_argument("folders", nargs="+", help="workload folders, e.g. workloads/<dataset>-<model>")
     args = parser.parse_args(argv)
     try:
-        saved = save(Path(args.workspace), Path(args.out))
+        written = [write(folder) for folder in args.folders]
     except (ValueError, OSError) as exc:
         print(f"workloads: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {', '.join(saved)}")
+    print("\n".join(f"wrote {path}" for path in written))
     return 0
 
 

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", required=True, help="output: one row per (method, threads)")
     parser.add_argument("--layers-csv", required=True, help="output: MACs and SQNR per layer")
     parser.add_argument("--ops-csv", required=True, help="output: time per operator, per method (smallest thread count)")
+    parser.add_argument("--settings", required=True, help="output: each method's export settings (layers kept in FP32), JSON")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         write_json(args.metrics, metrics)
         write_json(args.sqnr, sqnr)
+        write_json(args.settings, {m: meta[m].get("settings") for m in methods})
         write_csv(args.csv, rows)
         write_csv(args.layers_csv, layer_rows(sqnr, model))
         write_csv(args.ops_csv, op_table, OP_COLUMNS)  # header only when benchmark.profile_runs is 0

@@ -1,4 +1,4 @@
-"""Stage `plot`: render the training curve and the trade-off, speed-up, per-layer and per-operator charts as PNGs."""
+"""Stage `plot`: render the training curve and the trade-off, accuracy, speed-up, per-layer and per-operator charts as PNGs."""
 
 import argparse
 import sys
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgequant import stage
-from edgequant.plot import plot_layers, plot_npu, plot_ops, plot_speedups, plot_tradeoffs, plot_training
+from edgequant import params, stage
+from edgequant.plot import plot_accuracy, plot_layers, plot_npu, plot_ops, plot_speedups, plot_tradeoffs, plot_training
+from edgequant.reference import is_reference
 
 
 def read_live_history(live_dir: Path) -> pd.DataFrame:
@@ -29,19 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", required=True, help="per-operator time CSV")
     parser.add_argument("--npu", required=True, help="Vela's per-layer estimates CSV")
     parser.add_argument("--out", required=True, help="directory for the PNGs")
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
     def body() -> str:
+        dataset = params.load(params.DownloadParams, "download", args.params).dataset
+        reference = is_reference(dataset, params.load(params.TrainParams, "train", args.params).model)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         bench = pd.read_csv(args.bench)
-        plot_training(read_live_history(Path(args.live)), out / "training.png")
-        plot_tradeoffs(bench, out / "tradeoffs.png")
+        plot_training(read_live_history(Path(args.live)), out / "training.png", reference)
+        plot_tradeoffs(bench, out / "tradeoffs.png", reference)
+        plot_accuracy(bench, out / "accuracy.png")
         plot_speedups(bench, out / "speedups.png")
         plot_layers(pd.read_csv(args.layers), out / "layers.png")
         plot_ops(pd.read_csv(args.ops), out / "ops.png")
         plot_npu(pd.read_csv(args.npu), out / "npu.png")
-        return f"6 charts -> {out}"
+        return f"7 charts -> {out}"
 
     return stage.run("plot", body)
 

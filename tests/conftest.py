@@ -142,7 +142,7 @@ TINY = {
         "profile_runs": 2,
     },
     # Loose limits: tiny data says nothing about speed; test_team.py tightens them to see the gate fail.
-    "gate": {"methods": ["onnx_qdq_int8"], "max_accuracy_drop_pp": 100.0, "min_speedup": 0.01, "max_size_ratio": 0.3},
+    "gate": {"methods": ["onnx_qdq_int8"], "max_accuracy_drop_pp": 100.0, "min_speedup": 0.01, "max_size_ratio": 0.3, "enforce": True},
 }
 
 

@@ -122,3 +122,14 @@ def test_flips_and_mcnemar():
     assert split(3, 3)["mcnemar_p"] == 1.0  # as many gained as lost: no evidence either way
     assert split(10, 0)["mcnemar_p"] == pytest.approx(2 / 2**10)  # ten lost, none gained: 0.002
     assert split(6, 1)["mcnemar_p"] == pytest.approx(2 * (1 + 7) / 2**7)  # 0.125: could be chance
+
+
+def test_the_drops_interval_comes_from_the_flipped_images_only():
+    from edgequant.report import drop_ci95_pp
+
+    assert drop_ci95_pp(0, 0, 10_000) == 0.0  # nothing flipped: the drop is exactly 0
+    assert drop_ci95_pp(3, 3, 10_000) == pytest.approx(100 * 1.96 * 6**0.5 / 10_000)  # ±0.048 pp
+    assert drop_ci95_pp(3, 3, 100) == pytest.approx(100 * drop_ci95_pp(3, 3, 10_000))  # the same flips of fewer images
+    # 68 lost and 31 gained of 10,000 (per-tensor ONNX on Fashion-MNIST): 0.37 ± 0.19 pp, an interval clear of zero
+    # as McNemar's p of 0.0003 says
+    assert drop_ci95_pp(68, 31, 10_000) == pytest.approx(0.1949, abs=1e-4)

@@ -31,10 +31,13 @@ def drawn(monkeypatch):
     return figures
 
 
-def test_tradeoff_points_and_pairs_are_the_rows_of_the_smallest_thread_count(drawn, tmp_path):
+@pytest.mark.parametrize("reference", [True, False], ids=["reference-workload", "other-workload"])
+def test_tradeoff_points_and_pairs_are_the_rows_of_the_smallest_thread_count(drawn, tmp_path, reference):
     df = bench()
-    plot.plot_tradeoffs(df, tmp_path / "t.png")
+    plot.plot_tradeoffs(df, tmp_path / "t.png", reference)
     ax1, ax2 = drawn[0].axes
+    # the reference's FP32 accuracy and dynamic INT8 size are drawn only beside the workload that reproduces it
+    assert (len(ax1.lines), len(ax2.lines)) == ((1, 1) if reference else (0, 0))
     one = df[df.threads == 1].set_index("method")
     for ax, (x, y) in ((ax1, ("latency_ms_p50", "accuracy_pct")), (ax2, ("size_bytes", "throughput_ips"))):
         points = {tuple(c.get_offsets()[0]) for c in ax.collections}
@@ -48,6 +51,25 @@ def test_tradeoff_points_and_pairs_are_the_rows_of_the_smallest_thread_count(dra
         assert arrows == expected  # pt2e_x86 pairs with fp32 through its baseline, not its runtime's name
     colours = {matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in ax1.collections}
     assert len(colours) == df.runtime.nunique()  # litert got a colour of its own
+
+
+def test_accuracy_bars_are_the_int8_drops_with_their_intervals_and_solid_only_when_significant(drawn, tmp_path):
+    df = bench().assign(
+        accuracy_drop_pp=lambda d: 98.9 - d.accuracy_pct,
+        accuracy_drop_pp_ci95=0.05,
+        flips_lost=lambda d: (d.accuracy_drop_pp * 10).round() + 3,
+        flips_gained=3,
+        mcnemar_p=lambda d: d.accuracy_drop_pp.map(lambda drop: 0.001 if drop >= 0.25 else 0.5),
+    )
+    plot.plot_accuracy(df, tmp_path / "a.png")
+    ax = drawn[0].axes[0]
+    int8 = df[(df.threads == 1) & (df.precision == "int8")]
+    bars = sorted((round(b.get_width(), 6), b.get_alpha()) for b in ax.patches)
+    assert bars == sorted((round(d, 6), 1.0 if p < 0.05 else 0.35) for d, p in zip(int8.accuracy_drop_pp, int8.mcnemar_p, strict=True))
+    ordered = int8.sort_values("accuracy_drop_pp")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert [label.split()[0] for label in labels] == list(ordered.method)
+    assert labels[-1].endswith(f"({ordered.flips_lost.iloc[-1]:.0f} lost / 3 gained, p 0.001)")
 
 
 def test_speedup_bars_are_the_csv_values(drawn, tmp_path):

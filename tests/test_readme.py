@@ -102,10 +102,10 @@ def test_int8_ceiling_puts_every_mac_at_the_measured_peak():
     assert ceiling(fp32_only) == "INT8 ceiling: no INT8 method was measured."
 
 
-def test_workload_tables_are_the_ones_generated_from_the_saved_runs():
+def test_workload_tables_are_the_ones_generated_from_the_workloads_runs():
     from edgequant.readme import WORKLOADS, workload_tables
 
     text = committed("README.md")
     block = text.split(WORKLOADS[0], 1)[1].split(WORKLOADS[1], 1)[0].strip()
-    assert block == workload_tables(ROOT / "workloads")  # workloads/ is written by `python -m edgequant.workloads`, never by repro
+    assert block == workload_tables(ROOT / "workloads")  # from each workload's metrics, written by `dvc repro -P`
     assert "onnx_qdq_int8_per_tensor_aware" in block and "McNemar" in block

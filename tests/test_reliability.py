@@ -87,7 +87,16 @@ def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared,
     cmd = [sys.executable, "-m", "stages.benchmark", "--artifacts", str(artifacts), "--test", str(prepared / "prepared" / "test.pt")]
     cmd += ["--machine", str(prepared / "machine.json")]
     cmd += ["--metrics", str(out / "b.json"), "--sqnr", str(out / "s.json")]
-    cmd += ["--csv", str(out / "b.csv"), "--layers-csv", str(out / "l.csv"), "--ops-csv", str(out / "o.csv")]
+    cmd += [
+        "--csv",
+        str(out / "b.csv"),
+        "--layers-csv",
+        str(out / "l.csv"),
+        "--ops-csv",
+        str(out / "o.csv"),
+        "--settings",
+        str(out / "s.json"),
+    ]
     proc = subprocess.run(cmd + ["--params", str(prepared / "params.yaml")], cwd=ROOT, env=subprocess_env, capture_output=True, text=True)
     assert proc.returncode == 1
     # One line: the measurement, the worker's own error naming the file, and what to do.

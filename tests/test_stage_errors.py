@@ -84,7 +84,7 @@ def test_truncated_prepared_split_in_quantize_and_benchmark(workdir, capsys):
         "--csv",
         "b.csv",
     ]
-    assert benchmark.main([*args, "--layers-csv", "l.csv", "--ops-csv", "o.csv"]) == 1
+    assert benchmark.main([*args, "--layers-csv", "l.csv", "--ops-csv", "o.csv", "--settings", "s.json"]) == 1
     assert "re-run `dvc repro quantize@fp32`" in one_line(capsys, "benchmark")  # artifacts are looked at first
 
 
@@ -92,6 +92,20 @@ def test_truncated_benchmark_metrics_given_to_the_gate(workdir, capsys):
     (workdir / "b.json").write_text('{"methods": {"onnx_qdq_int8": {"accuracy_drop')
     assert gate.main(["--metrics", "b.json", "--out", "g.json"]) == 1
     assert "b.json: not complete JSON" in one_line(capsys, "gate") and not (workdir / "g.json").exists()
+
+
+@pytest.mark.parametrize(("enforce", "code"), [(True, 1), (False, 0)])
+def test_a_gate_that_is_not_enforced_records_every_failure_and_lets_the_run_go_on(workdir, capsys, enforce, code):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["gate"].update(methods=["onnx_qdq_int8"], enforce=enforce)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    (workdir / "b.json").write_text(json.dumps({"peak": {"threads_1": {}}, "methods": {}}))  # nothing measured: every check fails
+    assert gate.main(["--metrics", "b.json", "--out", "g.json"]) == code
+    verdict = json.loads((workdir / "g.json").read_text())
+    assert verdict["passed"] is False and verdict["failures"] >= 3
+    out = capsys.readouterr()
+    assert out.err.count("FAIL: onnx_qdq_int8") == verdict["failures"]  # printed either way
+    assert ("gate.enforce is false: recorded, not enforced" in out.out) is not enforce
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])

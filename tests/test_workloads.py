@@ -1,4 +1,4 @@
-"""Saving a run on other params as a workload folder, and the README table made from it."""
+"""Workloads beside the reference: the dvc.yaml derived for each, and one `dvc repro -P` running them side by side."""
 
 import json
 
@@ -6,46 +6,83 @@ import pytest
 import yaml
 
 from edgequant.readme import workload_table
-from edgequant.workloads import save
+from edgequant.workloads import OUTPUT_ROOTS, SHARED, SKIPPED, derive, render, write
 
-from .conftest import ROOT
+from .conftest import ALWAYS_RUN, ROOT, TINY, sh, stages_run
 
-
-def fake_run(work, methods):
-    (work / "metrics").mkdir(parents=True)
-    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    (work / "metrics/train.json").write_text("{}")
-    (work / "metrics/benchmark.json").write_text(json.dumps({"model": "cnn", "methods": {m: {} for m in methods}}))
-    for m in methods:
-        (work / "models/quantized" / m).mkdir(parents=True)
-        (work / "models/quantized" / m / "meta.json").write_text(
-            json.dumps({"settings": {"fp32_layers": ["conv1"]} if m != "fp32" else None})
-        )
+REFERENCE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
-def test_save_copies_the_run_and_each_methods_settings(tmp_path):
-    fake_run(tmp_path / "ws", ["fp32", "onnx_qdq_int8_per_tensor_aware"])
-    files = save(tmp_path / "ws", tmp_path / "out")
-    assert files == ["benchmark.json", "params.yaml", "settings.json", "train.json"]
-    assert json.loads((tmp_path / "out/settings.json").read_text()) == {
-        "fp32": None,
-        "onnx_qdq_int8_per_tensor_aware": {"fp32_layers": ["conv1"]},
-    }
+def paths_of(stage: dict) -> list[str]:
+    body = stage.get("do", stage)
+    entries = [e for key in ("deps", "outs", "metrics", "plots") for e in body.get(key, [])]
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries] + body["cmd"].split()
 
 
-def test_save_refuses_metrics_of_another_model_than_the_params_name(tmp_path):
-    fake_run(tmp_path / "ws", ["fp32"])
-    params = yaml.safe_load((tmp_path / "ws/params.yaml").read_text())
-    (tmp_path / "ws/params.yaml").write_text(yaml.safe_dump({**params, "train": {**params["train"], "model": "dwsep_cnn"}}))
-    with pytest.raises(ValueError, match="benchmark.json is of model 'cnn', params.yaml says 'dwsep_cnn'"):
-        save(tmp_path / "ws", tmp_path / "out")
+def test_a_workload_runs_every_stage_but_the_shared_ones_with_its_own_outputs_and_params():
+    derived = derive(REFERENCE, "workloads/w")
+    assert set(derived["stages"]) == set(REFERENCE["stages"]) - set(SKIPPED)
+    for name, stage in derived["stages"].items():
+        body = stage.get("do", stage)
+        assert body["wdir"] == "../.." and body["cmd"].endswith(" --params workloads/w/params.yaml"), name
+        outputs = [p for p in paths_of(stage) if p.split("/")[0] in OUTPUT_ROOTS]  # `--out plots` too
+        assert set(outputs) <= set(SHARED), f"{name} writes or reads the reference's {outputs}"
+        reference_code = [p for p in paths_of(REFERENCE["stages"][name]) if p.startswith(("stages/", "edgequant/"))]
+        assert reference_code == [p for p in paths_of(stage) if p.startswith(("stages/", "edgequant/"))], name
+        assert all(set(e) == {"workloads/w/params.yaml"} for e in body.get("params", [])), name
+    assert derived["stages"]["quantize"]["foreach"] == "${quantize.methods}"  # DVC reads it from the workload's params.yaml
+    assert derived["stages"]["benchmark"]["deps"][1] == "metrics/machine.json"  # the machine, probed once for all
+    ys = [next(iter(spec["y"])) for entry in derived["plots"] for spec in entry.values() if isinstance(spec["y"], dict)]
+    assert ys and all(y.startswith("workloads/w/") for y in ys)
 
 
-def test_save_refuses_a_workspace_without_a_benchmark(tmp_path):
-    (tmp_path / "ws").mkdir()
-    with pytest.raises(ValueError, match="has no params.yaml, metrics/benchmark.json, metrics/train.json: run `dvc repro benchmark`"):
-        save(tmp_path / "ws", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+def test_each_workloads_dvc_yaml_is_the_one_derived_from_the_reference():
+    folders = [p.parent for p in (ROOT / "workloads").glob("*/dvc.yaml")]
+    assert folders
+    for folder in folders:
+        name = folder.relative_to(ROOT).as_posix()
+        assert (folder / "dvc.yaml").read_text() == render(ROOT / "dvc.yaml", name), f"stale: python -m edgequant.workloads {name}"
+
+
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [("../elsewhere", "give a folder inside this repository"), ("workloads/none", "workloads/none/params.yaml does not exist")],
+)
+def test_writing_a_workload_refuses_a_folder_it_cannot_use(tmp_path, monkeypatch, folder, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    with pytest.raises(ValueError, match=message):
+        write(folder)
+    assert not list(tmp_path.rglob("dvc.yaml"))[1:]
+
+
+@pytest.mark.slow
+def test_workloads_run_side_by_side_and_a_param_re_runs_only_its_own_stages(clone):
+    work, env = clone
+    folder = "workloads/tiny-dwsep_cnn"
+    params = {**TINY, **yaml.safe_load((work / "params.yaml").read_text())}  # the clone's tiny data and its md5s
+    params["train"] = {**params["train"], "model": "dwsep_cnn"}
+    params["quantize"] = {**params["quantize"], "methods": ["fp32", "litert_fp32", "litert_int8"]}  # the npu stage needs litert_int8
+    params["gate"] = {**params["gate"], "methods": ["litert_int8"], "max_size_ratio": 0.5}  # framing weighs more beside 67 k parameters
+    (work / folder).mkdir(parents=True)
+    (work / folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["python", "-m", "edgequant.workloads", folder], work, env)
+    reference_outputs = {p: p.read_bytes() for top in ("metrics", "plots") for p in (work / top).rglob("*") if p.is_file()}
+    ran = stages_run(sh(["dvc", "repro", "-P"], work, env))
+    assert ran and all(s.startswith(f"{folder}/dvc.yaml:") for s in ran), ran  # the reference was up to date
+    assert {f"{folder}/dvc.yaml:benchmark", f"{folder}/dvc.yaml:plot"} <= ran
+    assert '"model": "dwsep_cnn"' in (work / folder / "metrics/benchmark.json").read_text()
+    assert (work / folder / "plots/accuracy.png").is_file()
+    assert all(p.read_bytes() == b for p, b in reference_outputs.items())  # the reference's charts and metrics are its own
+
+    params["gate"]["max_size_ratio"] = 0.6
+    (work / folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_run(sh(["dvc", "repro", "-P"], work, env)) == {f"{folder}/dvc.yaml:validate", f"{folder}/dvc.yaml:gate"}
+    reference = yaml.safe_load((work / "params.yaml").read_text())
+    reference["gate"]["max_size_ratio"] = 0.5
+    (work / "params.yaml").write_text(yaml.safe_dump(reference, sort_keys=False))
+    changed = json.loads(sh(["dvc", "status", "--json"], work, env))  # every pipeline's stages
+    assert set(changed) - {ALWAYS_RUN} == {"validate", "gate"}, changed
 
 
 def test_a_significant_drop_is_bold_and_kept_layers_are_listed():
@@ -57,6 +94,7 @@ def test_a_significant_drop_is_bold_and_kept_layers_are_listed():
             "flips_lost": lost,
             "flips_gained": gained,
             "mcnemar_p": p,
+            "accuracy_drop_pp_ci95": 0.12,
             "size_ratio_vs_runtime_fp32": 0.3,
             "threads_1": {"throughput_speedup_vs_runtime_fp32": 2.0},
         }
@@ -71,8 +109,20 @@ def test_a_significant_drop_is_bold_and_kept_layers_are_listed():
         },
     }
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    table = workload_table("w", metrics, params, {"worse": {"fp32_layers": ["conv1", "blocks.0.0"], "validation_drop_pp": 0.05}})
+    gate = {
+        "checks": [
+            {"method": "worse", "param": "gate.max_accuracy_drop_pp", "passed": False},
+            {"method": "worse", "param": "gate.max_size_ratio", "passed": False},
+            {"method": "worse", "param": "gate.min_speedup", "passed": True},
+            {"method": "noisy", "param": "gate.max_accuracy_drop_pp", "passed": True},
+        ]
+    }
+    table = workload_table("w", metrics, params, {"worse": {"fp32_layers": ["conv1", "blocks.0.0"], "validation_drop_pp": 0.05}}, gate)
     lines = table.splitlines()
     assert lines[2].startswith("| `fp32` | 90.00 |")
-    assert "| `noisy` | 89.90 | +0.10 | 40 / 30 | 0.28 |" in table  # within noise: not bold
-    assert "| `worse` | 89.60 | **+0.40** | 60 / 20 | 1e-05 |" in table and "`conv1`, `blocks.0.0` (+0.05 pp)" in table
+    assert "| `noisy` | 89.90 | +0.10 ± 0.12 | 40 / 30 | 0.28 |" in table  # within noise: not bold
+    assert (
+        "| `worse` | 89.60 | **+0.40** ± 0.12 | 60 / 20 | 1e-05 |" in table
+        and "`conv1`, `blocks.0.0` (+0.05 pp) | misses accuracy, size |" in table
+    )
+    assert "| 0.28 | 0.30 | 2.00× | – | pass |" in table

@@ -52,8 +52,10 @@ def table(head: list[str], rows: list[list[object]]) -> str:
 
 
 def flatten(diff: dict) -> dict[str, dict]:
-    """{file: {key: {old, new, diff}}} → {"file: key": {...}}, files dropped when only one has metrics."""
-    return {f"{key}" if len(diff) == 1 else f"{file}: {key}": v for file, keys in diff.items() for key, v in keys.items()}
+    """{file: {key: {old, new, diff}}} → {"file: key": {...}}; the file is left out when it is the only one
+    and not a workload's (a workload's rows must say whose they are)."""
+    bare = len(diff) == 1 and not next(iter(diff), "").startswith("workloads/")
+    return {f"{key}" if bare else f"{file}: {key}": v for file, keys in diff.items() for key, v in keys.items()}
 
 
 def change(metric: str, old: object, new: object) -> str:
@@ -72,8 +74,22 @@ def headline_rows(metrics: dict[str, dict]) -> list[list[object]]:
         match = re.search(r"methods\.([^.]+)\.(.+)$", key)
         if match and match.group(2) in HEADLINE:
             method, metric = match.groups()
-            rows.append([f"`{method}`", metric, v.get("old"), v.get("new"), change(metric, v.get("old"), v.get("new"))])
+            # A workload's metrics file is workloads/<name>/metrics/...: its rows say which workload they are of.
+            workload = re.match(r"workloads/([^/]+)/", key)
+            label = f"`{method}`" + (f" ({workload.group(1)})" if workload else "")
+            rows.append([label, metric, v.get("old"), v.get("new"), change(metric, v.get("old"), v.get("new"))])
     return sorted(rows, key=lambda r: (r[0], HEADLINE.index(r[1])))
+
+
+def plot_order(image: str, a: str, b: str) -> tuple[str, bool]:
+    """Sort key of a `dvc plots diff` copy, "<rev>_<path>.png": by the plot's path (a workload's beside the
+    reference's same chart, never interleaved with it), then revision `a` before `b`."""
+    name = Path(image).name
+    for rev in sorted((a, b), key=len, reverse=True):  # "main" must not claim "main2_..."
+        prefix = rev.replace("/", "_") + "_"
+        if name.startswith(prefix):
+            return name[len(prefix) :], rev != a
+    return name, True
 
 
 def read_vega(vega_dir: Path) -> dict[str, str]:
@@ -90,12 +106,11 @@ def inline_vega(html: str, scripts: dict[str, str]) -> str:
     return CDN_SCRIPT.sub(lambda m: "<script>" + scripts[m.group(1)].replace("</script", "<\\/script") + "</script>", html)
 
 
-def pipeline_outputs(lock: Path = Path("dvc.lock")) -> list[Path]:
-    """Every output the pipeline's last run recorded in dvc.lock."""
-    if not lock.is_file():
-        return []
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    return [Path(out["path"]).resolve() for stage in stages.values() for out in stage.get("outs", [])]
+def pipeline_outputs() -> list[Path]:
+    """Every output the last runs recorded in dvc.lock and each workload's (their paths are from the repo root)."""
+    locks = [Path("dvc.lock"), *sorted(Path("workloads").glob("*/dvc.lock"))]
+    stages = [stage for lock in locks if lock.is_file() for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values()]
+    return [Path(out["path"]).resolve() for stage in stages for out in stage.get("outs", [])]
 
 
 def check_out(out: Path) -> None:
@@ -124,10 +139,7 @@ def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
         if scripts is not None:
             index.write_text(inline_vega(index.read_text(), scripts))
         # dvc names the copies "<rev>_<path>.png"; show each plot's two revisions one after the other.
-        images = sorted(
-            (p.relative_to(tmp).as_posix() for p in (tmp / "plots").rglob("*.png")),
-            key=lambda p: (Path(p).stem.rsplit("_plots_", 1)[-1], not Path(p).name.startswith(a.replace("/", "_"))),
-        )
+        images = sorted((p.relative_to(tmp).as_posix() for p in (tmp / "plots").rglob("*.png")), key=lambda p: plot_order(p, a, b))
         md = [f"# edgequant: `{a}` → `{b}`", ""]
         md += ["## Params changed", ""]
         md += [table(["param", a, b], [[f"`{k}`", v.get("old"), v.get("new")] for k, v in params.items()]) if params else "None.", ""]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import re
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -197,7 +199,7 @@ class GateParams:
     max_size_ratio: float  # shipped artifact size over the same runtime's FP32 artifact
     # false for a workload that studies where INT8 fails: every verdict is still written and printed, and
     # `dvc repro` goes on; a release's gate is true
-    enforce: bool = True
+    enforce: bool
 
     def __post_init__(self) -> None:
         _require(len(self.methods) > 0, "gate.methods is empty: list the INT8 methods to hold to the limits")
@@ -240,9 +242,22 @@ def read_sections(path: str | Path) -> dict:
     return data
 
 
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Refusals begin "params.yaml: ..."; for another file (a workload's params), they name that file."""
+    try:
+        yield
+    except ParamsError as exc:
+        text = str(exc)
+        if Path(path).as_posix() == "params.yaml" or not text.startswith("params.yaml"):
+            raise
+        raise ParamsError(f"{path}{text.removeprefix('params.yaml')}") from exc
+
+
 def load(cls: type[T], section: str, path: str | Path = "params.yaml") -> T:
     """Load and validate one section of params.yaml (edgequant.validate checks the whole file)."""
-    data = read_sections(path)
-    if section not in data:
-        raise ParamsError(f"{path}: missing section '{section}'")
-    return parse(cls, data[section], section)
+    with naming(path):
+        data = read_sections(path)
+        if section not in data:
+            raise ParamsError(f"{path}: missing section '{section}'")
+        return parse(cls, data[section], section)

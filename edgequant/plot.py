@@ -107,24 +107,24 @@ def plot_tradeoffs(bench: pd.DataFrame, path: Path, reference: bool) -> None:
 
 
 def plot_accuracy(bench: pd.DataFrame, path: Path) -> None:
-    """What each INT8 method costs in accuracy, with its 95 % interval: a bar whose interval crosses zero is noise.
-    Solid bars are significant (McNemar p < 0.05); each label gives the test images lost / gained against FP32."""
+    """What each INT8 method costs in accuracy, with its exact 95 % interval: solid bars are significant (McNemar
+    p < 0.05, exactly the intervals clear of zero); each label gives the test images lost / gained against FP32."""
     df = bench[(bench["threads"] == bench["threads"].min()) & (bench["precision"] == "int8")].sort_values("accuracy_drop_pp")
     fig, ax = plt.subplots(figsize=(12, 0.42 * max(len(df), 2) + 1.6))
     colors = runtime_colors(df["runtime"])
     for i, (_, row) in enumerate(df.iterrows()):
         significant = row["mcnemar_p"] < 0.05
         ax.barh(i, row["accuracy_drop_pp"], color=colors[row["runtime"]], alpha=1.0 if significant else 0.35)
-        ax.errorbar(row["accuracy_drop_pp"], i, xerr=row["accuracy_drop_pp_ci95"], color="k", capsize=3, lw=1)
+        drop, low, high = row["accuracy_drop_pp"], row["accuracy_drop_pp_ci95_low"], row["accuracy_drop_pp_ci95_high"]
+        ax.errorbar(drop, i, xerr=[[drop - low], [high - drop]], color="k", capsize=3, lw=1)
     labels = [f"{r.method}  ({r.flips_lost:.0f} lost / {r.flips_gained:.0f} gained, p {r.mcnemar_p:.2g})" for r in df.itertuples()]
     ax.set_yticks(range(len(df)), labels, fontsize=8)
     ax.axvline(0, color="k", lw=0.8)
-    lo = min(0.0, (df["accuracy_drop_pp"] - df["accuracy_drop_pp_ci95"]).min())
-    hi = max(0.0, (df["accuracy_drop_pp"] + df["accuracy_drop_pp_ci95"]).max())
+    lo, hi = min(0.0, df["accuracy_drop_pp_ci95_low"].min()), max(0.0, df["accuracy_drop_pp_ci95_high"].max())
     pad = 0.06 * ((hi - lo) or 0.1)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set(
-        xlabel="top-1 accuracy lost against FP32 (pp, ± 95 % interval; negative is a gain)",
+        xlabel="top-1 accuracy lost against FP32 (pp, with its 95 % interval; negative is a gain)",
         title="What INT8 costs in accuracy (solid: significant, McNemar p < 0.05)",
     )
     _save(fig, path)

@@ -154,14 +154,14 @@ def gate_verdicts(gate: dict) -> dict[str, str]:
 
 def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate: dict) -> str:
     """One workload's accuracy side (its run under workloads/<name>/): per method, the drop against FP32 with
-    its 95 % interval, the test images that flipped each way and McNemar's p, beside what the method buys."""
+    its exact 95 % interval, the test images that flipped each way and McNemar's p, beside what the method buys."""
     m = metrics["methods"]
     t = f"threads_{thread_counts(metrics)[0]}"
     fp32 = m["fp32"]
     head = [
         "method",
         "top-1 %",
-        "drop pp (± 95 %)",
+        "drop pp [95 % interval]",
         "flips lost / gained",
         "McNemar p",
         "size vs own FP32",
@@ -178,7 +178,8 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
             cells += ["–", "–", "–", "1.00", "1.00", "–", "–"]
         else:
             drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"
-            cells += [f"{drop} ± {r['accuracy_drop_pp_ci95']:.2f}", f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
+            interval = f"[{r['accuracy_drop_pp_ci95_low']:+.2f}, {r['accuracy_drop_pp_ci95_high']:+.2f}]"
+            cells += [f"{drop} {interval}", f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
             cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
             search = settings.get(method) or {}
             kept = ", ".join(f"`{layer}`" for layer in search.get("fp32_layers", [])) or "none"

@@ -29,15 +29,43 @@ def accuracy(
         lost = int((predictions["fp32"] == labels).sum()) - int((predictions[m] == labels).sum())
         result[m]["accuracy_drop_pp"] = round(100.0 * lost / len(labels), 9)
         result[m].update(flips(predictions["fp32"] == labels, predictions[m] == labels))
-        result[m]["accuracy_drop_pp_ci95"] = drop_ci95_pp(result[m]["flips_lost"], result[m]["flips_gained"], len(labels))
+        low, high = drop_interval_pp(result[m]["flips_lost"], result[m]["flips_gained"], len(labels))
+        result[m]["accuracy_drop_pp_ci95_low"], result[m]["accuracy_drop_pp_ci95_high"] = low, high
     return result
 
 
-def drop_ci95_pp(lost: int, gained: int, n: int) -> float:
-    """Half-width of the 95 % confidence interval of the paired drop (lost - gained) / n, in points: only the
-    flipped images carry information, so 3 lost and 3 gained of 10,000 is ±0.05 pp, 0 and 0 is ±0."""
-    variance = (lost + gained - (lost - gained) ** 2 / n) / n**2
-    return round(100.0 * 1.96 * math.sqrt(max(variance, 0.0)), 9)
+def _binomial_cdf(k: int, m: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(m, p), summed in logs: C(m, i) overflows a float past m ~ 1,000."""
+    if k < 0:
+        return 0.0
+    if k >= m:
+        return 1.0
+    head, log_p, log_q = math.lgamma(m + 1), math.log(p), math.log1p(-p)
+    return sum(math.exp(head - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * log_p + (m - i) * log_q) for i in range(k + 1))
+
+
+def _solve(f, target: float) -> float:
+    """The p in (0, 1) where the decreasing function f(p) crosses target, by bisection."""
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if f(mid) > target else (low, mid)
+    return (low + high) / 2
+
+
+def drop_interval_pp(lost: int, gained: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact 95 % interval of the paired drop (lost - gained) / n, in points. Only the m = lost + gained
+    flipped images carry information: given m, the share of them that were losses is binomial, and its
+    Clopper-Pearson interval [q_lo, q_hi] maps to m / n * (2q - 1). It excludes 0 exactly when McNemar's
+    exact p < 0.05, so the interval and the test never disagree; no flips at all gives [0, 0]."""
+    m = lost + gained
+    if m == 0:
+        return 0.0, 0.0
+    # q_low: P(X >= lost) = alpha / 2, i.e. P(X <= lost - 1) = 1 - alpha / 2; q_high: P(X <= lost) = alpha / 2
+    q_low = 0.0 if lost == 0 else _solve(lambda q: _binomial_cdf(lost - 1, m, q), 1 - alpha / 2)
+    q_high = 1.0 if lost == m else _solve(lambda q: _binomial_cdf(lost, m, q), alpha / 2)
+    scale = 100.0 * m / n
+    return round(scale * (2 * q_low - 1), 9), round(scale * (2 * q_high - 1), 9)
 
 
 def flips(fp32_right: torch.Tensor, right: torch.Tensor) -> dict[str, float]:

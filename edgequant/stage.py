@@ -113,13 +113,23 @@ def read_stat(pid: int) -> tuple[str, int] | None:
 
 
 def launch_chain() -> list[tuple[int, int]]:
-    """(pid, parent pid) for this process and each shell between it and whatever started it. When that
-    launcher dies, the process just below it is re-parented at once (zombie or not), so a changed parent
-    anywhere in the chain means the launcher is gone."""
+    """(pid, parent pid) for this process and, under DVC (which sets DVC_STAGE), each shell between it and
+    DVC. When DVC dies, the process just below it is re-parented at once (zombie or not), so a changed parent
+    anywhere in the chain means DVC is gone. Outside DVC only the process's own parent counts: a shell
+    further up (the terminal that started `nohup bash run.sh`) may end while the stage is meant to go on."""
     chain = [(os.getpid(), os.getppid())]
-    while chain[-1][1] > 1 and (stat := read_stat(chain[-1][1])) and stat[0] in SHELLS:
+    while "DVC_STAGE" in os.environ and chain[-1][1] > 1 and (stat := read_stat(chain[-1][1])) and stat[0] in SHELLS:
         chain.append((chain[-1][1], stat[1]))
     return chain
+
+
+def broken_link(chain: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first (pid, parent) of the chain whose process has lost that parent, or None while all hold."""
+    for pid, parent in chain:
+        now = os.getppid() if pid == os.getpid() else (read_stat(pid) or ("", -1))[1]
+        if now != parent:
+            return pid, parent
+    return None
 
 
 def watch_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
@@ -132,14 +142,12 @@ def watch_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
     if chain[0][1] <= 1:  # already an orphan (started by init, a container's entry point): nothing to watch
         return
 
-    def orphaned() -> bool:
-        return os.getppid() != chain[0][1] or any((read_stat(pid) or ("", -1))[1] != parent for pid, parent in chain[1:])
-
     def watch() -> None:
-        while not orphaned():
+        while (link := broken_link(chain)) is None:
             time.sleep(poll_s)
-        print(f"{os.path.basename(sys.argv[0])}: process {chain[-1][1]} that started it died; stopping", file=sys.stderr)
-        signal.raise_signal(signal.SIGINT)
+        pid, parent = link
+        print(f"{os.path.basename(sys.argv[0])}: process {parent}, parent of {pid}, died; stopping", file=sys.stderr)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the main thread, so a blocking call returns
         time.sleep(grace_s)
         os._exit(1)
 

@@ -21,6 +21,7 @@ from edgequant.params import (
     PrepareParams,
     QuantizeParams,
     TrainParams,
+    naming,
     parse,
     read_sections,
 )
@@ -75,11 +76,12 @@ class Params:
 
 def load_all(path: str | Path = "params.yaml") -> Params:
     """Load and validate every section of params.yaml, and the rules between them."""
-    data = read_sections(path)
-    missing = [s for s in SECTIONS if s not in data]
-    if missing:
-        raise ParamsError(f"{path}: missing section(s) {', '.join(repr(s) for s in missing)}")
-    return Params(**{section: parse(cls, data[section], section) for section, cls in SECTIONS.items()})
+    with naming(path):
+        data = read_sections(path)
+        missing = [s for s in SECTIONS if s not in data]
+        if missing:
+            raise ParamsError(f"{path}: missing section(s) {', '.join(repr(s) for s in missing)}")
+        return Params(**{section: parse(cls, data[section], section) for section, cls in SECTIONS.items()})
 
 
 def check_pipeline(p: Params) -> None:

@@ -55,7 +55,9 @@ def _params(entries: list, params_file: str) -> list:
     return [{params_file: None if whole else keys}]
 
 
-def derive_stage(stage: dict, folder: str, wdir: str) -> dict:
+def derive_stage(name: str, stage: dict, folder: str, wdir: str) -> dict:
+    if "wdir" in stage or not isinstance(stage.get("cmd"), str):
+        raise ValueError(f"dvc.yaml: stage {name} needs one cmd string and no wdir of its own for edgequant.workloads to move it")
     body = copy.deepcopy(stage)
     tokens = [move(token, folder) for token in body["cmd"].split()]
     params_file = f"{folder}/params.yaml"
@@ -76,18 +78,11 @@ def derive(reference: dict, folder: str) -> dict:
         if name in SKIPPED:
             continue
         if "foreach" in stage:
-            stages[name] = {"foreach": stage["foreach"], "do": derive_stage(stage["do"], folder, wdir)}
+            stages[name] = {"foreach": stage["foreach"], "do": derive_stage(name, stage["do"], folder, wdir)}
         else:
-            stages[name] = derive_stage(stage, folder, wdir)
-    plots = []
-    for entry in reference.get("plots", []):
-        (plot_id, spec), *_ = entry.items()
-        spec = copy.deepcopy(spec)
-        for axis in ("x", "y"):
-            if isinstance(spec.get(axis), dict):
-                spec[axis] = {move(k, folder): v for k, v in spec[axis].items()}
-        plots.append({plot_id: spec})
-    return {"stages": stages, "plots": plots}
+            stages[name] = derive_stage(name, stage, folder, wdir)
+    # The top-level plots stay as they are: DVC reads their paths from the dvc.yaml's own folder, not from wdir.
+    return {"stages": stages, "plots": copy.deepcopy(reference.get("plots", []))}
 
 
 def render(reference_path: Path, folder: str) -> str:

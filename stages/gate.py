@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if not result["passed"]:
             failed = f"{result['failures']} check(s) failed; see {args.out}."
             raise stage.StageError(
-                f"{failed} Fix the method, or relax the limit in params.yaml if the trade-off is acceptable.", outputs_kept=True
+                f"{failed} Fix the method, or relax the limit in {args.params} if the trade-off is acceptable.", outputs_kept=True
             )
         return f"all {len(checks)} checks passed -> {args.out}"
 

@@ -5,6 +5,7 @@ import sys
 
 from edgequant import stage
 from edgequant.io import write_text
+from edgequant.params import naming
 from edgequant.validate import check_pipeline, load_all
 
 # The same bytes whatever the params: stages depend on this file only to run after this check,
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> str:
-        check_pipeline(load_all(args.params))
+        with naming(args.params):
+            check_pipeline(load_all(args.params))
         write_text(args.out, VERDICT)
         return f"{args.params} is valid"
 

@@ -124,12 +124,19 @@ def test_flips_and_mcnemar():
     assert split(6, 1)["mcnemar_p"] == pytest.approx(2 * (1 + 7) / 2**7)  # 0.125: could be chance
 
 
-def test_the_drops_interval_comes_from_the_flipped_images_only():
-    from edgequant.report import drop_ci95_pp
+def test_the_drops_interval_is_exact_and_agrees_with_mcnemar():
+    from edgequant.report import drop_interval_pp, flips
 
-    assert drop_ci95_pp(0, 0, 10_000) == 0.0  # nothing flipped: the drop is exactly 0
-    assert drop_ci95_pp(3, 3, 10_000) == pytest.approx(100 * 1.96 * 6**0.5 / 10_000)  # ±0.048 pp
-    assert drop_ci95_pp(3, 3, 100) == pytest.approx(100 * drop_ci95_pp(3, 3, 10_000))  # the same flips of fewer images
-    # 68 lost and 31 gained of 10,000 (per-tensor ONNX on Fashion-MNIST): 0.37 ± 0.19 pp, an interval clear of zero
-    # as McNemar's p of 0.0003 says
-    assert drop_ci95_pp(68, 31, 10_000) == pytest.approx(0.1949, abs=1e-4)
+    def p_value(lost, gained):
+        fp32 = torch.tensor([True] * lost + [False] * gained + [True])
+        return flips(fp32, torch.cat([~fp32[:-1], fp32[-1:]]))["mcnemar_p"]
+
+    assert drop_interval_pp(0, 0, 10_000) == (0.0, 0.0)  # nothing flipped: the drop is exactly 0
+    low, high = drop_interval_pp(68, 31, 10_000)  # per-tensor ONNX on Fashion-MNIST: +0.37 pp
+    assert 0.16 < low < 0.18 and 0.54 < high < 0.56
+    assert drop_interval_pp(5, 0, 10_000)[0] < 0 < drop_interval_pp(6, 0, 10_000)[0]  # p 0.0625 vs 0.031
+    assert drop_interval_pp(3, 3, 100) == pytest.approx(tuple(100 * v for v in drop_interval_pp(3, 3, 10_000)))
+    for lost in range(0, 30, 3):  # clear of zero exactly when McNemar's exact p < 0.05
+        for gained in range(0, 30, 2):
+            low, high = drop_interval_pp(lost, gained, 10_000)
+            assert (low > 0 or high < 0) == (p_value(lost, gained) < 0.05), (lost, gained)

@@ -93,5 +93,5 @@ def test_the_runner_needs_only_onnxruntime_and_its_output_joins_the_fleet(bundle
     assert set(entry["metrics"]["methods"]) == {"onnx_fp32", "onnx_qdq_int8"}
     from edgequant.params import GateParams
 
-    row = fleet.summarize(entry, GateParams(["onnx_qdq_int8"], 100.0, 0.01, 0.5))
+    row = fleet.summarize(entry, GateParams(["onnx_qdq_int8"], 100.0, 0.01, 0.5, True))
     assert row["fastest_int8"] == "onnx_qdq_int8" and row["speedup_vs_fp32_eager"] is None and "| – |" in fleet.markdown([row])

@@ -9,7 +9,9 @@ import pytest
 from edgequant import fleet
 from edgequant.params import GateParams
 
-GATE = GateParams(methods=["onnx_qdq_int8", "executorch_xnnpack_int8"], max_accuracy_drop_pp=0.1, min_speedup=1.3, max_size_ratio=0.27)
+GATE = GateParams(
+    methods=["onnx_qdq_int8", "executorch_xnnpack_int8"], max_accuracy_drop_pp=0.1, min_speedup=1.3, max_size_ratio=0.27, enforce=True
+)
 
 
 def method(precision, ips, p50, own=2.0, drop=0.0, fraction=0.5):

@@ -14,7 +14,7 @@ def metrics(drop=0.0, ratio=0.25, speedups=(3.0, 2.5)) -> dict:
     }
 
 
-GATE = GateParams(methods=["onnx_qdq_int8"], max_accuracy_drop_pp=0.1, min_speedup=2.0, max_size_ratio=0.27)
+GATE = GateParams(methods=["onnx_qdq_int8"], max_accuracy_drop_pp=0.1, min_speedup=2.0, max_size_ratio=0.27, enforce=True)
 
 
 def test_passing_method_passes_every_check():
@@ -58,7 +58,7 @@ def test_a_missing_value_is_a_failed_check_never_a_skipped_one():
 
 
 def test_gating_a_method_that_was_not_benchmarked_fails_all_its_checks():
-    gate = GateParams(methods=["executorch_xnnpack_int8"], max_accuracy_drop_pp=0.1, min_speedup=2.0, max_size_ratio=0.27)
+    gate = GateParams(methods=["executorch_xnnpack_int8"], max_accuracy_drop_pp=0.1, min_speedup=2.0, max_size_ratio=0.27, enforce=True)
     checks = check(metrics(), gate)
     assert len(checks) == 4 and not any(c.passed for c in checks)
     assert report(checks)["failures"] == 4

@@ -217,3 +217,13 @@ def test_a_method_written_for_one_model_is_refused_for_another(tmp_path):
     with pytest.raises(ParamsError, match="eager_static_x86 quantizes only cnn, not train.model dwsep_cnn: drop it from quantize.methods"):
         load_all(write_params(tmp_path, train=train, quantize=quantize, gate=gate))
     load_all(write_params(tmp_path, train=REAL["train"], quantize=quantize, gate=gate))  # the model it was written for
+
+
+def test_a_refusal_names_the_params_file_it_read(tmp_path):
+    workload = {**REAL, "train": {**REAL["train"], "epochs": 0}}
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w/params.yaml").write_text(yaml.safe_dump(workload))
+    with pytest.raises(ParamsError, match=r"^.*w/params\.yaml: train\.epochs must be > 0"):
+        load_all(tmp_path / "w/params.yaml")
+    with pytest.raises(ParamsError, match=r"^.*w/params\.yaml: train\.epochs must be > 0"):
+        params.load(TrainParams, "train", tmp_path / "w/params.yaml")

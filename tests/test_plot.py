@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.collections
 import matplotlib.colors
 import pandas as pd
 import pytest
@@ -56,7 +57,8 @@ def test_tradeoff_points_and_pairs_are_the_rows_of_the_smallest_thread_count(dra
 def test_accuracy_bars_are_the_int8_drops_with_their_intervals_and_solid_only_when_significant(drawn, tmp_path):
     df = bench().assign(
         accuracy_drop_pp=lambda d: 98.9 - d.accuracy_pct,
-        accuracy_drop_pp_ci95=0.05,
+        accuracy_drop_pp_ci95_low=lambda d: d.accuracy_drop_pp - 0.05,
+        accuracy_drop_pp_ci95_high=lambda d: d.accuracy_drop_pp + 0.08,
         flips_lost=lambda d: (d.accuracy_drop_pp * 10).round() + 3,
         flips_gained=3,
         mcnemar_p=lambda d: d.accuracy_drop_pp.map(lambda drop: 0.001 if drop >= 0.25 else 0.5),
@@ -70,6 +72,14 @@ def test_accuracy_bars_are_the_int8_drops_with_their_intervals_and_solid_only_wh
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert [label.split()[0] for label in labels] == list(ordered.method)
     assert labels[-1].endswith(f"({ordered.flips_lost.iloc[-1]:.0f} lost / 3 gained, p 0.001)")
+    whiskers = sorted(
+        tuple(round(x, 6) for x in (seg[0][0], seg[1][0]))
+        for c in ax.collections
+        if isinstance(c, matplotlib.collections.LineCollection)
+        for seg in c.get_segments()
+    )
+    intervals = zip(ordered.accuracy_drop_pp_ci95_low, ordered.accuracy_drop_pp_ci95_high, strict=True)
+    assert whiskers == sorted((round(lo, 6), round(hi, 6)) for lo, hi in intervals)
 
 
 def test_speedup_bars_are_the_csv_values(drawn, tmp_path):

@@ -172,33 +172,45 @@ def is_live(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
-@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash", None], ids=["sh", "bash", "no-shell"])
-def test_a_stage_stops_when_what_started_it_dies(tmp_path, shell):
-    # DVC runs a cmd as `$SHELL -c cmd`; dash (Debian's /bin/sh) stays as the stage's parent where bash execs it,
-    # so when DVC dies it is the shell that is orphaned, and the stage's own parent lives on.
-    if shell and not os.path.exists(shell):
-        pytest.skip(f"{shell} is not installed")
+@pytest.mark.parametrize(
+    ("launch", "under_dvc", "stops"),
+    [
+        # DVC runs a cmd as `$SHELL -c cmd`; dash (Debian's /bin/sh) stays as the stage's parent where bash execs it,
+        # so when DVC dies it is the shell that is orphaned, and the stage's own parent lives on
+        (["/bin/sh", "-c", "{stage}"], True, True),
+        (["/bin/sh", "-c", "/bin/sh -c '{stage}'"], True, True),  # a cmd that runs the stage through another shell
+        (["{stage}"], False, True),  # the parent itself dies
+        (["/bin/sh", "-c", "{stage}"], False, False),  # outside DVC, as `nohup bash run.sh` from a terminal that closes
+    ],
+    ids=["dvc-sh", "dvc-sh-in-sh", "no-shell", "shell-outside-dvc"],
+)
+def test_a_stage_stops_when_dvc_dies_behind_any_shells_and_only_then(tmp_path, launch, under_dvc, stops):
+    if not os.path.exists("/bin/sh"):
+        pytest.skip("no /bin/sh")
     stage = tmp_path / "stage.py"
     stage.write_text(
         "import os, time\nfrom edgequant import stage\n"
-        "stage.watch_parent(poll_s=0.05, grace_s=5)\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
+        "stage.watch_parent(poll_s=0.05, grace_s=1)\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
     )
-    command = f"{sys.executable} {stage}"
-    launch = f"[{shell!r}, '-c', {command!r}]" if shell else f"{command.split()!r}"
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", f"import subprocess\nsubprocess.run({launch})\n"],
+    command = [arg.format(stage=f"{sys.executable} {stage}") for arg in launch]
+    command = command[0].split() if len(command) == 1 else command
+    env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"} | {"PYTHONPATH": str(ROOT)}
+    if under_dvc:
+        env["DVC_STAGE"] = "train"
+    launcher = subprocess.Popen(  # stands in for dvc: a process that starts the command and is then killed alone
+        [sys.executable, "-c", f"import subprocess\nsubprocess.run({command!r})\n"],
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
     pid = int(launcher.stdout.readline())
-    assert is_live(pid)
-    launcher.kill()  # the launcher alone, as `kill -9` on dvc
+    launcher.kill()
     launcher.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while is_live(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"the stage under {shell or 'no shell'} kept running 10 s after what started it died")
+    deadline = time.monotonic() + (10 if stops else 3)  # past the 1 s grace after which a stopping stage exits
+    while is_live(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    alive = is_live(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive is not stops, f"{launch} under_dvc={under_dvc}: the stage {'kept running' if alive else 'stopped'}"

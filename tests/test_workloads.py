@@ -6,17 +6,20 @@ import pytest
 import yaml
 
 from edgequant.readme import workload_table
-from edgequant.workloads import OUTPUT_ROOTS, SHARED, SKIPPED, derive, render, write
+from edgequant.workloads import SHARED, SKIPPED, derive, render, write
 
 from .conftest import ALWAYS_RUN, ROOT, TINY, sh, stages_run
 
 REFERENCE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
-def paths_of(stage: dict) -> list[str]:
+def paths_of(stage: dict, keys=("deps", "outs", "metrics", "plots")) -> list[str]:
     body = stage.get("do", stage)
-    entries = [e for key in ("deps", "outs", "metrics", "plots") for e in body.get(key, [])]
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries] + body["cmd"].split()
+    entries = [e for key in keys for e in body.get(key, [])]
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+CODE = ("stages/", "edgequant/", "machines")
 
 
 def test_a_workload_runs_every_stage_but_the_shared_ones_with_its_own_outputs_and_params():
@@ -25,15 +28,26 @@ def test_a_workload_runs_every_stage_but_the_shared_ones_with_its_own_outputs_an
     for name, stage in derived["stages"].items():
         body = stage.get("do", stage)
         assert body["wdir"] == "../.." and body["cmd"].endswith(" --params workloads/w/params.yaml"), name
-        outputs = [p for p in paths_of(stage) if p.split("/")[0] in OUTPUT_ROOTS]  # `--out plots` too
-        assert set(outputs) <= set(SHARED), f"{name} writes or reads the reference's {outputs}"
-        reference_code = [p for p in paths_of(REFERENCE["stages"][name]) if p.startswith(("stages/", "edgequant/"))]
-        assert reference_code == [p for p in paths_of(stage) if p.startswith(("stages/", "edgequant/"))], name
+        # Whatever a stage writes is under the workload's folder; whatever it reads is there too, or code, or shared.
+        written = paths_of(stage, ("outs", "metrics", "plots"))
+        assert written and all(p.startswith("workloads/w/") for p in written), (name, written)
+        args = body["cmd"].split()[3:]  # python -m stages.<name> ...
+        read = paths_of(stage, ("deps",)) + [a for a in args if not a.startswith("--") and "{" not in a and not a.isdigit()]
+        strays = [p for p in read if not p.startswith(("workloads/w/", *CODE)) and p not in SHARED]
+        assert not strays, f"{name} reaches the reference's {strays}"
+        reference_code = [p for p in paths_of(REFERENCE["stages"][name]) if p.startswith(CODE)]
+        assert reference_code == [p for p in paths_of(stage) if p.startswith(CODE)], name
         assert all(set(e) == {"workloads/w/params.yaml"} for e in body.get("params", [])), name
     assert derived["stages"]["quantize"]["foreach"] == "${quantize.methods}"  # DVC reads it from the workload's params.yaml
     assert derived["stages"]["benchmark"]["deps"][1] == "metrics/machine.json"  # the machine, probed once for all
-    ys = [next(iter(spec["y"])) for entry in derived["plots"] for spec in entry.values() if isinstance(spec["y"], dict)]
-    assert ys and all(y.startswith("workloads/w/") for y in ys)
+    # Top-level plots: DVC reads their paths from the folder of the dvc.yaml that names them, so they stay as written.
+    assert derived["plots"] == REFERENCE["plots"]
+
+
+def test_a_stage_the_derivation_cannot_move_is_refused_by_name():
+    reference = {"stages": {"odd": {"cmd": ["python", "-m", "stages.odd"]}}}
+    with pytest.raises(ValueError, match="stage odd needs one cmd string and no wdir of its own"):
+        derive(reference, "workloads/w")
 
 
 def test_each_workloads_dvc_yaml_is_the_one_derived_from_the_reference():
@@ -94,7 +108,8 @@ def test_a_significant_drop_is_bold_and_kept_layers_are_listed():
             "flips_lost": lost,
             "flips_gained": gained,
             "mcnemar_p": p,
-            "accuracy_drop_pp_ci95": 0.12,
+            "accuracy_drop_pp_ci95_low": drop - 0.1,
+            "accuracy_drop_pp_ci95_high": drop + 0.1,
             "size_ratio_vs_runtime_fp32": 0.3,
             "threads_1": {"throughput_speedup_vs_runtime_fp32": 2.0},
         }
@@ -120,9 +135,9 @@ def test_a_significant_drop_is_bold_and_kept_layers_are_listed():
     table = workload_table("w", metrics, params, {"worse": {"fp32_layers": ["conv1", "blocks.0.0"], "validation_drop_pp": 0.05}}, gate)
     lines = table.splitlines()
     assert lines[2].startswith("| `fp32` | 90.00 |")
-    assert "| `noisy` | 89.90 | +0.10 ± 0.12 | 40 / 30 | 0.28 |" in table  # within noise: not bold
+    assert "| `noisy` | 89.90 | +0.10 [+0.00, +0.20] | 40 / 30 | 0.28 |" in table  # within noise: not bold
     assert (
-        "| `worse` | 89.60 | **+0.40** ± 0.12 | 60 / 20 | 1e-05 |" in table
+        "| `worse` | 89.60 | **+0.40** [+0.30, +0.50] | 60 / 20 | 1e-05 |" in table
         and "`conv1`, `blocks.0.0` (+0.05 pp) | misses accuracy, size |" in table
     )
     assert "| 0.28 | 0.30 | 2.00× | – | pass |" in table

@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup runtimes repro test lint compare vega machine fashion-mnist clean-venv
+.PHONY: setup runtimes repro deps test lint compare vega machine fashion-mnist clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,8 +30,15 @@ $(VENV)/.runtimes: $(VENV)/.installed requirements-runtimes.txt
 	touch $@
 
 # Every pipeline: the MNIST reference (./dvc.yaml) and each workload under workloads/ (their own dvc.yaml).
+# The params files are checked first: DVC reads them itself before any stage runs, and reports a scalar
+# method list as an error in dvc.yaml (or, for a file of nested YAML aliases, runs out of memory).
 repro: setup runtimes fashion-mnist
+	python -m edgequant.validate params.yaml $(wildcard workloads/*/params.yaml)
 	dvc repro -P
+
+# Each stage's code deps (its import closure) into dvc.yaml, and every workload's dvc.yaml derived again.
+deps: setup
+	python -m edgequant.deps
 
 test: setup runtimes lint
 	python -m pytest -q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -32,6 +33,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise naming_output(exc, tmp, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -45,7 +48,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            raise naming_output(exc, tmp, path) from exc
         if path.exists():
             # Two renames rather than rmtree-then-rename: the old copy stays whole until the new one is in place.
             old = path.with_name(f".{path.name}.old.tmp")
@@ -57,6 +63,35 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def naming_output(exc: OSError, tmp: Path, path: Path) -> OSError:
+    """`exc` naming the output instead of its hidden temporary, or naming it at all: a write that runs out of
+    space raises ENOSPC with no file name, and "No space left on device" alone says nothing of what was lost."""
+    name = exc.filename
+    if name is None or Path(name) == tmp:
+        name = path
+    elif Path(name).is_relative_to(tmp):
+        name = path / Path(name).relative_to(tmp)
+    else:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(name))
+
+
+# Room a stage asks for before long work: its own outputs (a few MB) and DVC's lock files, which DVC rewrites
+# in place after the stage (a full disk there left .dvc/tmp/rwlock empty and every dvc command failing).
+MIN_FREE_BYTES = 64 << 20
+
+
+def require_free_space(*outputs: str | os.PathLike, need: int = MIN_FREE_BYTES) -> None:
+    """Refuse, naming the outputs, before work whose results could not be written (a benchmark measured for
+    32 s and then failed on a full disk)."""
+    for output in outputs:
+        folder = Path(output).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"{free >> 20} MiB free, {need >> 20} MiB needed before starting", str(output))
 
 
 def remove_stale(path: Path) -> None:

@@ -20,8 +20,18 @@ T = TypeVar("T")
 
 # Every name that becomes a path (models/quantized/<method>) must be a plain word: dvc.yaml turns
 # `../../tests` into an output that `dvc repro` deletes before the stage could refuse it.
-NAME = re.compile(r"[a-z][a-z0-9_]*")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_GEMM_SIZE = 8192  # three 8192² FP32 matrices are 0.8 GB; 80000 asked for 25.6 GB
+# Every integer param is a count, a size or a seed: C and torch take them as 32- or 64-bit integers, and a
+# `seed: 2**70` failed inside the stage ("Overflow when unpacking long long") with no key named.
+INT_RANGE = (-(2**31), 2**31 - 1)
+MAX_THREADS = 1024  # torch and OpenMP would try to start that many workers
+MAX_RUNS = 1_000_000  # timed calls per measurement: the latencies are kept in memory, 8 bytes each
+MAX_RUN_TIME_S = 600.0  # per throughput measurement: a benchmark worker is stopped after 600 s (edgequant/workers.py)
+# A params file is a few hundred bytes of plain values. DVC reads it whole (its dvc.yaml templating loads
+# params.yaml), expanding every YAML alias: 600 bytes of nested aliases took gigabytes in `dvc status`.
+MAX_PARAMS_BYTES = 1 << 20
+MAX_PARAMS_NODES = 100_000  # values after expanding aliases; params.yaml has about 100
 
 
 class ParamsError(ValueError):
@@ -43,6 +53,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     # bool is a subclass of int in Python; `epochs: true` is a typo, not a count.
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ParamsError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+    if hint is int and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise ParamsError(f"{where}: expected an integer in [{INT_RANGE[0]}, {INT_RANGE[1]}], got {value}")
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
@@ -113,6 +125,7 @@ class PrepareParams:
 
     def __post_init__(self) -> None:
         _require(self.calib_size > 0, f"prepare.calib_size must be > 0, got {self.calib_size}")
+        _require(self.calib_seed >= 0, f"prepare.calib_seed must be >= 0, got {self.calib_seed}")
         _require(self.val_size > 0, f"prepare.val_size must be > 0, got {self.val_size}")
 
 
@@ -131,6 +144,7 @@ class TrainParams:
     threads: int
 
     def __post_init__(self) -> None:
+        _require(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
         _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
         _require(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
         _require(self.test_batch_size > 0, f"train.test_batch_size must be > 0, got {self.test_batch_size}")
@@ -140,7 +154,7 @@ class TrainParams:
         for name in ("dropout_conv", "dropout_fc"):
             p = getattr(self, name)
             _require(0 <= p < 1, f"train.{name} must be in [0, 1), got {p}")
-        _require(self.threads > 0, f"train.threads must be > 0, got {self.threads}")
+        _require(0 < self.threads <= MAX_THREADS, f"train.threads must be in [1, {MAX_THREADS}], got {self.threads}")
 
 
 OPTIMIZERS = ("adadelta", "adam")
@@ -173,12 +187,19 @@ class BenchmarkParams:
 
     def __post_init__(self) -> None:
         _require(len(self.threads) > 0, "benchmark.threads is empty: list at least one thread count, e.g. [1]")
-        _require(all(t > 0 for t in self.threads), f"benchmark.threads must all be > 0, got {self.threads}")
+        _require(
+            all(0 < t <= MAX_THREADS for t in self.threads), f"benchmark.threads must all be in [1, {MAX_THREADS}], got {self.threads}"
+        )
         for name in ("latency_batch", "throughput_batch", "latency_runs", "peak_gemm_size"):
             _require(getattr(self, name) > 0, f"benchmark.{name} must be > 0, got {getattr(self, name)}")
         for name in ("warmup_runs", "profile_runs"):
             _require(getattr(self, name) >= 0, f"benchmark.{name} must be >= 0, got {getattr(self, name)}")
-        _require(self.min_run_time_s > 0, f"benchmark.min_run_time_s must be > 0, got {self.min_run_time_s}")
+        for name in ("warmup_runs", "latency_runs", "profile_runs"):
+            _require(getattr(self, name) <= MAX_RUNS, f"benchmark.{name} must be <= {MAX_RUNS}, got {getattr(self, name)}")
+        _require(
+            0 < self.min_run_time_s <= MAX_RUN_TIME_S,
+            f"benchmark.min_run_time_s must be in (0, {MAX_RUN_TIME_S}], got {self.min_run_time_s}",
+        )
         _require(
             self.peak_gemm_size <= MAX_GEMM_SIZE,
             f"benchmark.peak_gemm_size must be <= {MAX_GEMM_SIZE} (its three matrices take 12·n² bytes), got {self.peak_gemm_size}",
@@ -219,15 +240,45 @@ SECTIONS = {
 }
 
 
+def expanded_size(node: yaml.Node, sizes: dict[int, int] | None = None) -> int:
+    """How many values `node` becomes once every alias is expanded, counted on the composed graph (an alias
+    is the same node object as its anchor, so each node is counted once and multiplied by its uses)."""
+    sizes = {} if sizes is None else sizes
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # a recursive alias counts as one value instead of looping
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(expanded_size(k, sizes) + expanded_size(v, sizes) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(expanded_size(v, sizes) for v in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total
+    return sizes[id(node)]
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read params.yaml with a clear message when it is missing or not a mapping."""
+    """Read params.yaml with a clear message when it is missing, not a mapping, or too big once its aliases
+    are expanded (checked on the composed graph, before any value is built)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file (run from the project root, where params.yaml lives)")
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: {path.stat().st_size} bytes, more than a params file needs ({MAX_PARAMS_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and (size := expanded_size(node)) > MAX_PARAMS_NODES:
+            raise ParamsError(
+                f"{path}: its YAML aliases expand to {size:,} values (a params file has about a hundred; limit"
+                f" {MAX_PARAMS_NODES:,}); DVC would expand them all in memory: remove the anchors (&) and aliases (*)"
+            )
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except RecursionError as exc:
+        raise ParamsError(f"{path}: nested too deeply to be a params file") from exc
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data

@@ -19,10 +19,6 @@ from pathlib import Path
 class StageError(RuntimeError):
     """A stage cannot go on; its message names the problem and the fix."""
 
-    def __init__(self, message: str, outputs_kept: bool = False):
-        super().__init__(message)
-        self.outputs_kept = outputs_kept  # the stage wrote its outputs before failing (the gate's verdict)
-
 
 def quiet_known_upstream_noise() -> None:
     """Silence harmless upstream messages that buried real warnings in the stage logs.
@@ -49,26 +45,19 @@ def describe(exc: BaseException) -> str:
     return text if isinstance(exc, StageError) else text.splitlines()[0]
 
 
-def restore_hint(exc: BaseException) -> str:
-    """Under `dvc repro`, DVC removed the stage's earlier outputs before running it: say how to get them back."""
-    stage = os.environ.get("DVC_STAGE")
-    if not stage or getattr(exc, "outputs_kept", False):
-        return ""
-    return (
-        f" [`dvc repro` removed {stage}'s earlier outputs before it ran: `dvc checkout {stage}` restores the cached ones,"
-        " `git checkout -- <file>` those kept in git]"
-    )
-
-
 def run(name: str, body: Callable[[], str]) -> int:
-    """Run a stage's body; an actionable failure becomes one line on stderr and exit code 1."""
+    """Run a stage's body; an actionable failure becomes one line on stderr and exit code 1.
+
+    Every output in dvc.yaml is `persist: true`: DVC leaves a stage's earlier outputs in place while it runs, so
+    a stage that refuses a param or an input before its atomic writers replace anything loses nothing, also
+    under `dvc repro -s <stage>`, which runs no validate stage first."""
     watch_parent()
     stop_promptly_on_interrupt()
     quiet_known_upstream_noise()
     try:
         message = body()
     except (ValueError, OSError, StageError) as exc:
-        print(f"{name}: {describe(exc)}{restore_hint(exc)}", file=sys.stderr)
+        print(f"{name}: {describe(exc)}", file=sys.stderr)
         return 1
     print(f"{name}: {message}")
     return 0

@@ -38,9 +38,10 @@ class Params:
     gate: GateParams
 
     def __post_init__(self) -> None:
-        get_model(self.train.model)  # raises ValueError listing the known models
-        for name in self.quantize.methods + self.gate.methods:
-            get_method(name)  # raises ValueError suggesting the closest known name
+        known(get_model, self.train.model, "train.model")
+        for key in ("quantize", "gate"):
+            for name in getattr(self, key).methods:
+                known(get_method, name, f"{key}.methods")
         for name in self.quantize.methods:
             models = get_method(name).models
             if models is not None and self.train.model not in models:
@@ -74,6 +75,15 @@ class Params:
             self.benchmark.check_batches(dataset.test_images, dataset.name)
 
 
+def known(lookup, name: str, key: str) -> None:
+    """A name the registry knows; otherwise its refusal (which lists the known names) as a ParamsError naming the key,
+    so that a workload's refusal names that workload's params file."""
+    try:
+        lookup(name)
+    except ValueError as exc:
+        raise ParamsError(f"params.yaml: {key}: {exc}") from exc
+
+
 def load_all(path: str | Path = "params.yaml") -> Params:
     """Load and validate every section of params.yaml, and the rules between them."""
     with naming(path):
@@ -88,3 +98,25 @@ def check_pipeline(p: Params) -> None:
     """Rules dvc.yaml adds to a valid file: a stage that reads one method's artifacts needs that method."""
     if npu.METHOD not in p.quantize.methods:
         raise ParamsError(f"params.yaml: quantize.methods must list {npu.METHOD}: the npu stage estimates Ethos-U figures from its .tflite")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edgequant.validate params.yaml workloads/*/params.yaml`: what `make repro` runs before DVC,
+    which reads the files itself first (a scalar `quantize.methods` reads there as an error in dvc.yaml)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Check params files as the validate stage does, before DVC reads them.")
+    parser.add_argument("files", nargs="+")
+    for path in parser.parse_args(argv).files:
+        try:
+            with naming(path):
+                check_pipeline(load_all(path))
+        except ValueError as exc:
+            print(f"validate: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """Workloads beside the reference: a folder with its own params.yaml and a dvc.yaml derived from the reference's.
 
 python -m edgequant.workloads workloads/fashion_mnist-dwsep_cnn   # writes its dvc.yaml from ./dvc.yaml
+(`python -m edgequant.deps` writes the reference's code deps, then every workload's dvc.yaml, in one go.)
 
 Each workload's stages are the reference's, with every output moved under the workload's folder and every
 value read from the workload's params.yaml, so one `dvc repro -P` runs them all, a param changed in one
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,6 +28,10 @@ from edgequant.io import write_text
 SKIPPED = ("probe", "fleet", "bundle")
 SHARED = ("metrics/machine.json",)
 OUTPUT_ROOTS = ("data", "models", "metrics", "plots")
+# A workload is a folder of its own under workloads/: its name reaches every stage's command line and every
+# output path, so it is a plain word (no shell or path syntax), and no pipeline output can contain it (the
+# bundle stage replaced `bundle/w` whole).
+FOLDER = re.compile(r"workloads/[a-z0-9][a-z0-9_-]{0,63}")
 HEADER = (
     "# Written by `python -m edgequant.workloads {folder}` from the reference's dvc.yaml: edit that one and\n"
     "# re-run the command (tests/test_workloads.py fails while this file is stale). Values: {folder}/params.yaml.\n"
@@ -61,7 +68,7 @@ def derive_stage(name: str, stage: dict, folder: str, wdir: str) -> dict:
     body = copy.deepcopy(stage)
     tokens = [move(token, folder) for token in body["cmd"].split()]
     params_file = f"{folder}/params.yaml"
-    body["cmd"] = " ".join([*tokens, "--params", params_file])
+    body["cmd"] = " ".join(shlex.quote(token) for token in [*tokens, "--params", params_file])
     for key in ("deps", "outs", "metrics", "plots"):
         if key in body:
             body[key] = _entries(body[key], folder)
@@ -85,21 +92,36 @@ def derive(reference: dict, folder: str) -> dict:
     return {"stages": stages, "plots": copy.deepcopy(reference.get("plots", []))}
 
 
-def render(reference_path: Path, folder: str) -> str:
-    reference = yaml.safe_load(reference_path.read_text())
-    body = yaml.safe_dump(derive(reference, folder), sort_keys=False, width=200)
+def render(reference: str, folder: str) -> str:
+    """The workload's dvc.yaml, as text, from the reference's dvc.yaml text."""
+    body = yaml.safe_dump(derive(yaml.safe_load(reference), folder), sort_keys=False, width=200)
     return HEADER.format(folder=folder) + body
+
+
+def check_folder(folder: str) -> str:
+    """`folder` as workloads/<name>, refused in one line when it is anything else."""
+    folder = Path(folder).as_posix().rstrip("/")
+    if not FOLDER.fullmatch(folder):
+        raise ValueError(
+            f"{folder!r}: a workload is a folder workloads/<name>, the name of lower-case letters, digits, '_' and '-'"
+            " (it becomes part of every stage's command and output path), e.g. workloads/fashion_mnist-dwsep_cnn"
+        )
+    return folder
+
+
+def workload_folders(root: Path = Path(".")) -> list[str]:
+    """Every workload of the repository at `root`: a folder under workloads/ with a params.yaml."""
+    found = sorted(p.parent.relative_to(root).as_posix() for p in root.glob("workloads/*/params.yaml"))
+    return [check_folder(folder) for folder in found]
 
 
 def write(folder: str, reference_path: Path = Path("dvc.yaml")) -> Path:
     """Write `folder`/dvc.yaml; `folder`/params.yaml must exist (a copy of ./params.yaml to edit)."""
-    folder = Path(folder).as_posix().rstrip("/")
-    if Path(folder).is_absolute() or ".." in Path(folder).parts or folder in ("", "."):
-        raise ValueError(f"{folder!r}: give a folder inside this repository, e.g. workloads/<dataset>-<model>")
+    folder = check_folder(folder)
     if not (Path(folder) / "params.yaml").is_file():
         raise ValueError(f"{folder}/params.yaml does not exist: copy params.yaml there and edit it first")
     out = Path(folder) / "dvc.yaml"
-    write_text(out, render(reference_path, folder))
+    write_text(out, render(reference_path.read_text(), folder))
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from edgequant import stage
 from edgequant.benchmark import machine_info
 from edgequant.data import load_prepared
-from edgequant.io import atomic_path, write_json
+from edgequant.io import atomic_path, require_free_space, write_json
 from edgequant.layers import conv_macs
 from edgequant.model import common_model
 from edgequant.profile import OP_COLUMNS, op_rows
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> str:
+        require_free_space(args.metrics, args.sqnr, args.settings, args.csv, args.layers_csv, args.ops_csv)
         everything = load_all(args.params)
         p, methods = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)

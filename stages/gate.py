@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             return f"{result['failures']} of {len(checks)} checks failed -> {args.out} (gate.enforce is false: recorded, not enforced)"
         if not result["passed"]:
             failed = f"{result['failures']} check(s) failed; see {args.out}."
-            raise stage.StageError(
-                f"{failed} Fix the method, or relax the limit in {args.params} if the trade-off is acceptable.", outputs_kept=True
-            )
+            raise stage.StageError(f"{failed} Fix the method, or relax the limit in {args.params} if the trade-off is acceptable.")
         return f"all {len(checks)} checks passed -> {args.out}"
 
     return stage.run("gate", body)

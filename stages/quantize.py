@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgequant import params, stage
 from edgequant.data import load_prepared, to_input
-from edgequant.io import atomic_dir, write_json
+from edgequant.io import atomic_dir, require_free_space, write_json
 from edgequant.model import load_fp32
 from edgequant.registry import Labelled, get_method, record
 from edgequant.runtime import peak_rss_mib
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> str:
+        params.load(params.QuantizeParams, "quantize", args.params)  # its method names become paths: refused before any write
         train = params.load(params.TrainParams, "train", args.params)
         bench = params.load(params.BenchmarkParams, "benchmark", args.params)
         method = get_method(args.method)
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs = params.load(params.QuantizeParams, "quantize", args.params).qat_epochs
             val = load_prepared(args.val)
             extra["labelled"] = Labelled(calib_set["labels"].long(), to_input(val["images"]), val["labels"].long(), budget, epochs)
+        require_free_space(args.out, args.metrics)
         start = time.perf_counter()
         with atomic_dir(args.out) as tmp:
             exported = method.export(model, calib, sample, tmp, batch_sizes, **extra)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgequant import params, stage
 from edgequant.data import load_prepared
-from edgequant.io import atomic_dir, save_torch, write_json
+from edgequant.io import atomic_dir, require_free_space, save_torch, write_json
 from edgequant.runtime import keep_freed_memory, peak_rss_mib
 from edgequant.train import train
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         p = params.load(params.TrainParams, "train", args.params)
         from dvclive import Live
 
+        require_free_space(args.model, args.metrics, args.live)
         keep_freed_memory()
         train_set = load_prepared(args.train)
         test_set = load_prepared(args.test)

@@ -1,4 +1,4 @@
-"""Stage `validate`: refuse a params.yaml any stage would refuse, before `dvc repro` touches any output."""
+"""Stage `validate`: refuse a params.yaml any stage would refuse, first in a full `dvc repro` (every stage also checks what it reads)."""
 
 import argparse
 import sys

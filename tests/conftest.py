@@ -180,6 +180,14 @@ def is_up_to_date(work: Path, env: dict) -> bool:
     return status == {ALWAYS_RUN: ["always changed"]}
 
 
+def fingerprint(work: Path) -> dict[str, str]:
+    """md5 of every output a failed run must leave as it was: data, prepared splits, models, metrics, plots
+    (all but the validate stage's fixed one-line verdict)."""
+    files = [p for top in ("data", "models", "metrics", "plots") for p in (work / top).rglob("*") if p.is_file()]
+    files = [p for p in files if p.name != "params.valid"]
+    return {p.relative_to(work).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+
+
 def set_params(work: Path, section: str, **values) -> None:
     params = yaml.safe_load((work / "params.yaml").read_text())
     params[section].update(values)

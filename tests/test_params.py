@@ -59,7 +59,7 @@ def test_missing_key_is_named():
         ("optimizer", 3, "expected a string"),
         ("epochs", 0, "epochs must be > 0"),
         ("batch_size", -1, "batch_size must be > 0"),
-        ("threads", 0, "threads must be > 0"),
+        ("threads", 0, r"threads must be in \[1, 1024\]"),
         ("dropout_fc", 1.0, r"dropout_fc must be in \[0, 1\)"),
         ("optimizer", "sgd", "optimizer must be one of"),
     ],
@@ -227,3 +227,85 @@ def test_a_refusal_names_the_params_file_it_read(tmp_path):
         load_all(tmp_path / "w/params.yaml")
     with pytest.raises(ParamsError, match=r"^.*w/params\.yaml: train\.epochs must be > 0"):
         params.load(TrainParams, "train", tmp_path / "w/params.yaml")
+
+
+@pytest.mark.parametrize(("key", "value"), [("model", "dwsep"), ("model", "resnet")])
+def test_an_unknown_model_in_a_workloads_params_names_that_file(tmp_path, key, value):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w/params.yaml").write_text(yaml.safe_dump({**REAL, "train": {**REAL["train"], key: value}}))
+    with pytest.raises(ParamsError, match=rf"^.*w/params\.yaml: train\.model: unknown model '{value}'"):
+        load_all(tmp_path / "w/params.yaml")
+
+
+def test_an_unknown_method_in_a_workloads_params_names_that_file(tmp_path):
+    (tmp_path / "w").mkdir()
+    quantize = {**REAL["quantize"], "methods": [*REAL["quantize"]["methods"], "onnx_qdq_int9"]}
+    (tmp_path / "w/params.yaml").write_text(yaml.safe_dump({**REAL, "quantize": quantize}))
+    with pytest.raises(ParamsError, match=r"^.*w/params\.yaml: quantize\.methods: unknown quantization method 'onnx_qdq_int9'"):
+        load_all(tmp_path / "w/params.yaml")
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)  # 361 bytes that expand to 9**9 values: DVC's `dvc status` held 3 GB of them before it was stopped
+
+
+def test_a_yaml_alias_bomb_is_refused_before_any_value_is_built(tmp_path):
+    import time
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(REAL) + BOMB)
+    start = time.perf_counter()
+    with pytest.raises(ParamsError, match=r"params\.yaml: its YAML aliases expand to 490,329,[0-9]+ values .*remove the anchors"):
+        load_all(path)
+    assert time.perf_counter() - start < 1.0
+    path.write_text(yaml.safe_dump(REAL) + "shared: &s {a: 1}\nagain: *s\n")  # a few aliases are fine, an unknown section is not
+    with pytest.raises(ParamsError, match="unknown section 'shared'"):
+        load_all(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+        ("x: '" + "a" * (2 << 20) + "'\n", "more than a params file needs"),
+    ],
+    ids=["deep", "huge"],
+)
+def test_a_params_file_too_deep_or_too_big_is_refused_in_one_line(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        load_all(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "seed", 2**70, r"train\.seed: expected an integer in \[-2147483648, 2147483647\], got 1180591620717411303424"),
+        ("prepare", "calib_seed", 2**70, r"prepare\.calib_seed: expected an integer in"),
+        ("train", "seed", -1, r"train\.seed must be >= 0"),
+        ("prepare", "calib_seed", -5, r"prepare\.calib_seed must be >= 0"),
+        ("train", "threads", 100_000, r"train\.threads must be in \[1, 1024\]"),
+        ("benchmark", "threads", [1, 5000], r"benchmark\.threads must all be in \[1, 1024\]"),
+        ("benchmark", "latency_runs", 10**9, r"benchmark\.latency_runs must be <= 1000000"),
+        ("benchmark", "min_run_time_s", 1e300, r"benchmark\.min_run_time_s must be in \(0, 600.0\]"),
+        ("quantize", "qat_epochs", 2**40, r"quantize\.qat_epochs: expected an integer in"),
+    ],
+)
+def test_integers_beyond_what_a_stage_can_use_are_refused_naming_the_key(section, key, value, message):
+    cls = SECTIONS[section]
+    with pytest.raises(ParamsError, match=message):
+        parse(cls, {**REAL[section], key: value}, section)
+
+
+def test_the_command_line_check_refuses_a_scalar_method_list_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_params(tmp_path, quantize={**REAL["quantize"], "methods": "fp32"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgequant.validate", str(ROOT / "params.yaml"), str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{path}: quantize.methods: expected a list, got str 'fp32'" in proc.stderr

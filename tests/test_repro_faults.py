@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import TINY, is_up_to_date, set_params, sh, stages_run, stat_fields
+from .conftest import TINY, fingerprint, is_up_to_date, set_params, sh, stages_run, stat_fields
 
 pytestmark = pytest.mark.slow
-
-
-def fingerprint(work: Path) -> dict[str, str]:
-    """md5 of every output a failed run must leave as it was: data, prepared splits, models, metrics, plots
-    (all but the validate stage's own verdict, which a refused params.yaml removes)."""
-    files = [p for top in ("data", "models", "metrics", "plots") for p in (work / top).rglob("*") if p.is_file()]
-    files = [p for p in files if p.name != "params.valid"]
-    return {p.relative_to(work).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
 
 
 def live_members(group: int) -> list[str]:
@@ -55,6 +47,49 @@ def test_a_path_like_method_name_deletes_nothing(clone):
     assert fingerprint(work) == before
 
 
+# A refused value for each stage, in a section that stage reads: `dvc repro -s <stage>` runs it without the
+# validate stage, so the stage's own check is all that stands between the value and its outputs.
+SINGLE_STAGE_REFUSALS = [
+    ("validate", "train", {"epochs": 0}, "train.epochs must be > 0"),
+    ("download", "download", {"dataset": "kmnist"}, "download.dataset 'kmnist' is not known"),
+    ("prepare", "prepare", {"calib_seed": -1}, "prepare.calib_seed must be >= 0"),
+    ("train", "train", {"seed": 2**70}, "train.seed: expected an integer in"),
+    ("quantize", "quantize", {"methods": [*TINY["quantize"]["methods"], "../../victim"]}, "'../../victim' is not a method name"),
+    ("benchmark", "benchmark", {"threads": [0]}, "benchmark.threads must all be in [1, 1024]"),
+    ("gate", "gate", {"max_size_ratio": 2.0}, "gate.max_size_ratio must be in (0, 1]"),
+    ("npu", "benchmark", {"latency_batch": 0}, "benchmark.latency_batch must be > 0"),
+    ("bundle", "benchmark", {"throughput_batch": -1}, "benchmark.throughput_batch must be > 0"),
+    ("fleet", "gate", {"min_speedup": 0}, "gate.min_speedup must be > 0"),
+    ("plot", "download", {"dataset": "kmnist"}, "download.dataset 'kmnist' is not known"),
+]
+
+
+def tracked(work: Path, env: dict) -> dict[str, str]:
+    """md5 of every file git tracks (the committed metrics and plots among them), params.yaml aside."""
+    files = sh(["git", "ls-files"], work, env).split()
+    return {f: hashlib.md5((work / f).read_bytes()).hexdigest() for f in files if f != "params.yaml" and (work / f).is_file()}
+
+
+def test_dvc_repro_single_stage_with_a_refused_param_loses_nothing(clone):
+    work, env = clone
+    (work / "victim").mkdir()
+    (work / "victim" / "keep.txt").write_text("tracked by git")
+    sh(["git", "add", "victim"], work, env)
+    sh(["git", "commit", "-qm", "a folder a method name must not reach"], work, env)
+    before, committed, original = fingerprint(work), tracked(work, env), (work / "params.yaml").read_text()
+    for stage, section, values, message in SINGLE_STAGE_REFUSALS:
+        set_params(work, section, **values)
+        out = repro_fails(work, env, "-s", stage)
+        assert message in out, f"{stage}: {out}"
+        assert fingerprint(work) == before, stage  # data, splits, models and the git-kept metrics all stay
+        assert tracked(work, env) == committed, stage
+        (work / "params.yaml").write_text(original)
+    assert is_up_to_date(work, env)
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "benchmark.threads=[0]"], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "benchmark.threads must all be in [1, 1024]" in proc.stdout + proc.stderr
+    assert fingerprint(work) == before and tracked(work, env) == committed
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -78,16 +113,14 @@ def test_a_refused_param_keeps_every_earlier_output(clone, edit, message):
     assert fingerprint(work) == before  # models, data, prepared splits and the git-kept metrics all stay
 
 
-def test_a_failed_mirror_says_how_to_restore_what_dvc_removed(clone, tmp_path):
+def test_a_failed_mirror_under_dvc_repro_keeps_the_earlier_data(clone, tmp_path):
     work, env = clone
+    before = fingerprint(work)
     empty = tmp_path / "empty-mirror"
     empty.mkdir()
     out = repro_fails(work, dict(env, MNIST_MIRROR=str(empty)), "-f", "download")
     assert "could not get a verified train-images-idx3-ubyte.gz" in out
-    assert "`dvc checkout download` restores the cached ones" in out, out
-    assert not (work / "data/raw").exists()  # DVC removed it before the stage ran
-    sh(["dvc", "checkout", "download"], work, env)
-    assert len(list((work / "data/raw").iterdir())) == 4 and is_up_to_date(work, env)
+    assert fingerprint(work) == before and is_up_to_date(work, env)  # data/raw persists: DVC removed nothing
 
 
 def test_a_killed_stages_temporary_is_invisible_to_dvc_and_git(clone):
@@ -128,6 +161,7 @@ def test_compare_refuses_an_out_that_is_a_pipeline_output(clone, out):
 
 def test_killing_only_dvc_stops_the_stage_it_started(clone):
     work, env = clone
+    before = fingerprint(work)
     set_params(work, "train", epochs=2000)  # long enough to outlive dvc by minutes if nothing stopped it
     # DVC runs the cmd through $SHELL, or /bin/sh where it is unset (as under CI runners): Debian's dash then
     # stays between DVC and the stage, so the stage's own parent outlives DVC
@@ -147,5 +181,5 @@ def test_killing_only_dvc_stops_the_stage_it_started(clone):
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"the train stage kept running 30 s after dvc died: {running}")
         time.sleep(0.2)
-    assert not (work / "models/fp32.pt").exists() and not (work / "metrics/train_live").exists()
+    assert fingerprint(work) == before  # it wrote nothing after dvc died: the earlier outputs persist whole
     assert not list((work / "metrics").glob(".*.tmp"))  # it unwound through its atomic writers

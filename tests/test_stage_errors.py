@@ -121,11 +121,26 @@ def test_full_disk_or_read_only_checkout(workdir, capsys, monkeypatch, code):
     assert f"gate: cannot access g.json: {os.strerror(code)} (free disk space or make the checkout writable, then re-run)" in err
 
 
-def test_under_dvc_repro_the_error_says_how_to_restore_earlier_outputs(workdir, capsys, monkeypatch):
-    monkeypatch.setenv("DVC_STAGE", "train")
-    args = ["--train", "truncated.pt", "--test", "good.pt", "--model", "m.pt", "--metrics", "t.json", "--live", "live"]
-    assert train.main(args) == 1
-    assert "`dvc checkout train` restores the cached ones, `git checkout -- <file>` those kept in git" in one_line(capsys, "train")
+def test_a_write_that_runs_out_of_space_names_the_output(workdir, capsys, monkeypatch):
+    (workdir / "b.json").write_text(json.dumps({"peak": {"threads_1": {}}, "methods": {}}))
+
+    def full(self, *args, **kwargs):  # what a real full disk raises from write(): ENOSPC with no file name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("pathlib.Path.write_text", full)
+    assert gate.main(["--metrics", "b.json", "--out", "g.json"]) == 1
+    assert f"gate: cannot access g.json: {os.strerror(errno.ENOSPC)}" in one_line(capsys, "gate")
+    assert not list(workdir.glob(".g.json.*"))  # the temporary is gone
+
+
+def test_a_benchmark_refuses_a_full_disk_before_measuring(workdir, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, (1 << 40) - (1 << 20), 1 << 20))
+    monkeypatch.setattr("stages.benchmark.measure_all", lambda *a, **k: pytest.fail("measured on a full disk"))
+    args = ["--artifacts", "none", "--test", "good.pt", "--machine", "m.json", "--metrics", "b.json", "--sqnr", "s.json"]
+    assert benchmark.main([*args, "--csv", "b.csv", "--layers-csv", "l.csv", "--ops-csv", "o.csv", "--settings", "t.json"]) == 1
+    assert "benchmark: cannot access b.json: 1 MiB free, 64 MiB needed before starting" in one_line(capsys, "benchmark")
 
 
 def test_training_that_diverges_stops_at_the_first_non_finite_loss():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .conftest import ROOT, TINY, is_up_to_date, set_params, sh, stages_run
+from .conftest import ROOT, TINY, fingerprint, is_up_to_date, set_params, sh, stages_run
 
 pytestmark = pytest.mark.slow
 VEGA_DIR = Path(os.environ.get("EDGEQUANT_VEGA_DIR", ROOT / ".cache" / "vega"))
@@ -141,6 +141,7 @@ def test_experiments_single_and_queued_sweep(clone):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_dvc_repro_killed_mid_stage_then_completes(clone, sig):
     work, env = clone
+    before = fingerprint(work)
     set_params(work, "train", epochs=2000)  # long enough to be killed in the middle
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, start_new_session=True, **quiet)
@@ -150,7 +151,7 @@ def test_dvc_repro_killed_mid_stage_then_completes(clone, sig):
         time.sleep(0.1)
     os.killpg(proc.pid, sig)  # like Ctrl-C in a terminal (the whole process group), or a hard kill
     proc.wait(timeout=60)
-    assert not (work / "metrics/train_live").exists() and not (work / "models/fp32.pt").exists()
+    assert fingerprint(work) == before  # outputs persist: the earlier run's stay whole, nothing half-written replaces them
 
     set_params(work, "train", epochs=TINY["train"]["epochs"])
     out = sh(["dvc", "repro"], work, env)

@@ -55,12 +55,22 @@ def test_each_workloads_dvc_yaml_is_the_one_derived_from_the_reference():
     assert folders
     for folder in folders:
         name = folder.relative_to(ROOT).as_posix()
-        assert (folder / "dvc.yaml").read_text() == render(ROOT / "dvc.yaml", name), f"stale: python -m edgequant.workloads {name}"
+        assert (folder / "dvc.yaml").read_text() == render((ROOT / "dvc.yaml").read_text(), name), (
+            f"stale: python -m edgequant.workloads {name}"
+        )
 
 
 @pytest.mark.parametrize(
     ("folder", "message"),
-    [("../elsewhere", "give a folder inside this repository"), ("workloads/none", "workloads/none/params.yaml does not exist")],
+    [
+        ("../elsewhere", "a workload is a folder workloads/<name>"),
+        ("workloads/none", "workloads/none/params.yaml does not exist"),
+        ("workloads/x;touch PWNED;", "a workload is a folder workloads/<name>"),  # the name reaches every stage's shell command
+        ("workloads/two words", "a workload is a folder workloads/<name>"),
+        ("bundle/w", "a workload is a folder workloads/<name>"),  # inside a pipeline output, which its stage replaces whole
+        ("workloads/a/b", "a workload is a folder workloads/<name>"),
+        ("/abs/workloads/w", "a workload is a folder workloads/<name>"),
+    ],
 )
 def test_writing_a_workload_refuses_a_folder_it_cannot_use(tmp_path, monkeypatch, folder, message):
     monkeypatch.chdir(tmp_path)
@@ -141,3 +151,12 @@ def test_a_significant_drop_is_bold_and_kept_layers_are_listed():
         and "`conv1`, `blocks.0.0` (+0.05 pp) | misses accuracy, size |" in table
     )
     assert "| 0.28 | 0.30 | 2.00× | – | pass |" in table
+
+
+def test_every_path_in_a_derived_command_is_a_plain_shell_word():
+    import shlex
+
+    for name, stage in derive(REFERENCE, "workloads/w")["stages"].items():
+        cmd = stage.get("do", stage)["cmd"]
+        assert shlex.join(shlex.split(cmd)) == cmd, name  # quoting changes nothing: no token needs it
+        assert "workloads/w/params.yaml" in shlex.split(cmd), name

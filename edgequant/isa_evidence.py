@@ -11,9 +11,8 @@ asks the runtimes, so it imports them and runs in the benchmark stage (a process
   path is MLAS's dispatch rule (mlas/lib/platform.cpp), checked against the fingerprint and, on an AMX CPU,
   against the tile-data permission that MLAS asks Linux for only when it selects its AMX kernel.
 
-The fingerprint: u8 255 times s8 127, summed over K. VPMADDUBSW adds each pair of products into a saturating
-int16 (2 * 255 * 127 = 64,770 > 32,767), so a pair kernel returns K/2 * 32,767; VNNI, AMX, sdot and smmla
-accumulate in int32 and return the exact K * 32,385.
+Each kernel's result on inputs that make int16 pair sums saturate (the fingerprint) is read with the kernel names
+by edgequant/kernel_names.py.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import warnings
@@ -34,33 +32,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edgequant.machine import INT8_PATHS, PAIR_PATHS, fbgemm_path, mlas_path, onednn_isa, onednn_path, read_cpuinfo
+from edgequant.kernel_names import (
+    EXACT,
+    QUANT_STEPS,
+    SATURATED,
+    K,
+    checked,
+    fingerprint,
+    isa_line_path,
+    kernel_name_path,
+    onednn_int8_primitives,
+    onednn_isa_line,
+)
+from edgequant.machine import INT8_PATHS, fbgemm_path, mlas_path, onednn_isa, onednn_path, read_cpuinfo
 
-K = 64  # the fingerprint's reduction length: even, so pairs never straddle a block edge
-EXACT = K * 255 * 127  # 2,072,640
-SATURATED = K // 2 * 32767  # 1,048,544
-QUANT_STEPS = 200  # a quantized output's scale puts EXACT at this step; the saturated sum lands near 101
-MATCH_TOLERANCE = 0.01  # relative: one output step of QUANT_STEPS is 0.5 %
 XFEATURE_XTILEDATA = 1 << 18  # Linux's AMX tile-data state component
 ARCH_GET_XCOMP_PERM, SYS_ARCH_PRCTL = 0x1022, 158  # x86-64
-
-
-def fingerprint(value: float, exact: float = EXACT, saturated: float = SATURATED) -> str:
-    """'exact' (int32 accumulation), 'saturated' (int16 pair sums clipped), or the value itself."""
-    if abs(value - exact) <= MATCH_TOLERANCE * abs(exact):
-        return "exact"
-    if abs(value - saturated) <= MATCH_TOLERANCE * abs(saturated):
-        return "saturated"
-    return f"{value:g} (exact {exact:g})"
-
-
-def checked(path: str | None, seen: str, how: str) -> dict:
-    """A kernel's path where the fingerprint agrees with it; None, saying why, where it does not."""
-    agrees = seen == ("saturated" if path in PAIR_PATHS else "exact")
-    evidence = f"{how}; fingerprint: {seen}"
-    if path is None or not agrees:
-        return {"path": None, "evidence": evidence + (" - disagrees with the rule" if path else "")}
-    return {"path": path, "evidence": evidence}
 
 
 # --- oneDNN (torch) -------------------------------------------------------------------------------------------
@@ -92,59 +79,6 @@ def onednn_verbose(call: Callable[[], object]) -> list[str]:
     with stdout_lines() as lines, torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
         call()
     return [line for line in lines if line.startswith("onednn_verbose")]
-
-
-def onednn_isa_line(lines: list[str]) -> str | None:
-    """oneDNN's ISA line, e.g. 'Intel AVX2' (printed once per process, with its first verbose output)."""
-    return next((line.split("isa:", 1)[1] for line in lines if ",isa:" in line), None)
-
-
-def onednn_int8_primitives(lines: list[str]) -> list[str]:
-    """The implementations of the INT8 compute primitives that ran, e.g. 'convolution brg_conv_fwd:avx512_core_amx'."""
-    found = []
-    for line in lines:
-        parts = line.split(",")
-        if "exec" not in parts:
-            continue
-        i = parts.index("exec")
-        kind, impl, descriptors = parts[i + 2], parts[i + 3], parts[i + 5] if len(parts) > i + 5 else ""
-        if kind in ("convolution", "matmul", "inner_product") and re.search(r"src:[us]8", descriptors):
-            found.append(f"{kind} {impl}")
-    return list(dict.fromkeys(found))
-
-
-def isa_line_path(text: str) -> str | None:
-    """The INT8 path oneDNN's ISA line allows: e.g. '... Intel AMX with bfloat16 and 8-bit integer support' is AMX."""
-    t = text.lower()
-    if "amx" in t and "8-bit" in t:
-        return "amx"
-    wide = "avx-512" in t or "avx512" in t or "avx10" in t
-    if "dl boost" in t or "vnni" in t:
-        return "avx512_vnni" if wide else "avx_vnni"
-    if wide:
-        return "avx512_pairs"
-    return "avx2_pairs" if "avx2" in t else "sse_pairs" if "sse4" in t or "avx" in t else None
-
-
-def kernel_name_path(name: str, widest: str | None) -> str | None:
-    """The INT8 path of a oneDNN or OpenVINO implementation name. Names give the vector width, not always VNNI:
-    oneDNN's avx512_core and avx2 INT8 kernels use vpdpbusd wherever the ISA it runs at (`widest`) has it."""
-    n = name.lower()
-    if "amx" in n:
-        return "amx"
-    if re.search(r"avx512_core_(vnni|bf16|fp16)|avx10", n):
-        return "avx512_vnni"
-    if "avx2_vnni" in n:
-        return "avx_vnni"
-    if "avx512" in n:
-        return "avx512_vnni" if widest in ("avx512_vnni", "amx") else "avx512_pairs"
-    if "avx2" in n:
-        return "avx_vnni" if widest in ("avx_vnni", "avx512_vnni", "amx") else "avx2_pairs"
-    if "sse4" in n:
-        return "sse_pairs"
-    if re.search(r"\bref\b|^ref|:ref", n):
-        return "no_dot"
-    return widest  # e.g. gemm:jit names no ISA: it runs at oneDNN's widest
 
 
 # --- torch ----------------------------------------------------------------------------------------------------
@@ -268,8 +202,14 @@ def onnxruntime_int8(flags: set[str]) -> dict:
     before = xtile_granted()
     session = ort_matmul_integer(np.full((K, 8), 127, np.int8), 4)
     seen = fingerprint(float(session.run(None, {"a": np.full((4, K), 255, np.uint8)})[0][0, 0]))
-    after = xtile_granted()
-    rule, how = mlas_path(flags), f"MLAS's dispatch rule (platform.cpp) gives {mlas_path(flags)}"
+    kernel = mlas_kernel(flags, seen, before, xtile_granted())
+    return summary("MatMulInteger (MLAS U8S8 GEMM)", {"MatMulInteger (MLAS U8S8 GEMM)": kernel})
+
+
+def mlas_kernel(flags: set[str], seen: str, before: bool | None, after: bool | None) -> dict:
+    """MLAS's path: its rule for the flags, where Linux granted AMX tile data (AMX needs it), checked by the fingerprint."""
+    rule = mlas_path(flags)
+    how = f"MLAS's dispatch rule (platform.cpp) gives {rule}"
     if rule == "amx":
         if after is False:  # MlasInitAMX failed: MLAS keeps its AVX-512 VNNI kernel
             rule, how = "avx512_vnni", how + ", but Linux did not grant AMX tile data: its AVX-512 VNNI kernel"
@@ -277,8 +217,7 @@ def onnxruntime_int8(flags: set[str]) -> dict:
             how += "; Linux granted AMX tile data while ONNX Runtime started (MLAS asks only when it selects AMX)"
         elif after:
             how += "; AMX tile data was granted before ONNX Runtime started: not attributable"
-    kernel = {"library": "MLAS", "xtile_granted_before": before, "xtile_granted_after": after, **checked(rule, seen, how)}
-    return summary("MatMulInteger (MLAS U8S8 GEMM)", {"MatMulInteger (MLAS U8S8 GEMM)": kernel})
+    return {"library": "MLAS", "xtile_granted_before": before, "xtile_granted_after": after, **checked(rule, seen, how)}
 
 
 # --- OpenVINO -------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from edgequant.benchmark import machine_info
+from edgequant.isa_evidence import mlas_kernel
+from edgequant.kernel_names import isa_line_path, kernel_name_path, onednn_int8_primitives
 from edgequant.machine import CAPS, INT8_PATHS, MAX_NAME_CHARS, mlas_path, name_of, probe, read_cpuinfo, slug, torch_capability
 from edgequant.roofline import ENGINES, measure_peak
 
@@ -216,6 +218,66 @@ def test_probe_agrees_with_what_torch_reports(cap, subprocess_env):
         subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     )
     assert ours == torchs
+
+
+AMX_ISA_LINE = "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 and 8-bit integer support"
+
+
+@pytest.mark.parametrize(
+    ("line", "path"),
+    [
+        (AMX_ISA_LINE, "amx"),
+        ("Intel AVX-512 with Intel DL Boost and bfloat16 support", "avx512_vnni"),
+        ("Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions", "avx512_pairs"),
+        ("Intel AVX2 with Intel DL Boost", "avx_vnni"),
+        ("Intel AVX2", "avx2_pairs"),
+        ("Intel SSE4.1", "sse_pairs"),
+    ],
+)
+def test_onednns_isa_line_names_the_int8_path(line, path):
+    assert isa_line_path(line) == path
+
+
+@pytest.mark.parametrize(
+    ("name", "widest", "path"),
+    [
+        ("brg_conv_fwd:avx512_core_amx", "amx", "amx"),  # torch on the AMX Xeon
+        ("brgconv_avx512_amx_I8", "amx", "amx"),  # OpenVINO there
+        ("brgconv_avx512_I8", "amx", "avx512_vnni"),  # oneDNN's avx512 INT8 kernels use vpdpbusd where it may
+        ("jit_avx512_I8", "avx512_pairs", "avx512_pairs"),
+        ("jit_int8:avx512_core_vnni", "avx512_vnni", "avx512_vnni"),
+        ("brg_conv_fwd:avx2_vnni", "avx_vnni", "avx_vnni"),
+        ("jit_uni_int8_1x1:avx2", "avx2_pairs", "avx2_pairs"),
+        ("jit_avx2_I8", "avx2_pairs", "avx2_pairs"),
+        ("jit_sse42_I8", "sse_pairs", "sse_pairs"),
+        ("ref_any_I8", "avx2_pairs", "no_dot"),
+        ("gemm:jit", "avx2_pairs", "avx2_pairs"),  # names no ISA: oneDNN's widest
+    ],
+)
+def test_kernel_names_give_their_int8_path(name, widest, path):
+    assert kernel_name_path(name, widest) == path
+
+
+def test_only_int8_compute_primitives_are_read_from_onednns_verbose_lines():
+    lines = [
+        "onednn_verbose,v1,info,cpu,isa:" + AMX_ISA_LINE,
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:s8::blocked:abcd::f0 dst:s8::blocked:Acdb64a::f0,,,64x64x1x1,0.01",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx,forward_inference,src:u8::blocked:acdb::f0"
+        " wei:s8:a:blocked:AcdB64a4b::f0 dst:u8::blocked:acdb::f0,attr-scales:dst:0:f32,alg:convolution_direct,mb1_ic64oc64,0.02",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,src:f32:a:blocked:aBcd8b::f0 wei:f32,,,mb8,32.9",
+        "onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_amx,undef,src:s8::blocked:ab::f0 wei:s8,,,8x64:64x8,0.01",
+    ]
+    assert onednn_int8_primitives(lines) == ["convolution brg_conv_fwd:avx512_core_amx", "matmul brg_matmul:avx512_core_amx"]
+
+
+def test_mlas_runs_amx_only_where_linux_grants_tile_data():
+    amx = set(read_cpuinfo(sample("intel-xeon-amx"))["flags"].split())
+    granted = mlas_kernel(amx, "exact", before=False, after=True)
+    assert granted["path"] == "amx" and "granted AMX tile data while ONNX Runtime started" in granted["evidence"]
+    assert mlas_kernel(amx, "exact", before=False, after=False)["path"] == "avx512_vnni"  # MlasInitAMX failed
+    assert mlas_kernel(amx, "saturated", before=False, after=True)["path"] is None  # the fingerprint disagrees: no claim
+    avx2 = set(read_cpuinfo(sample("amd-epyc-zen3-avx2"))["flags"].split())
+    assert mlas_kernel(avx2, "saturated", before=False, after=False)["path"] == "avx2_pairs"
 
 
 def evidence(env: dict[str, str]) -> dict:

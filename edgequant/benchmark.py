@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,10 +21,11 @@ from edgequant.model import NUM_CLASSES
 from edgequant.profile import profile_torch
 from edgequant.registry import get_method
 from edgequant.runtime import keep_freed_memory, minor_faults, peak_rss_mib
-from edgequant.stage import watch_parent
+from edgequant.stage import StageError, watch_parent
 from edgequant.types import Runner
 
 LOGIT_IMAGES = 512  # test images whose logits come back for the SQNR of each method against FP32
+EVIDENCE_TIMEOUT_S = 300  # importing torch, ONNX Runtime and OpenVINO and running a few tiny kernels: ~10 s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +64,30 @@ class MethodRequest:
 
 
 def machine_info(probed: dict) -> dict[str, object]:
-    """The probe stage's machine record, with what the runtimes report about themselves in this process."""
+    """The probe stage's machine record, with what the runtimes report about themselves: torch's capability and
+    quantized engine in this process, and each runtime's INT8 path with its evidence (edgequant/isa_evidence.py).
+    The evidence is collected in a process of its own: it switches torch's quantized engine, and on an AMX CPU
+    whether ONNX Runtime asks Linux for tile data must be seen before any other library asks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8_path.json"
+        command = [sys.executable, "-m", "edgequant.isa_evidence", "--out", str(out)]
+        try:
+            done = subprocess.run(
+                command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=EVIDENCE_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise StageError(
+                f"collecting the runtimes' INT8 evidence (python -m edgequant.isa_evidence) took over {EVIDENCE_TIMEOUT_S} s"
+            ) from exc
+        if done.returncode != 0:
+            raise StageError(f"collecting the runtimes' INT8 evidence failed (exit code {done.returncode}):\n{done.stderr[-3000:]}")
+        int8_path = json.loads(out.read_text())
     return {
         **probed,
         "reported": {
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "quantized_engine": torch.backends.quantized.engine,
+            "int8_path": int8_path,
         },
     }
 

@@ -3,11 +3,15 @@
 One engine is not enough. `torch._int_mm` has no fast path without VNNI (0.5 GMAC/s on an AVX2 EPYC,
 where ONNX Runtime's INT8 convolutions ran at 66), and `torch.mm` is slower than the FP32 convolutions
 of XNNPACK and ONNX Runtime on the same core. Each engine multiplies two n×n matrices; the peak is the
-fastest, and the record says which engine set it.
+fastest, and the record says which engine set it, the INT8 path each INT8 engine took on this CPU (AMX tiles,
+AVX-512 VNNI, AVX2 pairs...: edgequant/isa_evidence.py) and the ceiling of the widest path the CPU has: its MACs
+per cycle per core times the probe's clock times the threads, so a reader sees how far the best engine is from the
+hardware.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -15,7 +19,16 @@ import numpy as np
 import torch
 from torch.utils import benchmark as tbench
 
+from edgequant import isa_evidence
+from edgequant.machine import probe
+
 GemmFactory = Callable[[int, int], Callable[[], object]]  # (n, threads) -> a call that multiplies n×n by n×n
+# The kernel of isa_evidence whose path and evidence each INT8 engine's are.
+ENGINE_KERNELS = {
+    "torch._int_mm": "_int_mm",
+    "torch x86 quantized linear": "quantized linear (x86 engine)",
+    "onnxruntime MatMulInteger": "MatMulInteger (MLAS U8S8 GEMM)",
+}
 
 
 def torch_mm(n: int, threads: int):
@@ -97,17 +110,31 @@ def gmacs(call: Callable[[], object], n: int, threads: int, min_run_time_s: floa
 
 
 def measure_peak(threads: int, n: int, min_run_time_s: float) -> dict:
-    """GMAC/s of every engine at each precision, and the best per precision with the engine that set it."""
+    """GMAC/s of every engine at each precision, and the best per precision with the engine that set it; for INT8,
+    each engine's path with its evidence, and the ceiling of the CPU's widest INT8 path at `threads` cores."""
     torch.manual_seed(0)
     torch.set_num_threads(threads)
+    flags, machine = isa_evidence.cpu_flags(), probe()
+    kernels = isa_evidence.onnxruntime_int8(flags)["kernels"]  # first: before any ONNX Runtime session of this process
     result: dict = {}
+    calls = {}
     for precision, engines in ENGINES.items():
         measured = {}
         for name, factory in engines.items():
             call = factory(n, threads)
             if call is not None:
                 measured[name] = gmacs(call, n, threads, min_run_time_s)
+                calls[name] = call
         best = max(measured, key=measured.get)
         result[f"{precision}_gmacs"], result[f"{precision}_engine"] = measured[best], best
         result[f"{precision}_engines_gmacs"] = measured
+    torch_calls = {ENGINE_KERNELS[name]: calls[name] for name in ENGINES["int8"] if name in calls and name.startswith("torch")}
+    kernels.update(isa_evidence.torch_int8(flags, os.environ, torch_calls)["kernels"])
+    engines = {name: kernels[ENGINE_KERNELS[name]] for name in result["int8_engines_gmacs"]}
+    result["int8_engines_path"] = {name: kernel["path"] for name, kernel in engines.items()}
+    result["int8_engines_evidence"] = {name: kernel["evidence"] for name, kernel in engines.items()}
+    result["int8_engine_path"] = result["int8_engines_path"][result["int8_engine"]]
+    ceiling = machine["isa"]["int8_ceiling"]
+    result["int8_ceiling_path"], result["clock_mhz"] = ceiling["path"], machine["clock"]["mhz"]
+    result["int8_ceiling_gmacs"] = ceiling["gmacs_per_core"] * threads if ceiling["gmacs_per_core"] else None
     return result

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> str:
         record = probe()
         write_text(args.out, json.dumps(record, indent=2) + "\n")
-        return f"{record['name']} -> {args.out}"
+        clock, isa = record["clock"], record["isa"]
+        at = f"{clock['mhz']} MHz from {clock['source']}" if clock["mhz"] else "clock unknown"
+        return f"{record['name']} (INT8 path {isa['int8_path']}, {at}) -> {args.out}"
 
     return stage.run("probe", body)
 

@@ -154,9 +154,9 @@ def machine_name(machine: object, where: str) -> str:
                 raise RecordError(f"{where}: {field('machine', 'flags', flag)} must be true or false, got {shown(on)}")
         text(machine.get("arch"), where, "machine", "arch")
         isa = table(machine.get("isa"), where, "machine", "isa")
-        for key, value in isa.items():
-            if value is not None:
-                text(value, where, "machine", "isa", key)
+        for key in ("torch_cpu_capability", "onednn"):  # what the name of a capped machine is made of
+            if isa.get(key) is not None:
+                text(isa[key], where, "machine", "isa", key)
         for key, value in table(machine.get("caps"), where, "machine", "caps").items():
             if value is not None:
                 text(value, where, "machine", "caps", key)

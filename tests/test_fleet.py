@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from edgequant import fleet
-from edgequant.machine import FLAGS, int8_dot, slug
+from edgequant.machine import FLAGS, int8_dot, probe, slug
 from edgequant.params import GateParams
 from stages import fleet as fleet_stage
 
@@ -117,6 +117,12 @@ def test_a_folder_left_out_is_named_as_plain_text():
     row = fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
     text = fleet.markdown([row], skipped=["machines/z: bad | record\n## heading <!-- x -->"])
     assert text.splitlines()[-1] == r"Not shown: machines/z: bad \| record ## heading &lt;!-- x --&gt;"
+
+
+@pytest.mark.parametrize("caps", [{}, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}])
+def test_the_probes_own_record_is_read_and_named_as_the_probe_names_it(caps):
+    record = probe(env=caps)
+    assert fleet.machine_name(record) == record["name"]
 
 
 def test_save_puts_a_run_under_its_machine_name(tmp_path):

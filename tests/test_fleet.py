@@ -266,9 +266,12 @@ def test_the_fleet_stage_names_a_bad_folder_and_shows_every_other(tmp_path, caps
     broken = json.loads((machines / "bad/benchmark.json").read_text())
     del broken["peak"]  # as a hand edit or an import made before records were checked leaves it
     (machines / "bad/benchmark.json").write_text(json.dumps(broken))
+    (machines / "elsewhere").symlink_to(machines / "amd-epyc-avx512-vnni")  # a link may lead anywhere: not followed
+    shutil.copytree(machines / "amd-epyc-avx512-vnni", machines / "Copy of it")
     rc, md = run_stage(tmp_path, metrics(AVX2, 3200, 5400), machines)
     err = capsys.readouterr().err
     assert rc == 0 and md.count("\n| `") == 2 and "| `amd-epyc-avx512-vnni` |" in md and "| `amd-epyc-avx2` |" in md
+    assert f"Not shown: {machines}/elsewhere: a symlink" in md and f"Not shown: {machines}/Copy of it: not a machine's name" in md
     assert f"Not shown: {machines}/bad/benchmark.json: peak must be a JSON object" in md
     assert f"fleet: not shown: {machines}/bad/benchmark.json: peak must be a JSON object" in err
 

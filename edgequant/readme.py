@@ -193,13 +193,14 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
     from edgequant.fleet import machine_name
 
     p, g, batch = params["train"], params["gate"], params["benchmark"]["throughput_batch"]
+    machine = metrics["machine"].get("name") or machine_name(metrics["machine"])  # this checkout's own probe named it
     epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] > 1)}"
     lines += [
         "",
         f"{code(params['download']['dataset'])} × {code(p['model'])}, {epochs} ({escape(p['optimizer'])}, lr {escape(p['lr'])}):"
         f" FP32 {fp32['accuracy_pct']:.2f} %; {escape(params['prepare']['calib_size'])} training images calibrate."
         " A difference in bold is significant (McNemar's exact test on the flipped test images: p < 0.05); a negative drop is a gain."
-        f" Speed: batch {escape(batch)}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on {code(machine_name(metrics['machine']))}."
+        f" Speed: batch {escape(batch)}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on {code(machine)}."
         f" Gate: `gate.methods` against {escape(g['max_accuracy_drop_pp'])} pp, speed-up ≥ {escape(g['min_speedup'])},"
         f" size ≤ {escape(g['max_size_ratio'])}"
         f" ({'enforced' if g['enforce'] else 'recorded, not enforced'})."

@@ -51,8 +51,7 @@ lint: setup
 # (`dvc exp push origin <name>` shares it; a teammate's `dvc exp pull origin <name>` brings it back).
 machine: setup runtimes
 	dvc repro  # the reference pipeline: the fleet compares machines on it
-	@name=$$(python -m edgequant.fleet metrics/benchmark.json metrics/gate.json metrics/sqnr.json plots/benchmark.csv \
-		plots/ops.csv --machine metrics/machine.json --out machines) && dvc repro fleet && \
+	@name=$$(python -m edgequant.fleet save --out machines) && dvc repro fleet && \
 	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \
 	echo "saved machines/$$name and experiment $$name; share: git add machines/$$name, or dvc exp push origin $$name"
 
@@ -60,7 +59,8 @@ machine: setup runtimes
 A ?= main
 B ?= workspace
 compare: setup
-	python -m edgequant.compare $(A) $(B) --out reports/$(subst /,_,$(A))_vs_$(subst /,_,$(B)) \
+	python -m edgequant.compare '$(subst ','\'',$(A))' '$(subst ','\'',$(B))' \
+		--out 'reports/$(subst ','\'',$(subst /,_,$(A))_vs_$(subst /,_,$(B)))' \
 		$(if $(wildcard $(VEGA_DIR)/vega-embed.min.js),--vega-dir $(VEGA_DIR),)
 
 # The versions `dvc plots` HTML loads from a CDN, fetched once from the npm registry (checksums pinned),

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 
 from edgequant.io import atomic_dir
+from edgequant.md import code, escape
 
 # Per method, the figures a reviewer decides on; the full list follows in a collapsed section.
 HEADLINE = ("accuracy_pct", "accuracy_drop_pp", "size_bytes", "threads_1.latency_ms_p50", "threads_1.throughput_ips")
@@ -40,13 +43,18 @@ def dvc_json(*args: str) -> dict:
 
 
 def fmt(value: object) -> str:
+    """A cell: numbers rounded, anything else (a param's value from another revision) escaped for Markdown."""
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return "—" if value is None else str(value)
+    return "—" if value is None else value if isinstance(value, Cell) else escape(value)
+
+
+class Cell(str):
+    """Markdown made here (a code span of an escaped name), written into a table as it is."""
 
 
 def table(head: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(escape(h) for h in head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -76,7 +84,7 @@ def headline_rows(metrics: dict[str, dict]) -> list[list[object]]:
             method, metric = match.groups()
             # A workload's metrics file is workloads/<name>/metrics/...: its rows say which workload they are of.
             workload = re.match(r"workloads/([^/]+)/", key)
-            label = f"`{method}`" + (f" ({workload.group(1)})" if workload else "")
+            label = Cell(code(method) + (f" ({escape(workload.group(1))})" if workload else ""))
             rows.append([label, metric, v.get("old"), v.get("new"), change(metric, v.get("old"), v.get("new"))])
     return sorted(rows, key=lambda r: (r[0], HEADLINE.index(r[1])))
 
@@ -106,11 +114,30 @@ def inline_vega(html: str, scripts: dict[str, str]) -> str:
     return CDN_SCRIPT.sub(lambda m: "<script>" + scripts[m.group(1)].replace("</script", "<\\/script") + "</script>", html)
 
 
-def pipeline_outputs() -> list[Path]:
-    """Every output the last runs recorded in dvc.lock and each workload's (their paths are from the repo root)."""
-    locks = [Path("dvc.lock"), *sorted(Path("workloads").glob("*/dvc.lock"))]
-    stages = [stage for lock in locks if lock.is_file() for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values()]
-    return [Path(out["path"]).resolve() for stage in stages for out in stage.get("outs", [])]
+def pipeline_paths() -> list[Path]:
+    """Every input and output of the pipelines: what the last runs recorded in dvc.lock (each workload's too) and
+    the literal paths of each dvc.yaml, so a fresh clone's or a never-run stage's are known (paths are from the repo root)."""
+    paths = []
+    for lock in [Path("dvc.lock"), *sorted(Path("workloads").glob("*/dvc.lock"))]:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+        paths += [entry["path"] for stage in stages.values() for key in ("deps", "outs") for entry in stage.get(key, [])]
+    for spec in [Path("dvc.yaml"), *sorted(Path("workloads").glob("*/dvc.yaml"))]:
+        stages = (yaml.safe_load(spec.read_text()) or {}).get("stages", {}) if spec.is_file() else {}
+        for stage in stages.values():
+            entries = [e for key in ("deps", "outs") for e in stage.get(key, []) or []]
+            paths += [e if isinstance(e, str) else next(iter(e)) for e in entries]
+    return [Path(p).resolve() for p in dict.fromkeys(paths) if "${" not in p]
+
+
+def check_revisions(a: str, b: str) -> None:
+    """Refuse a revision DVC would misread: an empty one (`make compare A=`) compares nothing against the workspace,
+    one starting with '-' would be taken as an option."""
+    for role, rev in (("A (the base revision)", a), ("B (the revision to compare)", b)):
+        if not rev.strip() or rev.startswith("-") or not rev.isprintable():
+            raise ValueError(
+                f"{role} is {rev!r}: name a commit, branch or experiment (`workspace` for uncommitted changes),"
+                " e.g. `make compare A=main B=my-branch`"
+            )
 
 
 def check_out(out: Path) -> None:
@@ -120,15 +147,17 @@ def check_out(out: Path) -> None:
         raise ValueError(
             f"--out {out} exists and is not an earlier report; it would be replaced whole. Name a new directory, e.g. reports/a_vs_b"
         )
-    for path in pipeline_outputs():
+    for path in pipeline_paths():
         if target == path or path in target.parents or target in path.parents:
             raise ValueError(
-                f"--out {out} overlaps the pipeline output {path.relative_to(Path.cwd().resolve())}; name a directory outside them"
+                f"--out {out} overlaps the pipeline's input or output {os.path.relpath(path)};"
+                " name a directory outside them, e.g. reports/a_vs_b"
             )
 
 
 def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
     """Write the comparison of revisions `a` and `b` into `out`; returns the Markdown file."""
+    check_revisions(a, b)
     check_out(out)
     scripts = read_vega(vega_dir) if vega_dir is not None else None
     params = flatten(dvc_json("params", "diff", a, b))
@@ -140,16 +169,17 @@ def compare(a: str, b: str, out: Path, vega_dir: Path | None = None) -> Path:
             index.write_text(inline_vega(index.read_text(), scripts))
         # dvc names the copies "<rev>_<path>.png"; show each plot's two revisions one after the other.
         images = sorted((p.relative_to(tmp).as_posix() for p in (tmp / "plots").rglob("*.png")), key=lambda p: plot_order(p, a, b))
-        md = [f"# edgequant: `{a}` → `{b}`", ""]
+        md = [f"# edgequant: {code(a)} → {code(b)}", ""]
         md += ["## Params changed", ""]
-        md += [table(["param", a, b], [[f"`{k}`", v.get("old"), v.get("new")] for k, v in params.items()]) if params else "None.", ""]
+        md += [table(["param", a, b], [[Cell(code(k)), v.get("old"), v.get("new")] for k, v in params.items()]) if params else "None.", ""]
         md += ["## Headline metrics per method", ""]
         rows = headline_rows(metrics)
         md += [table(["method", "metric", a, b, "change"], rows) if rows else "No headline metric changed.", ""]
         md += [f"<details><summary>All {len(metrics)} changed metrics</summary>", ""]
-        md += [table(["metric", a, b, "diff"], [[f"`{k}`", v.get("old"), v.get("new"), v.get("diff")] for k, v in metrics.items()]), ""]
+        changed = [[Cell(code(k)), v.get("old"), v.get("new"), v.get("diff")] for k, v in metrics.items()]
+        md += [table(["metric", a, b, "diff"], changed), ""]
         md += ["</details>", "", "## Plots", "", "Interactive, both revisions overlaid: [plots/index.html](plots/index.html)", ""]
-        md += [f"![{Path(p).stem}]({p})" for p in images]
+        md += [f"![{escape(Path(p).stem)}]({quote(p)})" for p in images]
         (tmp / "compare.md").write_text("\n".join(md) + "\n")
     return out / "compare.md"
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 from edgequant.io import write_text
+from edgequant.md import check_markers, code, escape, marker_stem
 from edgequant.profile import KIND_ORDER, conv_gmacs, ms_by_kind
 from edgequant.reference import REFERENCE
 
@@ -38,7 +40,7 @@ def reference_table(train: dict, metrics: dict) -> str:
         rows.append(("FP32 → dynamic INT8 state dict", sizes, ours))
         measured = f"dynamic: {dyn[t]['throughput_speedup_vs_fp32_eager']:.1f}× at batch 256, 1 thread"
         if best:
-            measured += f"; **static INT8 (`{best}`): {int8[best][t]['throughput_speedup_vs_fp32_eager']:.1f}×**"
+            measured += f"; **static INT8 ({code(best)}): {int8[best][t]['throughput_speedup_vs_fp32_eager']:.1f}×**"
         rows.append(("INT8 speed-up on CPU", speed, measured))
     lines = ["| | reference | edgequant |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
@@ -50,17 +52,17 @@ def npu_table(npu: dict) -> str:
     head += ["SRAM KiB", "weights in", "NPU / CPU ops"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in npu["accelerators"].items():
-        weights = f"{a['weights_storage']} ({max(a['flash_used_kib'], a['dram_used_kib']):.0f} KiB)"
+        weights = f"{escape(a['weights_storage'])} ({max(a['flash_used_kib'], a['dram_used_kib']):.0f} KiB)"
         cells = [
-            f"`{name}`",
-            f"{a['system_config']} / {a['memory_mode']}",
+            code(name),
+            f"{escape(a['system_config'])} / {escape(a['memory_mode'])}",
             f"{a['clock_mhz']:.0f}",
             f"{a['est_cycles_per_inference']:,.0f}",
         ]
         cells += [f"{a['est_latency_ms']:.2f}", f"{a['est_inferences_per_s']:,.0f}", f"{a['sram_used_kib']:.1f}", weights]
         cells.append(f"{a['npu_operators']} / {a['cpu_operators']}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Vela on `{npu['model']}` of `litert_int8`: {npu['kind']}."]
+    lines += ["", f"Vela on {code(npu['model'])} of `litert_int8`: {escape(npu['kind'])}."]
     return "\n".join(lines)
 
 
@@ -78,7 +80,7 @@ def markdown_table(metrics: dict) -> str:
     head.append(f"% of peak ({threads[0]}t)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in metrics["methods"].items():
-        cells = [f"`{name}`", m["runtime"], f"{m['size_bytes'] / 1024:.1f}", f"{m['size_ratio_vs_runtime_fp32'] * 100:.1f} %"]
+        cells = [code(name), escape(m["runtime"]), f"{m['size_bytes'] / 1024:.1f}", f"{m['size_ratio_vs_runtime_fp32'] * 100:.1f} %"]
         sqnr = m.get("logit_sqnr_db_vs_fp32")  # measured on this CPU, in the shipping runtime
         cells += [f"{m['accuracy_pct']:.2f}", f"{m['agreement_with_fp32_pct']:.2f}", "–" if sqnr is None or sqnr >= 200 else f"{sqnr:.1f}"]
         for t in threads:
@@ -94,13 +96,14 @@ def markdown_table(metrics: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     peak, machine = metrics["peak"], metrics["machine"]
     peaks = "; ".join(
-        f"{t} thread(s): FP32 {p['fp32_gmacs']:.0f} ({p['fp32_engine']}), INT8 {p['int8_gmacs']:.0f} GMAC/s ({p['int8_engine']})"
+        f"{t} thread(s): FP32 {p['fp32_gmacs']:.0f} ({escape(p['fp32_engine'])}),"
+        f" INT8 {p['int8_gmacs']:.0f} GMAC/s ({escape(p['int8_engine'])})"
         for t in threads
         for p in [peak[f"threads_{t}"]]
     )
     isa = machine["isa"]
-    where = f"`{machine['name']}` ({machine['cpu']}; torch {isa['torch_cpu_capability']}, oneDNN {isa['onednn']}"
-    where += f", INT8 dot: {isa['int8_dot']})"
+    where = f"{code(machine['name'])} ({escape(machine['cpu'])}; torch {escape(isa['torch_cpu_capability'])}"
+    where += f", oneDNN {escape(isa['onednn'])}, INT8 dot: {escape(isa['int8_dot'])})"
     lines += ["", f"Measured peaks, the best GEMM engine of each precision: {peaks}. Machine: {where}.", "", ceiling(metrics)]
     return "\n".join(lines)
 
@@ -119,7 +122,7 @@ def ceiling(metrics: dict) -> str:
         best = max(ips, key=ips.get)
         parts.append(
             f"{t} thread(s): {bound_ips:,.0f} img/s = {bound_ips / eager:.1f}× FP32 eager"
-            f" (best: `{best}`, {ips[best] / eager:.1f}×, {100 * ips[best] / bound_ips:.0f} % of that bound)"
+            f" (best: {code(best)}, {ips[best] / eager:.1f}×, {100 * ips[best] / bound_ips:.0f} % of that bound)"
         )
     return "INT8 ceiling, every MAC of the network at the measured INT8 GEMM peak: " + "; ".join(parts) + "."
 
@@ -134,10 +137,11 @@ def ops_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, by_kind in ms.items():
         gmacs = conv_gmacs(int(batch), by_kind["conv"], int(rows[0]["conv_macs_per_image"]))
-        cells = [f"`{method}`", *(f"{by_kind[k]:.2f}" for k in KIND_ORDER), f"**{sum(by_kind.values()):.1f}**"]
+        cells = [code(method), *(f"{by_kind[k]:.2f}" for k in KIND_ORDER), f"**{sum(by_kind.values()):.1f}**"]
         cells.append(f"{gmacs:.0f}" if gmacs else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Milliseconds per batch-{batch} call on {threads} thread, from each runtime's own profiler (`plots/ops.csv`)."]
+    where = f"Milliseconds per batch-{escape(batch)} call on {escape(threads)} thread"
+    lines += ["", f"{where}, from each runtime's own profiler (`plots/ops.csv`)."]
     return "\n".join(lines)
 
 
@@ -172,7 +176,7 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
     verdicts = gate_verdicts(gate)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != "fp32", -kv[1]["accuracy_pct"])):
-        cells = [f"`{method}`", f"{r['accuracy_pct']:.2f}"]
+        cells = [code(method), f"{r['accuracy_pct']:.2f}"]
         significant = r["precision"] == "int8" and r["mcnemar_p"] < 0.05
         if r["precision"] == "fp32":
             cells += ["–", "–", "–", "1.00", "1.00", "–", "–"]
@@ -182,23 +186,25 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
             cells += [f"{drop} {interval}", f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
             cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
             search = settings.get(method) or {}
-            kept = ", ".join(f"`{layer}`" for layer in search.get("fp32_layers", [])) or "none"
+            kept = ", ".join(code(layer) for layer in search.get("fp32_layers", [])) or "none"
             cells.append(f"{kept} ({search['validation_drop_pp']:+.2f} pp)" if "fp32_layers" in search else "–")
-            cells.append(verdicts.get(method, "–"))
+            cells.append(escape(verdicts.get(method, "–")))
         lines.append("| " + " | ".join(cells) + " |")
     from edgequant.fleet import machine_name
 
     p, g, batch = params["train"], params["gate"], params["benchmark"]["throughput_batch"]
+    machine = metrics["machine"].get("name") or machine_name(metrics["machine"])  # this checkout's own probe named it
     epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] > 1)}"
     lines += [
         "",
-        f"`{params['download']['dataset']}` × `{p['model']}`, {epochs} ({p['optimizer']}, lr {p['lr']}):"
-        f" FP32 {fp32['accuracy_pct']:.2f} %; {params['prepare']['calib_size']} training images calibrate."
+        f"{code(params['download']['dataset'])} × {code(p['model'])}, {epochs} ({escape(p['optimizer'])}, lr {escape(p['lr'])}):"
+        f" FP32 {fp32['accuracy_pct']:.2f} %; {escape(params['prepare']['calib_size'])} training images calibrate."
         " A difference in bold is significant (McNemar's exact test on the flipped test images: p < 0.05); a negative drop is a gain."
-        f" Speed: batch {batch}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on `{machine_name(metrics['machine'])}`."
-        f" Gate: `gate.methods` against {g['max_accuracy_drop_pp']} pp, speed-up ≥ {g['min_speedup']}, size ≤ {g['max_size_ratio']}"
+        f" Speed: batch {escape(batch)}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on {code(machine)}."
+        f" Gate: `gate.methods` against {escape(g['max_accuracy_drop_pp'])} pp, speed-up ≥ {escape(g['min_speedup'])},"
+        f" size ≤ {escape(g['max_size_ratio'])}"
         f" ({'enforced' if g['enforce'] else 'recorded, not enforced'})."
-        f" From `workloads/{name}/` (`params.yaml`, `metrics/benchmark.json`, `metrics/settings.json`, `metrics/gate.json`).",
+        f" From {code(f'workloads/{name}/')} (`params.yaml`, `metrics/benchmark.json`, `metrics/settings.json`, `metrics/gate.json`).",
     ]
     return "\n".join(lines)
 
@@ -213,7 +219,7 @@ def workload_tables(root: Path) -> str:
             json.loads((folder / "metrics" / f).read_text()) for f in ("benchmark.json", "settings.json", "gate.json")
         )
         params = yaml.safe_load((folder / "params.yaml").read_text())
-        tables.append(f"#### {folder.name}\n\n" + workload_table(folder.name, metrics, params, settings, gate))
+        tables.append(f"#### {escape(folder.name)}\n\n" + workload_table(folder.name, metrics, params, settings, gate))
     return "\n\n".join(tables) or "(no workload under workloads/ has run: `dvc repro -P`)"
 
 
@@ -226,11 +232,17 @@ REFERENCE_BLOCK = ("<!-- reference:begin (python -m edgequant.readme README.md) 
 BEGIN, END = RESULTS
 
 
+BLOCKS = (RESULTS, OPS, REFERENCE_BLOCK, NPU, WORKLOADS, FLEET)
+
+
 def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> str:
-    """`text` with the part between `markers` replaced by `table`."""
+    """`text` with the part between `markers` replaced by `table`, which may hold no marker or HTML comment of its own."""
+    check_markers(text, markers)
+    if "<!--" in table or "-->" in table:
+        raise ValueError(
+            f"the block for {marker_stem(markers[0])!r} holds an HTML comment; generated text is escaped, so it was edited by hand"
+        )
     begin, end = markers
-    if begin not in text or end not in text:
-        raise ValueError(f"no such markers in the README; add the two lines {begin!r} and {end!r}")
     head, rest = text.split(begin, 1)
     return f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}"
 
@@ -250,13 +262,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--npu", default="metrics/npu.json")
     parser.add_argument("--workloads", default="workloads")
     args = parser.parse_args(argv)
+    try:
+        return write(args)
+    except (ValueError, OSError) as exc:
+        print(f"readme: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+def write(args: argparse.Namespace) -> int:
     metrics = json.loads(Path(args.metrics).read_text())
     table = markdown_table(metrics)
     reference = reference_table(json.loads(Path(args.train).read_text()), metrics)
     ops = ops_table(read_ops(args.ops))
     fleet = Path(args.fleet).read_text().strip()
     if args.readme:
-        text = replace_block(Path(args.readme).read_text(), table, RESULTS)
+        text = Path(args.readme).read_text()
+        for markers in BLOCKS:  # every block checked before any is rewritten
+            check_markers(text, markers)
+        text = replace_block(text, table, RESULTS)
         text = replace_block(text, ops, OPS)
         text = replace_block(text, reference, REFERENCE_BLOCK)
         text = replace_block(text, npu_table(json.loads(Path(args.npu).read_text())), NPU)

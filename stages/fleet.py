@@ -19,12 +19,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         gate = params.load(params.GateParams, "gate", args.params)
-        here = fleet.load(Path(args.metrics).parent, Path(args.metrics).name)
-        others = [fleet.load(folder) for folder in sorted(Path(args.machines).iterdir()) if (folder / "benchmark.json").is_file()]
+        here = fleet.load(Path(args.metrics).parent, Path(args.metrics).name)  # this run's own output: a bad one is refused
+        # Another machine's folder that cannot be read is named and left out, not fatal: one bad import must not
+        # take the fleet view (and every other machine's row) from everyone who runs the pipeline.
+        others, skipped = fleet.gather(Path(args.machines))
+        for line in skipped:
+            print(f"fleet: not shown: {line}", file=sys.stderr)
         entries = [here] + [e for e in others if e["name"] != here["name"]]  # this run replaces its own saved copy
-        write_text(args.md, fleet.markdown([fleet.summarize(e, gate) for e in entries]) + "\n")
+        write_text(args.md, fleet.markdown([fleet.summarize(e, gate) for e in entries], skipped) + "\n")
         fleet.plot(entries, Path(args.png))
-        return f"{len(entries)} machine(s) -> {args.md}"
+        return f"{len(entries)} machine(s) -> {args.md}" + (f"; {len(skipped)} folder(s) not shown, named there" if skipped else "")
 
     return stage.run("fleet", body)
 

@@ -1,17 +1,31 @@
-"""The fleet view: each machine ranked on its own measurements, the shipping rule applied as stated, old records read."""
+"""The fleet view: each machine ranked on its own measurements, the shipping rule applied as stated, old records read;
+an imported record checked before it is kept, and written nowhere but its own folder."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from edgequant import fleet
+from edgequant.machine import FLAGS, int8_dot, probe, slug
 from edgequant.params import GateParams
+from stages import fleet as fleet_stage
+
+from .conftest import ROOT, TINY, sh
 
 GATE = GateParams(
     methods=["onnx_qdq_int8", "executorch_xnnpack_int8"], max_accuracy_drop_pp=0.1, min_speedup=1.3, max_size_ratio=0.27, enforce=True
 )
+AVX2 = ("fma", "avx2")
+VNNI = (*AVX2, "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
+MACS_PER_IMAGE = 12_000_000
+CELLS_PER_ROW = 9  # the fleet table's columns
 
 
 def method(precision, ips, p50, own=2.0, drop=0.0, fraction=0.5):
@@ -25,11 +39,23 @@ def method(precision, ips, p50, own=2.0, drop=0.0, fraction=0.5):
     return {"precision": precision, "accuracy_drop_pp": drop, "size_ratio_vs_runtime_fp32": 0.25, "threads_1": per_thread}
 
 
-def metrics(name, xnnpack_ips, ort_ips, ort_own=2.0, engine=True):
+def probed(flags=AVX2, cpu="AMD EPYC", caps=None):
+    """A machine record as the probe writes it."""
+    record = {
+        "cpu": cpu,
+        "arch": "x86_64",
+        "flags": {f: f in flags for f in FLAGS},
+        "isa": {"torch_cpu_capability": "AVX2", "onednn": "AVX2", "int8_dot": int8_dot(set(flags))},
+        "caps": caps or {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None},
+    }
+    return {**record, "name": slug(record)}
+
+
+def metrics(flags, xnnpack_ips, ort_ips, ort_own=2.0, engine=True, cpu="AMD EPYC"):
     peak = {"int8_gmacs": 100.0, "fp32_gmacs": 50.0, **({"int8_engine": "onnxruntime MatMulInteger"} if engine else {})}
-    machine = {"name": name, "isa": {"int8_dot": "avx2 vpmaddubsw (int16 pairs saturate)"}}
     return {
-        "machine": machine,
+        "machine": probed(flags, cpu),
+        "macs_per_image": MACS_PER_IMAGE,
         "peak": {"threads_1": peak},
         "methods": {
             "fp32": method("fp32", 1000, 0.5, own=1.0),
@@ -40,23 +66,29 @@ def metrics(name, xnnpack_ips, ort_ips, ort_own=2.0, engine=True):
 
 
 def entry(m):
-    return {"name": m["machine"]["name"], "metrics": m, "source": "x"}
+    return {"name": fleet.machine_name(m["machine"]), "metrics": m, "source": "x"}
+
+
+def cells(line: str) -> int:
+    """Table cells in a Markdown row: the pipes no backslash escapes, less one."""
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
 
 
 def test_each_machine_is_ranked_on_its_own_numbers():
-    vnni, avx2 = fleet.summarize(entry(metrics("vnni", 13000, 11000)), GATE), fleet.summarize(entry(metrics("avx2", 3200, 5400)), GATE)
+    vnni, avx2 = fleet.summarize(entry(metrics(VNNI, 13000, 11000)), GATE), fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
+    assert (vnni["machine"], avx2["machine"]) == ("amd-epyc-avx512-vnni", "amd-epyc-avx2")
     assert (vnni["fastest_int8"], avx2["fastest_int8"]) == ("executorch_xnnpack_int8", "onnx_qdq_int8")
     assert avx2["speedup_vs_fp32_eager"] == pytest.approx(5.4) and avx2["peak_fraction"] == 0.5
     assert vnni["ship_throughput"] == "executorch_xnnpack_int8" and vnni["lowest_latency_int8"] == "executorch_xnnpack_int8"
 
 
 def test_the_shipping_rule_skips_a_candidate_that_fails_the_gate():
-    row = fleet.summarize(entry(metrics("avx2", 3200, 5400, ort_own=1.1)), GATE)  # ORT fastest, but 1.1x its own FP32 < 1.3
+    row = fleet.summarize(entry(metrics(AVX2, 3200, 5400, ort_own=1.1)), GATE)  # ORT fastest, but 1.1x its own FP32 < 1.3
     assert row["fastest_int8"] == "onnx_qdq_int8" and row["ship_throughput"] == "executorch_xnnpack_int8"
 
 
 def test_a_record_from_before_the_probe_is_named_and_its_single_engine_peak_not_shown():
-    old = metrics("ignored", 3200, 5400, engine=False)
+    old = metrics(AVX2, 3200, 5400, engine=False)
     old["machine"] = {"cpu": "AMD EPYC", "arch": "x86_64", "flag_avx2": True, "flag_avx512_vnni": False}
     row = fleet.summarize({"name": fleet.machine_name(old["machine"]), "metrics": old, "source": "x"}, GATE)
     assert row["machine"] == "amd-epyc-avx2" and row["int8_dot"] == "avx2 vpmaddubsw (int16 pairs saturate)"
@@ -64,20 +96,273 @@ def test_a_record_from_before_the_probe_is_named_and_its_single_engine_peak_not_
 
 
 def test_markdown_states_the_rule_and_one_row_per_machine():
-    rows = [fleet.summarize(entry(metrics(n, a, b)), GATE) for n, a, b in (("vnni", 13000, 11000), ("avx2", 3200, 5400))]
+    rows = [fleet.summarize(entry(metrics(f, a, b)), GATE) for f, a, b in ((VNNI, 13000, 11000), (AVX2, 3200, 5400))]
     text = fleet.markdown(rows)
     assert text.count("\n| `") == 2 and fleet.SHIP_RULE in text
-    assert "| `avx2` | avx2 vpmaddubsw (int16 pairs saturate) | `onnx_qdq_int8` | 5.4× |" in text
+    assert "| `amd-epyc-avx2` | avx2 vpmaddubsw (int16 pairs saturate) | `onnx_qdq_int8` | 5.4× |" in text
+
+
+def test_strings_from_a_record_cannot_shift_cells_or_end_the_table():
+    row = fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
+    row["machine"] = "a|b\n<!-- fleet:end -->\n# injected"
+    row["int8_dot"] = "x | y <script>alert(1)</script> [link](http://example.invalid) `code`"
+    text = fleet.markdown([row])
+    assert [cells(line) for line in text.splitlines() if line.startswith("|")] == [CELLS_PER_ROW] * 3
+    assert "<!--" not in text and "<script" not in text and "&lt;!-- fleet:end --&gt;" in text
+    assert r"\[link\](http://example.invalid) \`code\`" in text  # shown as typed: no link, no code span
+    assert not any(line.startswith("#") for line in text.splitlines())
+
+
+def test_a_folder_left_out_is_named_as_plain_text():
+    row = fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
+    text = fleet.markdown([row], skipped=["machines/z: bad | record\n## heading <!-- x -->"])
+    assert text.splitlines()[-1] == r"Not shown: machines/z: bad \| record ## heading &lt;!-- x --&gt;"
+
+
+@pytest.mark.parametrize("caps", [{}, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}])
+def test_the_probes_own_record_is_read_and_named_as_the_probe_names_it(caps):
+    record = probe(env=caps)
+    assert fleet.machine_name(record) == record["name"]
 
 
 def test_save_puts_a_run_under_its_machine_name(tmp_path):
-    (tmp_path / "machine.json").write_text(json.dumps({"name": "amd-epyc-avx2"}))
-    (tmp_path / "benchmark.json").write_text(json.dumps(metrics("amd-epyc-avx2", 1, 2)))
+    (tmp_path / "machine.json").write_text(json.dumps(probed(AVX2)))
+    (tmp_path / "benchmark.json").write_text(json.dumps(metrics(AVX2, 1, 2)))
     folder = fleet.save([tmp_path / "benchmark.json"], tmp_path / "machine.json", tmp_path / "machines")
     assert folder.name == "amd-epyc-avx2" and fleet.load(folder)["name"] == "amd-epyc-avx2"
 
 
 def test_a_folder_that_is_not_a_benchmark_record_is_named(tmp_path):
     (tmp_path / "benchmark.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"benchmark.json: not an edgequant benchmark record"):
+    with pytest.raises(ValueError, match=r"benchmark.json: machine must be a JSON object, got NoneType None"):
         fleet.load(tmp_path)
+
+
+# --- Importing: the name is computed from the record, checked as a plain slug, and only its own folder is replaced.
+
+HOSTILE_NAMES = ["../x", ".", "", "ABSOLUTE", "..", "a" * 300, 3, ["x"], "a/b", "amd-epyc\n-avx2"]
+
+
+def import_device(tmp_path, record: dict | str, machine: dict | None = None) -> tuple[list[str], object]:
+    """A device's output (benchmark.json, machine.json) as the bench bundle's runner writes it, and the import command line."""
+    device = tmp_path / "device"
+    device.mkdir(exist_ok=True)
+    (device / "benchmark.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    (device / "machine.json").write_text(json.dumps(machine or probed(AVX2)))
+    out = tmp_path / "machines"
+    return [str(device / "benchmark.json"), "--machine", str(device / "machine.json"), "--out", str(out)], device
+
+
+@pytest.fixture
+def kept(tmp_path):
+    """What an import must never touch: another machine's folder, a sibling of machines/, a folder elsewhere."""
+    files = [tmp_path / "machines/amd-epyc-avx512-vnni/benchmark.json", tmp_path / "x/keep.txt", tmp_path / "abs/keep.txt"]
+    for f in files:
+        f.parent.mkdir(parents=True)
+        f.write_text("kept")
+    return files
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=lambda n: ascii(n)[:12])
+def test_an_imported_machine_name_never_leaves_its_folder(tmp_path, capsys, kept, name):
+    name = str(tmp_path / "abs") if name == "ABSOLUTE" else name
+    argv, device = import_device(tmp_path, metrics(AVX2, 3200, 5400), {**probed(AVX2), "name": name})
+    assert fleet.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{device / 'machine.json'}: machine.name" in err and "is not a plain name" in err, err
+    assert all(f.read_text() == "kept" for f in kept)
+    assert sorted(p.name for p in (tmp_path / "machines").iterdir()) == ["amd-epyc-avx512-vnni"]
+
+
+def test_a_cpu_name_that_would_make_a_long_folder_is_refused(tmp_path, capsys, kept):
+    record = metrics(AVX2, 3200, 5400)
+    record["machine"]["cpu"] = "x" * 300
+    argv, device = import_device(tmp_path, record, record["machine"])
+    assert fleet.main(argv) == 1
+    assert f"{device / 'benchmark.json'}: machine.cpu must be printable text of 1 to 200 characters" in capsys.readouterr().err
+
+
+def test_an_import_replaces_only_a_machines_folder(tmp_path, capsys):
+    argv, _ = import_device(tmp_path, metrics(AVX2, 3200, 5400))
+    notes = tmp_path / "machines/amd-epyc-avx2/notes.txt"  # a folder of that name that holds no machine's record
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    assert fleet.main(argv) == 1 and "exists and is not a machine's folder" in capsys.readouterr().err
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    (notes.parent / "benchmark.json").write_text(json.dumps(metrics(AVX2, 1, 2)))  # an earlier import: replaced
+    assert fleet.main(argv) == 0 and fleet.load(notes.parent)["metrics"]["methods"]["onnx_qdq_int8"]["threads_1"]["throughput_ips"] == 5400
+
+
+def deep(record: dict) -> str:
+    return json.dumps(record)[:-1] + ', "extra": ' + "[" * 200_000 + "]" * 200_000 + "}"
+
+
+def mutate(change):
+    def make() -> dict:
+        record = metrics(AVX2, 3200, 5400)
+        change(record)
+        return record
+
+    return make
+
+
+def ort(key, value):
+    return mutate(lambda r: r["methods"]["onnx_qdq_int8"]["threads_1"].__setitem__(key, value))
+
+
+BAD_RECORDS = {
+    "no peak": (mutate(lambda r: r.pop("peak")), "peak must be a JSON object, got NoneType None"),
+    "string throughput": (ort("throughput_ips", "fast"), "methods.onnx_qdq_int8.threads_1.throughput_ips must be a finite number"),
+    "no INT8 method": (mutate(lambda r: r.__setitem__("methods", {"fp32": r["methods"]["fp32"]})), "methods has no INT8 method"),
+    "NaN throughput": (ort("throughput_ips", float("nan")), "methods.onnx_qdq_int8.threads_1.throughput_ips is nan"),
+    "negative throughput": (ort("throughput_ips", -5.0), "methods.onnx_qdq_int8.threads_1.throughput_ips must be a finite number > 0"),
+    "1e300 throughput": (ort("throughput_ips", 1e300), "methods.onnx_qdq_int8.threads_1.throughput_ips must be a finite number > 0"),
+    "infinite peak": (mutate(lambda r: r["peak"]["threads_1"].__setitem__("int8_gmacs", float("inf"))), "peak.threads_1.int8_gmacs is inf"),
+    "string latency": (ort("latency_ms_p50", "1 ms"), "methods.onnx_qdq_int8.threads_1.latency_ms_p50 must be a finite number"),
+    "a list for methods": (mutate(lambda r: r.__setitem__("methods", ["onnx_qdq_int8"])), "methods must be a JSON object"),
+    "a path as method name": (mutate(lambda r: r["methods"].__setitem__("../x", r["methods"]["fp32"])), "'../x' is not a method name"),
+    "a thread count of zero": (mutate(lambda r: r["peak"].__setitem__("threads_0", r["peak"]["threads_1"])), "peak.threads_0"),
+    "nested 200,000 deep": (lambda: deep(metrics(AVX2, 3200, 5400)), "nested more than 16 levels deep"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECORDS)
+def test_a_bad_record_is_refused_on_import_naming_file_and_field(tmp_path, capsys, case):
+    make, field = BAD_RECORDS[case]
+    argv, device = import_device(tmp_path, make())
+    assert fleet.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"fleet: {device / 'benchmark.json'}: ") and field in err, err
+    assert not (tmp_path / "machines").exists() or not any((tmp_path / "machines").iterdir())
+
+
+def test_a_record_too_large_is_refused_before_it_is_read(tmp_path, capsys):
+    argv, device = import_device(tmp_path, metrics(AVX2, 3200, 5400))
+    with (device / "benchmark.json").open("r+b") as f:
+        f.truncate(2**30)  # 1 GiB, sparse: nothing is written, and nothing may be read
+    assert fleet.main(argv) == 1
+    assert f"{device / 'benchmark.json'}: 1,073,741,824 bytes, more than a record holds" in capsys.readouterr().err
+
+
+# --- The fleet stage: a bad folder is named and left out; every other machine stays.
+
+
+def run_stage(tmp_path, here: dict, machines) -> tuple[int, str]:
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here/benchmark.json").write_text(json.dumps(here))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    md = tmp_path / "out/fleet.md"
+    argv = ["--metrics", str(tmp_path / "here/benchmark.json"), "--machines", str(machines), "--md", str(md)]
+    rc = fleet_stage.main([*argv, "--png", str(tmp_path / "out/fleet.png"), "--params", str(tmp_path / "params.yaml")])
+    return rc, md.read_text() if md.exists() else ""
+
+
+def test_the_fleet_stage_names_a_bad_folder_and_shows_every_other(tmp_path, capsys):
+    machines = tmp_path / "machines"
+    for name, record in (("amd-epyc-avx512-vnni", metrics(VNNI, 13000, 11000)), ("bad", metrics(AVX2, 1, 2, cpu="Intel Xeon"))):
+        (machines / name).mkdir(parents=True)
+        (machines / name / "benchmark.json").write_text(json.dumps(record))
+    broken = json.loads((machines / "bad/benchmark.json").read_text())
+    del broken["peak"]  # as a hand edit or an import made before records were checked leaves it
+    (machines / "bad/benchmark.json").write_text(json.dumps(broken))
+    (machines / "elsewhere").symlink_to(machines / "amd-epyc-avx512-vnni")  # a link may lead anywhere: not followed
+    shutil.copytree(machines / "amd-epyc-avx512-vnni", machines / "Copy of it")
+    rc, md = run_stage(tmp_path, metrics(AVX2, 3200, 5400), machines)
+    err = capsys.readouterr().err
+    assert rc == 0 and md.count("\n| `") == 2 and "| `amd-epyc-avx512-vnni` |" in md and "| `amd-epyc-avx2` |" in md
+    assert f"Not shown: {machines}/elsewhere: a symlink" in md and f"Not shown: {machines}/Copy of it: not a machine's name" in md
+    assert f"Not shown: {machines}/bad/benchmark.json: peak must be a JSON object" in md
+    assert f"fleet: not shown: {machines}/bad/benchmark.json: peak must be a JSON object" in err
+
+
+def test_make_machine_saves_the_run_whole_and_refuses_a_probe_of_another_machine(tmp_path):
+    for f in fleet.RUN_FILES:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x,y\n" if f.endswith(".csv") else "{}")
+    (tmp_path / "metrics/benchmark.json").write_text(json.dumps(metrics(AVX2, 3200, 5400)))
+    (tmp_path / "metrics/machine.json").write_text(json.dumps(probed(VNNI)))  # the probe ran again elsewhere since
+    with pytest.raises(ValueError, match=r"machine.json: names the machine amd-epyc-avx512-vnni, but benchmark.json was measured on"):
+        fleet.save_run(tmp_path / "machines", tmp_path)
+    (tmp_path / "metrics/machine.json").write_text(json.dumps(probed(AVX2)))
+    assert fleet.save_run(tmp_path / "machines", tmp_path).name == "amd-epyc-avx2"
+    assert fleet.unsaved(lambda f: (tmp_path / f).read_bytes() if (tmp_path / f).is_file() else None, str(tmp_path / "machines")) == []
+
+
+def test_an_import_is_a_plain_copy_of_its_source(tmp_path):
+    source = tmp_path / "shared/some-device"
+    shutil.copytree(ROOT / "machines/amd-epyc-avx2", source)
+    first = fleet.import_folder(source, tmp_path / "machines")
+    second = fleet.import_folder(source, tmp_path / "machines")  # a later import of the same source: the same bytes again
+    assert first == second and {p.name: p.read_bytes() for p in first.iterdir()} == {p.name: p.read_bytes() for p in source.iterdir()}
+
+
+def test_a_later_import_never_replaces_another_run_of_the_machine_unasked(tmp_path, capsys):
+    source = tmp_path / "shared/some-device"
+    shutil.copytree(ROOT / "machines/amd-epyc-avx2", source)
+    target = fleet.import_folder(source, tmp_path / "machines")
+    (target / "train.json").write_text("{}")  # as if `make machine` had saved a newer run there since
+    assert fleet.main(["import", str(source), "--out", str(tmp_path / "machines")]) == 1
+    assert "holds another run of this machine" in capsys.readouterr().err and (target / "train.json").read_text() == "{}"
+    assert fleet.main(["import", "--replace", str(source), "--out", str(tmp_path / "machines")]) == 0
+    assert (target / "train.json").read_bytes() == (source / "train.json").read_bytes()
+
+
+# --- The fleet keeps every machine: the one whose results are committed in metrics/ lives in machines/ too.
+
+
+def committed(path: str) -> bytes | None:
+    """The file as committed (a run on another CPU rewrites the workspace's metrics/ before the tests run), else as it is here."""
+    proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True)
+    if proc.returncode == 0:
+        return proc.stdout
+    return (ROOT / path).read_bytes() if (ROOT / path).is_file() else None
+
+
+def committed_machine() -> str:
+    return fleet.machine_name(json.loads(committed("metrics/benchmark.json"))["machine"])
+
+
+def fleet_rows(md: str) -> list[str]:
+    return re.findall(r"^\| `([^`]+)` \|", md, re.MULTILINE)
+
+
+def test_the_committed_machine_has_an_identical_copy_in_the_fleet():
+    """`make machine` keeps it so; a run re-measured on another CPU is committed together with its copy."""
+    assert fleet.unsaved(committed) == [], (
+        f"run `make machine` (or `python -m edgequant.fleet save`) and commit machines/{committed_machine()}"
+    )
+
+
+def test_every_machine_folder_is_named_by_its_record():
+    entries, skipped = fleet.gather(ROOT / "machines")
+    assert skipped == [] and {e["name"] for e in entries} == {p.name for p in (ROOT / "machines").iterdir() if p.is_dir()}
+    assert len(entries) >= 3  # the committed AVX-512 VNNI EPYC, the Zen 3 AVX2 EPYC and the AMX Xeon at least
+
+
+def test_a_run_on_another_cpu_keeps_every_committed_machines_row(tmp_path):
+    here = json.loads(committed("metrics/benchmark.json"))
+    here["machine"]["caps"] = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # named apart by the probe
+    here["machine"]["isa"].update(torch_cpu_capability="DEFAULT", onednn="AVX2")
+    here["machine"]["name"] = slug(here["machine"])
+    rc, md = run_stage(tmp_path, here, ROOT / "machines")
+    folders = {p.name for p in (ROOT / "machines").iterdir() if p.is_dir()}
+    assert rc == 0 and fleet_rows(md)[0] == here["machine"]["name"]
+    assert set(fleet_rows(md)) == {here["machine"]["name"], committed_machine(), *folders}, md
+
+
+@pytest.mark.slow
+def test_a_fresh_run_on_another_machine_keeps_the_committed_machines_fleet_row(clone):
+    """A teammate's clone: the run committed there was saved by `make machine`; a run on another CPU (an ISA cap
+    names the machine apart) shows that machine, every other committed one, and itself."""
+    work, env = clone
+    name = sh([sys.executable, "-m", "edgequant.fleet", "save"], work, env).strip()  # what `make machine` does after `dvc repro`
+    sh(["git", "add", "machines"], work, env)
+    sh(["git", "commit", "-qm", f"results of {name}"], work, env)
+    capped = dict(env, ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="AVX2")
+    out = sh(["dvc", "repro"], work, capped)
+    here = fleet.machine_name(json.loads((work / "metrics/benchmark.json").read_text())["machine"])
+    rows = fleet_rows((work / "plots/fleet.md").read_text())
+    folders = {p.name for p in (work / "machines").iterdir() if p.is_dir()}
+    assert "Running stage 'fleet'" in out and here != name and name in folders
+    assert rows[0] == here and set(rows) == {here, *folders} and len(rows) == len(folders) + 1, rows

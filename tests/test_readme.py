@@ -6,6 +6,8 @@ import io
 import re
 import subprocess
 
+import pytest
+
 from .conftest import ROOT
 
 CITED = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
@@ -109,3 +111,52 @@ def test_workload_tables_are_the_ones_generated_from_the_workloads_runs():
     block = text.split(WORKLOADS[0], 1)[1].split(WORKLOADS[1], 1)[0].strip()
     assert block == workload_tables(ROOT / "workloads")  # from each workload's metrics, written by `dvc repro -P`
     assert "onnx_qdq_int8_per_tensor_aware" in block and "McNemar" in block
+
+
+HOSTILE = "EPYC | x\n<!-- fleet:end -->\n## injected <script>alert(1)</script>"
+
+
+def fleet_row(machine: str) -> dict:
+    methods = dict.fromkeys(("fastest_int8", "lowest_latency_int8", "ship_throughput", "ship_latency"), "onnx_qdq_int8")
+    return {"machine": machine, "int8_dot": HOSTILE, **methods, "speedup_vs_fp32_eager": 5.0, "speedup_vs_runtime_fp32": 2.0}
+
+
+def test_a_marker_inside_a_record_cannot_grow_the_readme():
+    import json
+
+    from edgequant.fleet import markdown
+    from edgequant.readme import FLEET, RESULTS, markdown_table, replace_block
+
+    row = {**fleet_row(HOSTILE), "peak_fraction": 0.5, "threads": 1, "source": "x"}
+    readme = f"intro\n{RESULTS[0]}\nold\n{RESULTS[1]}\n{FLEET[0]}\nold\n{FLEET[1]}\nafter\n"
+    once = replace_block(readme, markdown([row]), FLEET)
+    assert replace_block(once, markdown([row]), FLEET) == once and once.count("<!--") == 4
+    assert "\n## injected" not in once and "<script" not in once
+    metrics = json.loads(committed("metrics/benchmark.json"))
+    metrics["machine"]["cpu"] = metrics["peak"]["threads_1"]["int8_engine"] = HOSTILE
+    results = replace_block(readme, markdown_table(metrics), RESULTS)
+    assert results.count("<!--") == 4 and "\n## injected" not in results and "<script" not in results
+
+
+BAD_MARKERS = {
+    "no end": "{begin}\nx\n",
+    "two ends": "{begin}\nx\n{end}\ny\n{end}\n",
+    "two begins": "{begin}\n{begin}\nx\n{end}\n",
+    "end before begin": "{end}\nx\n{begin}\n",
+}
+
+
+@pytest.mark.parametrize("layout", BAD_MARKERS)
+def test_the_readme_generator_refuses_unbalanced_or_repeated_markers(layout):
+    from edgequant.readme import FLEET, replace_block
+
+    text = BAD_MARKERS[layout].format(begin=FLEET[0], end=FLEET[1])
+    with pytest.raises(ValueError, match="markers|holds"):
+        replace_block(text, "table", FLEET)
+
+
+def test_a_block_holding_a_marker_is_refused():
+    from edgequant.readme import FLEET, replace_block
+
+    with pytest.raises(ValueError, match="holds an HTML comment"):
+        replace_block(f"{FLEET[0]}\nx\n{FLEET[1]}\n", f"| a |\n{FLEET[1]}\n# injected", FLEET)

@@ -119,15 +119,24 @@ def pte_runner(model: bytes, threads: int, where: Path):
 RUNNERS = {".onnx": ort_runner, ".pte": pte_runner}
 
 
-def runner(bundle: Path, name: str, batch: int, threads: int):
-    """A callable running the bundle's model file `name`, checked before its runtime parses it."""
-    model = bundle_file(bundle, name, MAX_ARTIFACT_BYTES)
-    if name.endswith(".pte"):
-        try:
-            check_pte(model, planned_limit(batch))
-        except ValueError as exc:
-            raise _bad(bundle, name, f"not an ExecuTorch program this runner can load ({exc})") from exc
-    return RUNNERS[Path(name).suffix](model, threads, bundle / name)
+def load_models(bundle: Path, manifest: dict) -> dict[str, bytes]:
+    """Every model file the manifest names, read and checked before anything is timed, so a damaged one is
+    refused at once rather than after minutes of measuring (and a random .pte never reaches ExecuTorch)."""
+    models = {}
+    for m in manifest["methods"].values():
+        for batch, name in sorted((int(bs), f) for bs, f in m["files"].items()):
+            models[name] = bundle_file(bundle, name, MAX_ARTIFACT_BYTES)
+            if name.endswith(".pte"):
+                try:
+                    check_pte(models[name], planned_limit(batch))
+                except ValueError as exc:
+                    raise _bad(bundle, name, f"not an ExecuTorch program this runner can load ({exc})") from exc
+    return models
+
+
+def runner(bundle: Path, models: dict[str, bytes], name: str, threads: int):
+    """A callable running the checked model file `name` with `threads` threads."""
+    return RUNNERS[Path(name).suffix](models[name], threads, bundle / name)
 
 
 def load_inputs(bundle: Path) -> dict[str, np.ndarray]:
@@ -158,7 +167,7 @@ def _npy(record: bytes) -> np.ndarray:
     shape, fortran, dtype = readers[version](f)
     if dtype.hasobject or math.prod(shape) * dtype.itemsize != len(record) - f.tell():
         raise ValueError(f"an array of shape {shape} and {dtype} in {len(record) - f.tell()} bytes")
-    return np.frombuffer(record, dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
+    return np.frombuffer(bytearray(record), dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")  # writable, as torch wants
 
 
 def timed(run, x: np.ndarray, seconds: float) -> tuple[float, int]:
@@ -185,13 +194,15 @@ def gemm_peak(bundle: Path, threads: int, seconds: float) -> dict:
     result = {}
     for precision in ("fp32", "int8"):
         x = np.random.default_rng(0).random((n, n), dtype=np.float32) if precision == "fp32" else np.full((n, n), 7, np.uint8)
-        median, _ = timed(runner(bundle, f"gemm_{precision}.onnx", 1, threads), x, seconds)
+        name = f"gemm_{precision}.onnx"
+        median, _ = timed(ort_runner(bundle_file(bundle, name, MAX_ARTIFACT_BYTES), threads, bundle / name), x, seconds)
         result[f"{precision}_gmacs"], result[f"{precision}_engine"] = n**3 / median / 1e9, f"onnxruntime {engines[precision]}"
     return result
 
 
 def measure(bundle: Path, threads: list[int], seconds: float) -> dict:
     manifest = read_manifest(bundle)
+    models = load_models(bundle, manifest)
     data = load_inputs(bundle)
     x, labels, expected = data["images"], data["labels"], data["fp32_predictions"]
     metrics: dict = {"macs_per_image": manifest["macs_per_image"], "peak": {}, "methods": {}, "machine": probe()}
@@ -204,17 +215,17 @@ def measure(bundle: Path, threads: list[int], seconds: float) -> dict:
             "runtime": m["runtime"],
             "precision": m["precision"],
             "baseline": m["baseline"],
-            "size_bytes": len(bundle_file(bundle, files[small], MAX_ARTIFACT_BYTES)),
+            "size_bytes": len(models[files[small]]),
         }
-        run = runner(bundle, files[batch], batch, threads[-1])
+        run = runner(bundle, models, files[batch], threads[-1])
         predictions = np.concatenate(
             [run(pad(x[i : i + batch], batch))[: len(x[i : i + batch])].argmax(1) for i in range(0, len(x), batch)]
         )
         entry["accuracy_pct"] = 100.0 * float((predictions == labels).mean())
         entry["agreement_with_fp32_pct"] = 100.0 * float((predictions == expected).mean())
         for t in threads:
-            lat, _ = timed(runner(bundle, files[small], small, t), pad(x[:small], small), seconds)
-            per_batch, _ = timed(runner(bundle, files[batch], batch, t), pad(x[:batch], batch), seconds)
+            lat, _ = timed(runner(bundle, models, files[small], t), pad(x[:small], small), seconds)
+            per_batch, _ = timed(runner(bundle, models, files[batch], t), pad(x[:batch], batch), seconds)
             ips = batch / per_batch
             peak = metrics["peak"][f"threads_{t}"][f"{m['precision']}_gmacs"]
             entry[f"threads_{t}"] = {

@@ -24,7 +24,6 @@ import onnx
 import pytest
 import torch
 
-from edgequant import flatcheck
 from edgequant.artifacts import check_torch_save, read_onnx, read_openvino_ir, read_pt2, read_pte, read_tflite
 from edgequant.benchmark import MethodRequest, check_runs
 from edgequant.methods.pt2e import save_program
@@ -380,7 +379,7 @@ def test_a_tflite_tensor_declaring_gigabytes_is_refused(tmp_path):
     read_tflite(tmp_path / "model_b1.tflite", "re-run")  # the same model with a real shape passes
     (tmp_path / "model_b1.tflite").write_bytes(_tflite([2**16, 2**14]))
     with pytest.raises(ValueError, match=r"model_b1.tflite: not a readable edgequant model \(tensors of 4294967296 bytes, over the"):
-        read_tflite(tmp_path / "model_b1.tflite", "re-run", 1)
+        read_tflite(tmp_path / "model_b1.tflite", "re-run")
 
 
 def test_an_openvino_constant_declaring_more_than_it_holds_is_refused(tmp_path):
@@ -396,16 +395,18 @@ def test_an_openvino_constant_declaring_more_than_it_holds_is_refused(tmp_path):
 # --- ExecuTorch programs: damaged or hostile ones give one line, never an abort
 
 
-@pytest.fixture(scope="module")
-def pte_dir(tmp_path_factory) -> Path:
-    """A method directory holding a tiny XNNPACK-delegated .pte, exported as the executorch methods export them."""
+def tiny_pte(out: Path) -> Path:
+    """`out`/model_b1.pte: a tiny XNNPACK-delegated program, exported as the executorch methods export theirs."""
     from edgequant.methods.executorch import _write_pte
 
-    out = tmp_path_factory.mktemp("quantized") / "executorch_xnnpack_fp32"
-    out.mkdir()
+    out.mkdir(parents=True, exist_ok=True)
     module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)).eval()
-    _write_pte(module, lambda bs: torch.zeros(bs, 1, 28, 28), out, (1,))
-    return out
+    return _write_pte(module, lambda bs: torch.zeros(bs, 1, 28, 28), out, (1,))
+
+
+@pytest.fixture(scope="module")
+def pte_dir(tmp_path_factory) -> Path:
+    return tiny_pte(tmp_path_factory.mktemp("quantized") / "executorch_xnnpack_fp32").parent
 
 
 @pytest.fixture
@@ -471,13 +472,13 @@ def test_a_pte_whose_logged_names_are_not_utf8_is_refused_where_executorch_would
 
 
 def test_a_pte_planning_terabytes_is_refused_before_executorch_allocates(damaged):
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
     pte = damaged / "model_b1.pte"
-    data = bytearray(pte.read_bytes())
-    plan = flatcheck._root(memoryview(bytes(data))[: struct.unpack_from("<Q", data, 16)[0]]).tables(1)[0]
-    start, length = plan.vector(8, 8)
-    assert length >= 2
-    struct.pack_into("<q", data, start + 8, 2**40)  # the planned buffer ExecuTorch allocates when it loads the program
-    pte.write_bytes(bytes(data))
+    program = deserialize_pte_binary(pte.read_bytes())
+    sizes = program.program.execution_plan[0].non_const_buffer_sizes
+    sizes[-1] = 2**40  # the planned buffer ExecuTorch allocates when it loads the program
+    pte.write_bytes(bytes(serialize_pte_binary(program, extract_delegate_segments=True)))
     with allocates_under(100), pytest.raises(ValueError, match=r"planned memory of 1099511\d+ bytes, over the \d+ a model for this batch"):
         _load_pte(damaged)
 

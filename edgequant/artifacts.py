@@ -148,11 +148,12 @@ def read_tflite(path: Path, remedy: str, batch: int = 1) -> bytes:
 
 def read_onnx(path: Path, remedy: str) -> bytes:
     """An ONNX model's serialized bytes, refusing one that points at external data files (which could name
-    any file on the machine), one that does not parse, and tensors whose data is not the size they declare."""
+    any file on the machine), one that does not parse, tensors whose data is not the size they declare, and
+    values whose inferred shapes ask for more memory than a model may plan."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    from edgequant.graphcheck import check_tensors
+    from edgequant.graphcheck import check_inferred_sizes, check_tensors
 
     data = read_artifact(path, remedy)
     try:
@@ -166,6 +167,7 @@ def read_onnx(path: Path, remedy: str) -> bytes:
         raise _refuse(path, f"weights in external files ({', '.join(external[:3])})", remedy)
     with refusing(path, remedy):
         check_tensors(model.graph)
+        check_inferred_sizes(model, planned_limit(1))  # edgequant's ONNX models have a dynamic batch, counted as one image
     return data
 
 

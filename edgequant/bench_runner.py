@@ -167,7 +167,9 @@ def _npy(record: bytes) -> np.ndarray:
     shape, fortran, dtype = readers[version](f)
     if dtype.hasobject or math.prod(shape) * dtype.itemsize != len(record) - f.tell():
         raise ValueError(f"an array of shape {shape} and {dtype} in {len(record) - f.tell()} bytes")
-    return np.frombuffer(bytearray(record), dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")  # writable, as torch wants
+    return np.frombuffer(bytearray(record), dtype, offset=f.tell()).reshape(
+        shape, order="F" if fortran else "C"
+    )  # writable, as torch wants
 
 
 def timed(run, x: np.ndarray, seconds: float) -> tuple[float, int]:

@@ -56,6 +56,25 @@ def check_tensors(graph) -> None:
             )
 
 
+def check_inferred_sizes(model, limit: int) -> None:
+    """The values ONNX shape inference can size (constant shapes propagated, the dynamic batch counted as one
+    image) fit in `limit` bytes together: ONNX Runtime folds constant subgraphs (ConstantOfShape, Expand) when it
+    loads a model, so a shape of constants asks for memory before anything runs."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"shapes ONNX cannot infer ({str(exc).strip().splitlines()[0][:200]})") from exc
+    total = 0
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        kind = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in kind.shape.dim]
+        total += math.prod(dims) * ONNX_ITEMSIZE.get(kind.elem_type, 8)
+    if total > limit:
+        raise ValueError(f"values of {total} bytes by their inferred shapes, over the {limit} a model may plan")
+
+
 def _dims(port) -> list[int]:
     values = [dim.text.strip() if dim.text else "" for dim in port.findall("dim")]
     if not all(v == "-1" or v.isdigit() for v in values):
@@ -69,13 +88,15 @@ def check_ir_sizes(root, weights_bytes: int, limit: int) -> None:
     total = 0
     for layer in root.iter("layer"):
         data = layer.find("data")
+        offset, size = (data.get("offset"), data.get("size")) if data is not None else (None, None)
+        placed = offset is not None or size is not None
+        if placed and (not (offset or "").isdigit() or not (size or "").isdigit() or int(offset) + int(size) > weights_bytes):
+            raise ValueError(f"a constant at offset {offset} of {size} bytes lies outside the weights file")
         if layer.get("type") == "Const" and data is not None:
-            offset, size, kind, shape = data.get("offset", ""), data.get("size", ""), data.get("element_type"), data.get("shape", "")
+            kind, shape = data.get("element_type"), data.get("shape", "")
             dims = [d.strip() for d in shape.split(",") if d.strip()]
-            if not (offset.isdigit() and size.isdigit() and all(d.isdigit() for d in dims)) or kind not in IR_ITEMSIZE:
-                raise ValueError(f"constant {layer.get('name')!r} with offset {offset!r}, size {size!r}, shape {shape!r}, type {kind!r}")
-            if int(offset) + int(size) > weights_bytes:
-                raise ValueError(f"a constant at offset {offset} of {size} bytes lies outside the weights file")
+            if kind not in IR_ITEMSIZE or not all(d.isdigit() for d in dims) or size is None:
+                raise ValueError(f"constant {layer.get('name')!r} with shape {shape!r}, type {kind!r} and no size")
             if math.ceil(math.prod(map(int, dims)) * IR_ITEMSIZE[kind] / (2 if kind[-1] in "14" else 1)) > int(size):
                 raise ValueError(f"constant {layer.get('name')!r} of shape [{shape}] holds only {size} bytes")
         for port in layer.findall("output/port"):

@@ -57,9 +57,8 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
 
 
 def _rebuild_qtensor(storage, offset, size, stride, *_):
-    numel, reach = _shape(size, stride, offset) if isinstance(storage, _Storage) else (0, math.inf)
-    if reach > storage.numel or numel > storage.numel:  # torch allocates a quantized tensor at its shape first
-        raise ValueError("a quantized tensor larger than its storage")
+    if not isinstance(storage, _Storage) or max(_shape(size, stride, offset)) > storage.numel:
+        raise ValueError("a quantized tensor larger than its storage")  # torch allocates it at its shape before set_
     return _Tensor()
 
 

@@ -343,6 +343,28 @@ def test_an_onnx_tensor_declaring_more_than_it_holds_is_refused(tmp_path):
         read_onnx(tmp_path / "model.onnx", "re-run `dvc repro quantize@onnx_fp32`")
 
 
+def test_an_onnx_graph_whose_constant_shapes_ask_for_gigabytes_is_refused(tmp_path):
+    # ONNX Runtime folds ConstantOfShape of a constant shape when it loads the model: 40 GB before anything runs.
+    shape = onnx.numpy_helper.from_array(np.array([100_000, 100_000], np.int64), "shape")
+    fill = onnx.helper.make_node(
+        "ConstantOfShape", ["shape"], ["big"], value=onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0])
+    )
+    graph = onnx.helper.make_graph(
+        [fill, onnx.helper.make_node("Add", ["x", "big"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [shape],
+    )
+    (tmp_path / "model.onnx").write_bytes(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    with pytest.raises(
+        ValueError, match=r"model.onnx: not a readable edgequant model \(values of 80000000000 bytes by their inferred shapes"
+    ):
+        read_onnx(tmp_path / "model.onnx", "re-run `dvc repro quantize@onnx_fp32`")
+
+
 def _tflite(shape: list[int]) -> bytes:
     """A minimal LiteRT model: one subgraph with one tensor of `shape`, float32, and one empty buffer."""
     b = flatbuffers.Builder(0)

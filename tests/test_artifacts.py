@@ -459,7 +459,7 @@ def test_a_truncated_pte_is_refused_in_one_line(damaged):
         _load_pte(damaged)
 
 
-def test_a_pte_that_exectorch_refuses_after_the_checks_is_one_line_with_the_remedy(damaged):
+def test_a_pte_that_executorch_refuses_after_the_checks_is_one_line_with_the_remedy(damaged):
     pte = damaged / "model_b1.pte"
     pte.write_bytes(pte.read_bytes().replace(b"XnnpackBackend", b"XnnpackBackenX"))  # names a backend that is not there
     with pytest.raises(

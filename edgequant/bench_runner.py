@@ -113,7 +113,12 @@ def pte_runner(model: bytes, threads: int, where: Path):
         method = Runtime.get().load_program(model).load_method("forward")
     except RuntimeError as exc:
         raise BundleError(f"{where}: ExecuTorch refuses it ({str(exc).strip().splitlines()[0]}); {REBUILD}") from exc
-    return lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return method.execute([torch.from_numpy(x)])[0].numpy()
+
+    run.keep_alive = model  # ExecuTorch reads the program from these bytes without owning them
+    return run
 
 
 RUNNERS = {".onnx": ort_runner, ".pte": pte_runner}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgequant.artifacts import read_onnx, read_pte, read_record
 from edgequant.data import load_prepared, to_input
 from edgequant.io import atomic_dir
 from edgequant.layers import net_macs
@@ -23,19 +24,24 @@ from edgequant.roofline import ort_gemm_model
 RUNTIMES = ("onnxruntime", "executorch-xnnpack")  # what runs on a device without the training stack
 GEMM_N = 512  # the device's roofline GEMMs: large enough to reach its peak, small enough for a board's memory
 PACKAGE = Path(__file__).resolve().parent
+RUNNER_MODULES = ("machine.py", "filecheck.py", "flatcheck.py")  # what run_bench.py imports beside it: standard library only
 
 
-def shipped_files(out_dir: Path, static_shapes: bool, batches: list[int]) -> dict[int, str]:
-    """The artifact file per batch size: one per size for static shapes, the same file for every size otherwise."""
-    shipped = json.loads((out_dir / "meta.json").read_text()).get("shipped")
-    # The same rule as the benchmark's read_meta: a plain file name inside the method's folder, so a
-    # damaged or hostile meta.json cannot copy a file from elsewhere into a bundle that leaves the machine.
-    if not isinstance(shipped, str) or Path(shipped).name != shipped or not (out_dir / shipped).is_file():
-        remedy = f"re-run `dvc repro quantize@{out_dir.name}`"
-        raise ValueError(f"{out_dir / 'meta.json'}: names no file of {out_dir} as the one shipped ({shipped!r}); {remedy}")
+def shipped_files(artifacts: Path, method: str, static_shapes: bool, batches: list[int]) -> dict[int, str]:
+    """The artifact file per batch size: one per size for static shapes, the same file for every size otherwise.
+    The record and the files are checked as the benchmark checks them (artifacts.read_record): regular files in
+    the method's directory, reached through no symbolic link."""
+    _, shipped = read_record(artifacts, method)
     if static_shapes:
-        return {bs: f"{out_dir.name}/model_b{bs}{Path(shipped).suffix}" for bs in batches}
-    return dict.fromkeys(batches, f"{out_dir.name}/{shipped}")
+        return {bs: f"{method}/model_b{bs}{shipped.suffix}" for bs in batches}
+    return dict.fromkeys(batches, f"{method}/{shipped.name}")
+
+
+def copy_artifact(artifacts: Path, name: str, method: str, batch: int, out: Path) -> None:
+    """Copy one artifact file into the bundle: the bytes the loader's own checks passed, never read through a link."""
+    path, remedy = artifacts / name, f"re-run `dvc repro quantize@{method}`"
+    data = read_pte(path, remedy, batch) if path.suffix == ".pte" else read_onnx(path, remedy)
+    (out / name).write_bytes(data)
 
 
 def make_bundle(artifacts: Path, test: Path, methods: list[str], batches: list[int], images: int, out: Path) -> list[str]:
@@ -45,15 +51,15 @@ def make_bundle(artifacts: Path, test: Path, methods: list[str], batches: list[i
         raise ValueError(f"none of {methods} runs on {' or '.join(RUNTIMES)}: nothing to bundle")
     split = load_prepared(test)
     x, labels = to_input(split["images"][:images]), split["labels"][:images]
+    shipped = {name: shipped_files(artifacts, name, get_method(name).static_shapes, batches) for name in kept}
     with atomic_dir(out) as tmp:
         model = common_model(artifacts, kept)
         manifest = {"model": model, "macs_per_image": sum(net_macs(model).values()), "methods": {}}
         for name in kept:
-            method = get_method(name)
-            files = shipped_files(artifacts / name, method.static_shapes, batches)
+            method, files = get_method(name), shipped[name]
             (tmp / name).mkdir()
-            for f in set(files.values()):
-                shutil.copy(artifacts / f, tmp / f)
+            for f, batch in sorted({f: bs for bs, f in files.items()}.items()):
+                copy_artifact(artifacts, f, name, batch, tmp)
             manifest["methods"][name] = {
                 "runtime": method.runtime,
                 "precision": method.precision,
@@ -69,5 +75,6 @@ def make_bundle(artifacts: Path, test: Path, methods: list[str], batches: list[i
         (tmp / "gemm.json").write_text(json.dumps({"n": GEMM_N, "fp32": "MatMul", "int8": "MatMulInteger"}) + "\n")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy(PACKAGE / "bench_runner.py", tmp / "run_bench.py")
-        shutil.copy(PACKAGE / "machine.py", tmp / "machine.py")
+        for module in RUNNER_MODULES:
+            shutil.copy(PACKAGE / module, tmp / module)
     return kept

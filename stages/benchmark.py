@@ -28,18 +28,10 @@ def write_csv(path: str, rows: list[dict], columns: tuple[str, ...] | None = Non
 
 def read_meta(artifacts: Path, method: str) -> dict:
     """A method's meta.json, with the size of the file it ships measured now, not taken from the record."""
-    remedy = f"re-run `dvc repro quantize@{method}`"
-    path = artifacts / method / "meta.json"
-    if not path.is_file():
-        raise ValueError(f"no artifacts for {method} in {artifacts}: {remedy}")
-    try:
-        meta = json.loads(path.read_text())
-        shipped = meta["shipped"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a quantize record ({exc}); {remedy}") from exc
-    if not isinstance(shipped, str) or Path(shipped).name != shipped or not (artifacts / method / shipped).is_file():
-        raise ValueError(f"{path}: names no file of {artifacts / method} as the one shipped ({shipped!r}); {remedy}")
-    return {**meta, "size_bytes": (artifacts / method / shipped).stat().st_size}
+    from edgequant.artifacts import read_record
+
+    meta, shipped = read_record(artifacts, method)
+    return {**meta, "size_bytes": shipped.stat().st_size}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,8 +85,13 @@ def test_pickle_with_code_refused(tmp_path, capsys):
 def test_archive_with_records_edgequant_never_writes_refused(tmp_path):
     import zipfile
 
+    torch.save(Net().state_dict(), tmp_path / "m.pt")  # torch names the archive's folder after the file: m/
+    with zipfile.ZipFile(tmp_path / "m.pt", "a") as archive:
+        archive.writestr("m/extra/payload.py", "print('hi')")
+    with pytest.raises(ValueError, match="holds records edgequant never writes: m/extra/payload.py"):
+        load_fp32(str(tmp_path / "m.pt"), "cnn")
     torch.save(Net().state_dict(), tmp_path / "m.pt")
     with zipfile.ZipFile(tmp_path / "m.pt", "a") as archive:
         archive.writestr("archive/extra/payload.py", "print('hi')")
-    with pytest.raises(ValueError, match="holds records edgequant never writes: archive/extra/payload.py"):
+    with pytest.raises(ValueError, match=r"records in more than one top-level folder \(archive/extra/payload.py\)"):
         load_fp32(str(tmp_path / "m.pt"), "cnn")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from edgequant.machine import probe
+from edgequant.stage import StageError
 from edgequant.workers import clamp_threads, measure
 
 from .conftest import ROOT, make_digits
@@ -126,3 +128,32 @@ def test_a_worker_that_dies_while_starting_is_reported_as_such(capfd):
     with pytest.raises(RuntimeError, match=r"(?s)measuring fp32 with 1 thread\(s\) failed .*died before opening its log"):
         measure(multiprocessing.get_context("spawn"), _PoisonedRequest(_Unpicklable()))
     assert "unpickling the request failed" in capfd.readouterr().err  # the child's own traceback still shows
+
+
+def test_a_damaged_pte_fails_its_measurement_in_one_line_with_the_remedy(tmp_path):
+    """What the benchmark stage shows for a truncated or scrambled .pte: the worker's one-line refusal, not its traceback."""
+    from edgequant.benchmark import MethodRequest
+
+    from .test_artifacts import tiny_pte
+
+    remedy = r"re-run `dvc repro quantize@executorch_xnnpack_fp32`"
+
+    pte = tiny_pte(tmp_path / "quantized" / "executorch_xnnpack_fp32")
+    images, labels = make_digits(16, 0)
+    torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, tmp_path / "test.pt")
+    request = MethodRequest("executorch_xnnpack_fp32", 1, str(pte.parent), str(tmp_path / "test.pt"), 1, 1, 0, 1, 0.01, False, False, 0)
+    good = pte.read_bytes()
+    damages = {
+        "truncated": good[: len(good) // 2],
+        "scrambled": good.replace(b"XnnpackBackend", b"XnnpackBackenX"),  # passes the checks; ExecuTorch refuses it
+    }
+    for damage, data in damages.items():
+        pte.write_bytes(data)
+        with pytest.raises(StageError) as failed:
+            measure(multiprocessing.get_context("forkserver"), request)
+        message = str(failed.value)
+        assert "\n" not in message, f"{damage}: {message[-2000:]}"
+        assert re.fullmatch(
+            rf"measuring executorch_xnnpack_fp32 with 1 thread\(s\) failed: .*model_b1.pte: .*; {remedy}",
+            message,
+        ), message

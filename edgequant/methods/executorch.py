@@ -34,12 +34,17 @@ def _write_pte(module: torch.nn.Module, example_input: Callable[[int], torch.Ten
 
 
 def _read(out_dir: Path, batch_size: int) -> bytes:
-    """The checked .pte for `batch_size`, with XNNPACK's process-wide thread pool sized for this run
-    (it is sized on first use, so it is reset before every load)."""
-    return read_pte(out_dir / f"model_b{batch_size}.pte", f"re-run `dvc repro quantize@{out_dir.name}`")
+    """The checked .pte for `batch_size` (artifacts.read_pte: a truncated file, random bytes or names ExecuTorch
+    would abort on are refused before it parses them)."""
+    return read_pte(out_dir / f"model_b{batch_size}.pte", _remedy(out_dir), batch_size)
+
+
+def _remedy(out_dir: Path) -> str:
+    return f"re-run `dvc repro quantize@{out_dir.name}`"
 
 
 def _use_threads(threads: int) -> None:
+    """Size XNNPACK's process-wide thread pool for this run (it is sized on first use, so it is reset before every load)."""
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(threads)
@@ -50,8 +55,12 @@ def _load_pte(out_dir: Path, batch_size: int, threads: int):
 
     _use_threads(threads)
     data = _read(out_dir, batch_size)
-    program = Runtime.get().load_program(data)
-    method = program.load_method("forward")
+    try:  # what passes the checks can still be damaged inside (a scrambled table, a delegate's data)
+        program = Runtime.get().load_program(data)
+        method = program.load_method("forward")
+    except RuntimeError as exc:
+        where = out_dir / f"model_b{batch_size}.pte"
+        raise ValueError(f"{where}: ExecuTorch refuses it ({str(exc).strip().splitlines()[0]}); {_remedy(out_dir)}") from exc
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return method.execute([x])[0]

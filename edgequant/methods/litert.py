@@ -99,7 +99,7 @@ def interpreter(data: bytes, threads: int, where: Path):
 
 def _read(out_dir: Path, batch_size: int) -> tuple[bytes, Path]:
     path = out_dir / file_name(batch_size)
-    return read_tflite(path, f"re-run `dvc repro quantize@{out_dir.name}`"), path
+    return read_tflite(path, f"re-run `dvc repro quantize@{out_dir.name}`", batch_size), path
 
 
 def _load(out_dir: Path, batch_size: int, threads: int):

@@ -162,6 +162,13 @@ def check_loaded(path: str | Path, data: bytes | None = None) -> None:
         raise ValueError(f"{path}: {problem}")
 
 
+def read_checked(path: str | Path) -> bytes:
+    """The bytes of `path`, refused (ValueError) when they are a damaged copy of a recorded output."""
+    data = Path(path).read_bytes()
+    check_loaded(path, data)
+    return data
+
+
 def damaged_outputs(root: Path) -> list[str]:
     """Every recorded output file (each file of a directory output too) that is damaged, one line each."""
     problems = []

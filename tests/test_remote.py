@@ -15,7 +15,7 @@ import yaml
 
 from edgequant.io import save_torch
 from edgequant.model import Net, load_fp32
-from edgequant.recorded import check_loaded
+from edgequant.recorded import check_loaded, read_checked
 from edgequant.remote import remotes, unverified
 
 from .conftest import ROOT, make_env, sh
@@ -138,7 +138,7 @@ def test_a_damaged_pull_through_an_unverified_remote_is_refused_where_it_is_load
     code, out = run([sys.executable, "-m", "edgequant.remote"], bob, env)
     assert code == 1 and "DVC remote 'team' (the default)" in out and "`dvc remote modify team verify true`" in out, out
     with pytest.raises(ValueError, match=rf"{output}: dvc.lock records md5 [0-9a-f]{{32}}, and DVC's cached copy .* hashes to"):
-        check_loaded(bob / output, (bob / output).read_bytes())
+        read_checked(bob / output)
     code, out = run([sys.executable, "-m", "edgequant.recorded"], bob, env)
     assert code == 1 and f"recorded: {output}: dvc.lock records md5" in out, out
 
@@ -169,6 +169,6 @@ def test_a_file_changed_since_its_record_is_not_called_damaged(origin):
     work, env = origin
     torch.manual_seed(1)
     save_torch(Net().state_dict(), work / "models/fp32.pt")  # a stage run by hand: the cache still holds the recorded copy
-    check_loaded(work / "models/fp32.pt", (work / "models/fp32.pt").read_bytes())
+    read_checked(work / "models/fp32.pt")
     check_loaded(work / "models/quantized/fp32/model.pt")
     assert run([sys.executable, "-m", "edgequant.recorded"], work, env)[0] == 0

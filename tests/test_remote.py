@@ -20,8 +20,6 @@ from edgequant.remote import remotes, unverified
 
 from .conftest import ROOT, make_env, sh
 
-pytestmark = pytest.mark.slow
-
 OUTPUTS = ("models/fp32.pt", "models/quantized/fp32/model.pt")
 PIPELINE = {
     "stages": {
@@ -97,6 +95,7 @@ def test_the_committed_config_verifies_every_remote():
     assert found and unverified(found) == [], unverified(found)
 
 
+@pytest.mark.slow
 def test_a_remote_as_dvc_remote_add_leaves_it_is_named_with_its_fix(tmp_path):
     env = make_env(tmp_path)
     sh(["git", "init", "-q"], tmp_path, env)
@@ -110,6 +109,7 @@ def test_a_remote_as_dvc_remote_add_leaves_it_is_named_with_its_fix(tmp_path):
     assert code == 0, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", OUTPUTS)
 def test_a_damaged_object_in_the_committed_default_remote_fails_the_pull(origin, output):
     work, env = origin
@@ -121,6 +121,7 @@ def test_a_damaged_object_in_the_committed_default_remote_fails_the_pull(origin,
     assert not [p for p in (bob / ".dvc/cache").rglob("*") if p.is_file() and p.name == remote_object(work, output).name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", OUTPUTS)
 def test_a_damaged_pull_through_an_unverified_remote_is_refused_where_it_is_loaded(origin, output):
     work, env = origin
@@ -165,6 +166,7 @@ def test_a_damaged_pull_through_an_unverified_remote_is_refused_where_it_is_load
     assert (bob / output).read_bytes() == (work / output).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_file_changed_since_its_record_is_not_called_damaged(origin):
     work, env = origin
     torch.manual_seed(1)
@@ -172,3 +174,51 @@ def test_a_file_changed_since_its_record_is_not_called_damaged(origin):
     read_checked(work / "models/fp32.pt")
     check_loaded(work / "models/quantized/fp32/model.pt")
     assert run([sys.executable, "-m", "edgequant.recorded"], work, env)[0] == 0
+
+
+def fake_repo(root: Path, files: dict[str, bytes]) -> dict[str, str]:
+    """A repo as DVC leaves it after a pull, written by hand: dvc.lock naming `files` (one a file output, the rest
+    inside the directory output `models/quantized/m`), each object and the directory's listing in .dvc/cache."""
+    import hashlib
+    import json
+
+    def store(data: bytes, suffix: str = "") -> str:
+        md5 = hashlib.md5(data).hexdigest() + suffix
+        obj = root / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_bytes(data)
+        return md5
+
+    sums = {}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        sums[rel] = store(data)
+    inside = sorted(rel for rel in files if rel.startswith("models/quantized/m/"))
+    listing = json.dumps([{"md5": sums[r], "relpath": r.removeprefix("models/quantized/m/")} for r in inside]).encode()
+    outs = [{"path": "models/fp32.pt", "md5": sums["models/fp32.pt"]}, {"path": "models/quantized/m", "md5": store(listing, ".dir")}]
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": {"outs": outs}}}))
+    return sums
+
+
+@pytest.mark.parametrize("target", ["models/fp32.pt", "models/quantized/m/model.onnx", "listing"])
+def test_a_damaged_cached_copy_is_refused_and_a_changed_file_is_not(tmp_path, target):
+    sums = fake_repo(tmp_path, {"models/fp32.pt": b"weights" * 1000, "models/quantized/m/model.onnx": b"onnx" * 1000})
+    files = ["models/fp32.pt", "models/quantized/m/model.onnx"]
+    for rel in files:  # as checked out: every copy intact
+        check_loaded(tmp_path / rel, (tmp_path / rel).read_bytes())
+    changed = target if target != "listing" else files[1]
+    (tmp_path / changed).write_bytes(b"edited by hand")  # the cache still holds the recorded copy: not damage
+    check_loaded(tmp_path / changed)
+
+    if target == "listing":
+        listing = next((tmp_path / ".dvc/cache").rglob("*.dir"))
+        flip_one_byte(listing)
+        with pytest.raises(ValueError, match=r"the listing of models/quantized/m in DVC's cache .* is damaged"):
+            check_loaded(tmp_path / files[1])
+        return
+    cached = tmp_path / ".dvc/cache/files/md5" / sums[target][:2] / sums[target][2:]
+    flip_one_byte(cached)
+    (tmp_path / target).write_bytes(cached.read_bytes())  # what a checkout of the damaged object leaves
+    with pytest.raises(ValueError, match=rf"^{tmp_path / target}: dvc.lock records md5 {sums[target]}, and DVC's cached copy"):
+        read_checked(tmp_path / target)

@@ -113,9 +113,9 @@ def download(out_dir: str | Path, dataset: Dataset, mirrors: list[str], timeout_
     The files land in a temporary directory beside `out_dir`, which replaces it only once all four are verified:
     an earlier `out_dir` stays byte-identical through any failure (under `dvc repro` too, where the stage's
     output is `persist: true`, so DVC no longer removes it first)."""
-    kept = Path(out_dir).is_dir()  # where DVC removed it before the stage ran, the stage says how to restore it
+    kept = Path(out_dir).is_dir()  # an earlier download, which a failure leaves byte-identical
     if not mirrors:
-        raise DownloadError(f"no mirrors for dataset {dataset.name}: set ${MIRROR_ENV} to a directory or URL holding its files", kept)
+        raise DownloadError(f"no mirrors for dataset {dataset.name}: set ${MIRROR_ENV} to a directory or URL holding its files")
     mirrors = [normalize_mirror(m) for m in mirrors]
     with atomic_dir(out_dir) as tmp:
         for name in FILES:
@@ -133,8 +133,7 @@ def download(out_dir: str | Path, dataset: Dataset, mirrors: list[str], timeout_
                     f"could not get a verified {name} of {dataset.name} from any of {len(mirrors)} mirror(s):\n"
                     + "\n".join(failures)
                     + f"\nSet ${MIRROR_ENV} to a directory or URL holding the original {dataset.name} files."
-                    + (f" {out_dir} is as it was." if kept else ""),
-                    outputs_kept=kept,
+                    + (f" {out_dir} is as it was." if kept else "")
                 )
 
 

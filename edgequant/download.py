@@ -16,6 +16,7 @@ from tqdm import tqdm
 from edgequant.datasets import FILES, Dataset
 from edgequant.io import atomic_dir
 from edgequant.stage import StageError
+from edgequant.urls import has_schemeless_credentials, redact, request
 
 MIRROR_ENV = "MNIST_MIRROR"  # a directory or URL tried before the dataset's own mirrors
 CHUNK = 1 << 16
@@ -36,9 +37,13 @@ def mirrors_for(dataset: Dataset, env: dict[str, str] | None = None) -> list[str
 def normalize_mirror(mirror: str) -> str:
     """Turn a directory path into a file:// URL; leave URLs alone. Always ends with '/'."""
     if "://" not in mirror:
+        if has_schemeless_credentials(mirror):
+            raise DownloadError(f"${MIRROR_ENV}={redact(mirror)!r}: a URL without its scheme; write it as http://… or https://…")
         path = Path(mirror).expanduser().resolve()
         if not path.is_dir():
-            raise DownloadError(f"${MIRROR_ENV}={mirror!r}: no such directory (give a directory or a URL holding the four .gz files)")
+            raise DownloadError(
+                f"${MIRROR_ENV}={redact(mirror)!r}: no such directory (give a directory or a URL holding the four .gz files)"
+            )
         mirror = path.as_uri()
     return mirror if mirror.endswith("/") else mirror + "/"
 
@@ -78,7 +83,7 @@ def fetch_one(url: str, dest: Path, content_md5: str, gz_md5: str | None, timeou
     """
     deadline = time.monotonic() + timeout_s
     raw, content, received = hashlib.md5(), GzipContent(), 0
-    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(dest, "wb") as out:
+    with urllib.request.urlopen(request(url), timeout=timeout_s) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         name = Path(urlparse(url).path).name
         with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
@@ -103,7 +108,12 @@ def fetch_one(url: str, dest: Path, content_md5: str, gz_md5: str | None, timeou
 
 
 def download(out_dir: str | Path, dataset: Dataset, mirrors: list[str], timeout_s: float = 60.0) -> None:
-    """Fill `out_dir` with the four verified files of `dataset`, or raise DownloadError and leave it untouched."""
+    """Fill `out_dir` with the four verified files of `dataset`, or raise DownloadError and leave it untouched.
+
+    The files land in a temporary directory beside `out_dir`, which replaces it only once all four are verified:
+    an earlier `out_dir` stays byte-identical through any failure (under `dvc repro` too, where the stage's
+    output is `persist: true`, so DVC no longer removes it first)."""
+    kept = Path(out_dir).is_dir()  # an earlier download, which a failure leaves byte-identical
     if not mirrors:
         raise DownloadError(f"no mirrors for dataset {dataset.name}: set ${MIRROR_ENV} to a directory or URL holding its files")
     mirrors = [normalize_mirror(m) for m in mirrors]
@@ -117,12 +127,13 @@ def download(out_dir: str | Path, dataset: Dataset, mirrors: list[str], timeout_
                     break
                 except (OSError, ValueError, urllib.error.URLError) as exc:  # URLError/HTTPError/timeouts are OSErrors
                     dest.unlink(missing_ok=True)  # a file that failed verification is never kept
-                    failures.append(f"  {mirror}{name}: {describe(exc)}")
+                    failures.append(redact(f"  {mirror}{name}: {describe(exc)}"))
             else:
                 raise DownloadError(
                     f"could not get a verified {name} of {dataset.name} from any of {len(mirrors)} mirror(s):\n"
                     + "\n".join(failures)
                     + f"\nSet ${MIRROR_ENV} to a directory or URL holding the original {dataset.name} files."
+                    + (f" {out_dir} is as it was." if kept else "")
                 )
 
 

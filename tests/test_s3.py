@@ -9,6 +9,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def team(tiny_origin, s3_server, tmp_path_factory) -> Team:
     # Each revision pushes to the remote its own .dvc/config names, so both branches move to S3.
     for branch in ("calib-16", "main"):
         sh(["git", "checkout", "-q", branch], lead, env)
-        add_s3_remote(lead, env, "s3", f"s3://{BUCKET}/{PREFIX}", s3_server.endpoint)
+        add_s3_remote(lead, env, "s3", f"s3://{BUCKET}/{PREFIX}", s3_server.endpoint, ("verify", "true"))  # the README's recipe
         sh(["dvc", "remote", "default", "s3"], lead, env)
         sh(["dvc", "remote", "remove", "storage"], lead, env)  # no fallback: clones can only get data from S3
         sh(["git", "commit", "-qam", "share results through S3"], lead, env)
@@ -302,3 +303,56 @@ def test_unreachable_endpoint_fails_within_bounded_time(team, frank, endpoint):
     assert rc != 0 and expected in out and f"127.0.0.1:{port}" in out, out
     assert seconds < 20
     assert snapshot(frank) == before
+
+
+def damaged_copy(client, prefix: str, md5: str) -> str:
+    """Copy the team's objects to `prefix` with one byte flipped in the object named `md5`; return its key."""
+    for key in objects(client, f"{PREFIX}/files/"):
+        client.copy_object(Bucket=BUCKET, Key=prefix + key.removeprefix(PREFIX), CopySource={"Bucket": BUCKET, "Key": key})
+    key = f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}"
+    data = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    return key
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verify-true", "as-dvc-remote-add-leaves-it"])
+def test_a_damaged_object_on_s3_fails_the_pull_with_verify_and_is_refused_where_loaded_without(team, s3_server, tmp_path, verify):
+    from edgequant.model import load_fp32
+    from edgequant.recorded import check_loaded
+
+    lock = yaml.safe_load((team.lead / "dvc.lock").read_text())["stages"]
+    md5 = next(o["md5"] for o in lock["train"]["outs"] if o["path"] == "models/fp32.pt")
+    prefix = f"damaged-{'verified' if verify else 'unverified'}"
+    damaged_copy(s3_server.client(), prefix, md5)
+    work = clone(team, tmp_path / "grace", pull=False)
+    add_s3_remote(work, team.env, "damaged", f"s3://{BUCKET}/{prefix}", s3_server.endpoint, *([("verify", "true")] if verify else []))
+    sh(["dvc", "remote", "default", "damaged"], work, team.env)
+    code, out, seconds = run(["dvc", "pull"], work, team.env)
+    print(f"\ndvc pull of a damaged fp32.pt from S3, verify={verify}: exit {code} after {seconds:.2f} s")
+    if verify:  # dvc 3.67.1 hashes each object as it arrives, drops the damaged one and fails the checkout
+        assert code != 0 and "Checkout failed" in out and "models/fp32.pt" in out, out
+        assert not (work / "models/fp32.pt").exists()
+        assert not (work / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).exists()
+        return
+    # Without it the damaged copy lands, DVC calls it clean, and torch loads the changed weights ...
+    assert code == 0 and is_up_to_date(work, team.env), out
+    load_fp32(str(work / "models/fp32.pt"), "cnn")
+    # ... and edgequant names the remote, refuses the copy where it is loaded, and in a check of every output.
+    code, out, _ = run([sys.executable, "-m", "edgequant.remote"], work, team.env)
+    assert code == 1 and "DVC remote 'damaged' (the default) at s3://edgequant/damaged-unverified" in out, out
+    with pytest.raises(ValueError, match=r"models/fp32.pt: dvc.lock records md5 [0-9a-f]{32}, and DVC's cached copy .* hashes to"):
+        check_loaded(work / "models/fp32.pt", (work / "models/fp32.pt").read_bytes())
+    code, out, _ = run([sys.executable, "-m", "edgequant.recorded"], work, team.env)
+    assert code == 1 and "recorded: models/fp32.pt: dvc.lock records md5" in out, out
+
+
+def test_the_readmes_s3_remote_recipe_passes_the_committed_remote_check(team, s3_server, tmp_path):
+    work = clone(team, tmp_path / "heidi", pull=False)
+    add_s3_remote(work, team.env, "team", "s3://my-bucket/edgequant", s3_server.endpoint)
+    sh(["dvc", "remote", "default", "team"], work, team.env)
+    code, out, _ = run([sys.executable, "-m", "edgequant.remote", "--committed"], work, team.env)
+    assert code == 1 and "`dvc remote modify team verify true`" in out, out  # what `dvc remote add` leaves out
+    sh(["dvc", "remote", "modify", "team", "verify", "true"], work, team.env)
+    code, out, _ = run([sys.executable, "-m", "edgequant.remote", "--committed"], work, team.env)
+    assert code == 0 and "2 DVC remote(s), each re-hashing what `dvc pull` downloads" in out, out

@@ -33,6 +33,7 @@ $(VENV)/.runtimes: $(VENV)/.installed requirements-runtimes.txt
 # The params files are checked first: DVC reads them itself before any stage runs, and reports a scalar
 # method list as an error in dvc.yaml (or, for a file of nested YAML aliases, runs out of memory).
 repro: setup runtimes fashion-mnist
+	python -m edgequant.dvclock --repair
 	python -m edgequant.validate params.yaml $(wildcard workloads/*/params.yaml)
 	dvc repro -P
 
@@ -50,6 +51,7 @@ lint: setup
 # This machine's run into the fleet: machines/<name>/ (commit it) and a DVC experiment of the same name
 # (`dvc exp push origin <name>` shares it; a teammate's `dvc exp pull origin <name>` brings it back).
 machine: setup runtimes
+	python -m edgequant.dvclock --repair
 	dvc repro  # the reference pipeline: the fleet compares machines on it
 	@name=$$(python -m edgequant.fleet save --out machines) && dvc repro fleet && \
 	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgequant.filecheck import read_regular, read_zip, size_of_regular
 from edgequant.flatcheck import check_pte, check_tflite, planned_limit
+from edgequant.recorded import check_loaded
 
 # torch.save archives (state dicts, prepared splits): the pickle is only ever read with weights_only=True.
 TORCH_SAVE_RECORDS = re.compile(r"data\.pkl|\.format_version|\.storage_alignment|byteorder|version|data/\d+|\.data/serialization_id")
@@ -56,7 +57,9 @@ def read_artifact(path: Path, remedy: str, root: Path | None = None) -> bytes:
     link. By default `root` is the folder above the file's own, so that neither the file nor its method's
     directory may be a link; the folders above that are the user's layout."""
     with refusing(path, remedy):
-        return read_regular(path, root or path.parent.parent)
+        data = read_regular(path, root or path.parent.parent)
+    check_loaded(path, data)  # a damaged copy of a recorded output, pulled from a remote without `verify`
+    return data
 
 
 def read_record(artifacts: Path, method: str) -> tuple[dict, Path]:

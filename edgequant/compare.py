@@ -21,8 +21,10 @@ from urllib.parse import quote
 
 import yaml
 
+from edgequant import dvclock
 from edgequant.io import atomic_dir
 from edgequant.md import code, escape
+from edgequant.urls import redact
 
 # Per method, the figures a reviewer decides on; the full list follows in a collapsed section.
 HEADLINE = ("accuracy_pct", "accuracy_drop_pp", "size_bytes", "threads_1.latency_ms_p50", "threads_1.throughput_ips")
@@ -34,7 +36,9 @@ def dvc(*args: str, as_json: bool = False) -> str:
     """Run a dvc command and return its stdout; a failure names the command and dvc's message."""
     proc = subprocess.run(["dvc", *args, *(["--json"] if as_json else [])], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        message = redact(proc.stderr.strip() or proc.stdout.strip())
+        fix = dvclock.explain(message)  # a rwlock cut short by a full disk fails every dvc command
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed: {message}" + (f" {fix}" if fix else ""))
     return proc.stdout
 
 

@@ -99,7 +99,12 @@ def remove_stale(path: Path) -> None:
 
     DVC holds a lock per repo, so no other writer of the same output can be running. Until swept they
     are invisible: `.dvcignore` and `.gitignore` leave out `.*.tmp`, so a leftover inside a directory
-    dependency (models/quantized) neither changes its hash nor shows in `git status`."""
+    dependency (models/quantized) neither changes its hash nor shows in `git status`. A kill between
+    `atomic_dir`'s two renames leaves the output missing and its earlier copy whole as `.<name>.old.tmp`:
+    that copy is put back, not swept."""
+    old = path.with_name(f".{path.name}.old.tmp")
+    if old.is_dir() and not path.exists() and not path.is_symlink():
+        os.replace(old, path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

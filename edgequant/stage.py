@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -39,7 +40,10 @@ def describe(exc: BaseException) -> str:
     """One line: OSErrors name the file and what to do; others keep their own (first) line."""
     if isinstance(exc, OSError) and exc.strerror:
         where = f" {exc.filename}" if exc.filename else ""
-        return f"cannot access{where}: {exc.strerror} (free disk space or make the checkout writable, then re-run)"
+        fix = "free disk space or make the checkout writable, then re-run"
+        if exc.errno == errno.ENOSPC and "DVC_STAGE" in os.environ:  # DVC rewrites its lock files after the stage
+            fix += "; if dvc then cannot read .dvc/tmp/rwlock: `python -m edgequant.dvclock --repair`"
+        return f"cannot access{where}: {exc.strerror} ({fix})"
     text = str(exc).strip() or type(exc).__name__
     # A StageError may list one reason per line (every mirror tried); others keep their first line.
     return text if isinstance(exc, StageError) else text.splitlines()[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import re
 import signal
 import subprocess
@@ -157,3 +158,17 @@ def test_a_damaged_pte_fails_its_measurement_in_one_line_with_the_remedy(tmp_pat
             rf"measuring executorch_xnnpack_fp32 with 1 thread\(s\) failed: .*model_b1.pte: .*; {remedy}",
             message,
         ), message
+
+
+def test_a_kill_between_the_two_renames_of_a_folder_swap_keeps_the_earlier_copy(tmp_path):
+    from edgequant.io import atomic_dir
+
+    out = tmp_path / "raw"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.gz").write_text("earlier")
+    # What SIGKILL between `os.replace(path, old)` and `os.replace(tmp, path)` leaves: no output, the earlier copy aside.
+    os.replace(out, tmp_path / ".raw.old.tmp")
+    (tmp_path / ".raw.x1.tmp").mkdir()  # the new copy that never got its name
+    with pytest.raises(RuntimeError), atomic_dir(out):  # the next run fails before it writes anything
+        raise RuntimeError("a mirror failed")
+    assert (out / "a.gz").read_text() == "earlier" and not list(tmp_path.glob(".*.tmp"))

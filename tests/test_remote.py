@@ -130,10 +130,11 @@ def test_a_damaged_pull_through_an_unverified_remote_is_refused_where_it_is_load
     bob = clone(work, env, "bob")
     sh(["dvc", "remote", "add", "-d", "team", str(damaged.parents[3])], bob, env)  # the same store, as `dvc remote add` leaves it
 
-    # What DVC does: the damaged copy lands, `dvc status` is clean, and torch loads the changed weights.
+    # What DVC does: the damaged copy lands and `dvc status` is clean; edgequant's loader refuses it.
     sh(["dvc", "pull"], bob, env)
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], bob, env)
-    load_fp32(str(bob / output), "cnn")
+    with pytest.raises(ValueError, match="DVC's cached copy"):
+        load_fp32(str(bob / output), "cnn")
 
     # What edgequant does: names the remote and the command, refuses the copy where it is loaded and in a check of them all.
     code, out = run([sys.executable, "-m", "edgequant.remote"], bob, env)

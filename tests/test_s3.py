@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import is_up_to_date, set_params, sh, stages_run
+from .conftest import is_up_to_date, sh, stages_run
 from .s3server import REGION, S3Server, free_ports, weed_binary
 
 pytest.importorskip("dvc_s3", reason="dvc-s3 is not installed")

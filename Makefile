@@ -33,7 +33,7 @@ $(VENV)/.runtimes: $(VENV)/.installed requirements-runtimes.txt
 # The params files are checked first: DVC reads them itself before any stage runs, and reports a scalar
 # method list as an error in dvc.yaml (or, for a file of nested YAML aliases, runs out of memory).
 repro: setup runtimes fashion-mnist
-	python -m edgequant.dvclock --repair
+	python -m edgequant.team.dvclock --repair
 	python -m edgequant.validate params.yaml $(wildcard workloads/*/params.yaml)
 	dvc repro -P
 
@@ -51,9 +51,9 @@ lint: setup
 # This machine's run into the fleet: machines/<name>/ (commit it) and a DVC experiment of the same name
 # (`dvc exp push origin <name>` shares it; a teammate's `dvc exp pull origin <name>` brings it back).
 machine: setup runtimes
-	python -m edgequant.dvclock --repair
+	python -m edgequant.team.dvclock --repair
 	dvc repro  # the reference pipeline: the fleet compares machines on it
-	@name=$$(python -m edgequant.fleet save --out machines) && dvc repro fleet && \
+	@name=$$(python -m edgequant.fleet.table save --out machines) && dvc repro fleet && \
 	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \
 	echo "saved machines/$$name and experiment $$name; share: git add machines/$$name, or dvc exp push origin $$name"
 
@@ -61,7 +61,7 @@ machine: setup runtimes
 A ?= main
 B ?= workspace
 compare: setup
-	python -m edgequant.compare '$(subst ','\'',$(A))' '$(subst ','\'',$(B))' \
+	python -m edgequant.report.compare '$(subst ','\'',$(A))' '$(subst ','\'',$(B))' \
 		--out 'reports/$(subst ','\'',$(subst /,_,$(A))_vs_$(subst /,_,$(B)))' \
 		$(if $(wildcard $(VEGA_DIR)/vega-embed.min.js),--vega-dir $(VEGA_DIR),)
 

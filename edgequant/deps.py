@@ -16,11 +16,15 @@ from pathlib import Path
 PACKAGES = ("edgequant", "stages")
 # Imported by name rather than by an import statement, so the import graph cannot see them.
 DYNAMIC = {
-    "edgequant/registry.py": ["edgequant.methods.*"],  # every module of edgequant/methods registers its methods on import
-    "edgequant/workers.py": ["edgequant.quiet"],  # the benchmark's fork server preloads it
-    "edgequant/bundle.py": ["edgequant.bench_runner", "edgequant.machine"],  # copied into the bundle
+    "edgequant/quantize/catalog.py": ["edgequant.quantize.methods.*"],  # every module of edgequant/methods registers its methods on import
+    "edgequant/measure/processes.py": ["edgequant.measure.quiet"],  # the benchmark's fork server preloads it
+    "edgequant/device/bundle.py": ["edgequant.device.run_bench", "edgequant.measure.machine"],  # copied into the bundle
 }
-INITS = ("edgequant/__init__.py", "stages/__init__.py")  # docstrings and constants only (tests/test_dvc_yaml.py)
+
+
+def package_inits(root: Path) -> set[str]:
+    """Every package's __init__.py: docstrings and constants only (tests/test_dvc_yaml.py), so no dep can miss code."""
+    return {p.relative_to(root).as_posix() for package in PACKAGES for p in (root / package).rglob("__init__.py")}
 
 
 def module_file(module: str, root: Path) -> Path | None:
@@ -80,7 +84,7 @@ def is_code(dep: str) -> bool:
 
 
 def code_deps(cmd: str, root: Path) -> list[str]:
-    return sorted(import_closure(entry_module(cmd), root) - set(INITS))
+    return sorted(import_closure(entry_module(cmd), root) - package_inits(root))
 
 
 def render(dvc_yaml: Path, root: Path) -> str:
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file is stale")
     args = parser.parse_args(argv)
-    from edgequant.io import write_text
+    from edgequant.files import write_text
 
     try:
         changes = stale(Path.cwd())

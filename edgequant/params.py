@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from edgequant.datasets import DATASETS, FILES, MD5
+from edgequant.data.datasets import DATASETS, FILES, MD5
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ MAX_GEMM_SIZE = 8192  # three 8192² FP32 matrices are 0.8 GB; 80000 asked for 2
 INT_RANGE = (-(2**31), 2**31 - 1)
 MAX_THREADS = 1024  # torch and OpenMP would try to start that many workers
 MAX_RUNS = 1_000_000  # timed calls per measurement: the latencies are kept in memory, 8 bytes each
-MAX_RUN_TIME_S = 600.0  # per throughput measurement: a benchmark worker is stopped after 600 s (edgequant/workers.py)
+MAX_RUN_TIME_S = 600.0  # per throughput measurement: a benchmark worker is stopped after 600 s (edgequant/measure/processes.py)
 # A params file is a few hundred bytes of plain values. DVC reads it whole (its dvc.yaml templating loads
 # params.yaml), expanding every YAML alias: 600 bytes of nested aliases took gigabytes in `dvc status`.
 MAX_PARAMS_BYTES = 1 << 20
@@ -104,7 +104,7 @@ def check_names(names: list[str], key: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DownloadParams:
-    dataset: str  # a name from edgequant.download.DATASETS, or "custom" with its md5s below
+    dataset: str  # a name from edgequant.data.download.DATASETS, or "custom" with its md5s below
     md5: dict[str, str]  # custom only: md5 of each decompressed IDX file
 
     def __post_init__(self) -> None:
@@ -131,7 +131,7 @@ class PrepareParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    model: str  # a name from edgequant.model's registry (validate checks it)
+    model: str  # a name from edgequant.model.zoo's registry (validate checks it)
     seed: int
     epochs: int
     batch_size: int

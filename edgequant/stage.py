@@ -42,7 +42,7 @@ def describe(exc: BaseException) -> str:
         where = f" {exc.filename}" if exc.filename else ""
         fix = "free disk space or make the checkout writable, then re-run"
         if exc.errno == errno.ENOSPC and "DVC_STAGE" in os.environ:  # DVC rewrites its lock files after the stage
-            fix += "; if dvc then cannot read .dvc/tmp/rwlock: `python -m edgequant.dvclock --repair`"
+            fix += "; if dvc then cannot read .dvc/tmp/rwlock: `python -m edgequant.team.dvclock --repair`"
         return f"cannot access{where}: {exc.strerror} ({fix})"
     text = str(exc).strip() or type(exc).__name__
     # A StageError may list one reason per line (every mirror tried); others keep their first line.

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgequant import npu
-from edgequant.datasets import dataset_for
-from edgequant.model import get_model
+from edgequant.data.datasets import dataset_for
+from edgequant.device import npu
+from edgequant.model.zoo import get_model
 from edgequant.params import (
     SECTIONS,
     BenchmarkParams,
@@ -25,7 +25,7 @@ from edgequant.params import (
     parse,
     read_sections,
 )
-from edgequant.registry import get_method
+from edgequant.quantize.catalog import get_method
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from edgequant.io import write_text
+from edgequant.files import write_text
 
 # What a workload leaves out: the machine probe (shared), and what concerns the shipped reference only
 # (the fleet of machines, the device bundle).

@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 
 from edgequant import stage
-from edgequant.benchmark import machine_info
-from edgequant.data import load_prepared
-from edgequant.io import atomic_path, require_free_space, write_json
-from edgequant.layers import conv_macs
-from edgequant.model import common_model
-from edgequant.profile import OP_COLUMNS, op_rows
-from edgequant.registry import get_method
-from edgequant.report import accuracy, layer_rows, summarize
+from edgequant.data.splits import load_prepared
+from edgequant.files import atomic_path, require_free_space, write_json
+from edgequant.measure.ops import OP_COLUMNS, op_rows
+from edgequant.measure.processes import clamp_threads, measure_all
+from edgequant.measure.summary import accuracy, layer_rows, summarize
+from edgequant.measure.timing import machine_info
+from edgequant.model.layers import conv_macs
+from edgequant.model.zoo import common_model
+from edgequant.quantize.catalog import get_method
 from edgequant.validate import load_all
-from edgequant.workers import clamp_threads, measure_all
 
 
 def write_csv(path: str, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
@@ -28,7 +28,7 @@ def write_csv(path: str, rows: list[dict], columns: tuple[str, ...] | None = Non
 
 def read_meta(artifacts: Path, method: str) -> dict:
     """A method's meta.json, with the size of the file it ships measured now, not taken from the record."""
-    from edgequant.artifacts import read_record
+    from edgequant.artifacts.read import read_record
 
     meta, shipped = read_record(artifacts, method)
     return {**meta, "size_bytes": shipped.stat().st_size}

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from edgequant import params, stage
-from edgequant.bundle import make_bundle
+from edgequant.device.bundle import make_bundle
 
 IMAGES = 1000  # test images the device checks accuracy on: enough to see a flip rate, small enough to copy
 

@@ -5,8 +5,8 @@ import os
 import sys
 
 from edgequant import params, stage
-from edgequant.datasets import dataset_for
-from edgequant.download import download, mirrors_for
+from edgequant.data.datasets import dataset_for
+from edgequant.data.download import download, mirrors_for
 
 
 def main(argv: list[str] | None = None) -> int:

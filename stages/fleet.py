@@ -4,8 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgequant import fleet, params, stage
-from edgequant.io import write_text
+from edgequant import params, stage
+from edgequant.files import write_text
+from edgequant.fleet import table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,15 +20,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         gate = params.load(params.GateParams, "gate", args.params)
-        here = fleet.load(Path(args.metrics).parent, Path(args.metrics).name)  # this run's own output: a bad one is refused
+        here = table.load(Path(args.metrics).parent, Path(args.metrics).name)  # this run's own output: a bad one is refused
         # Another machine's folder that cannot be read is named and left out, not fatal: one bad import must not
         # take the fleet view (and every other machine's row) from everyone who runs the pipeline.
-        others, skipped = fleet.gather(Path(args.machines))
+        others, skipped = table.gather(Path(args.machines))
         for line in skipped:
             print(f"fleet: not shown: {line}", file=sys.stderr)
         entries = [here] + [e for e in others if e["name"] != here["name"]]  # this run replaces its own saved copy
-        write_text(args.md, fleet.markdown([fleet.summarize(e, gate) for e in entries], skipped) + "\n")
-        fleet.plot(entries, Path(args.png))
+        write_text(args.md, table.markdown([table.summarize(e, gate) for e in entries], skipped) + "\n")
+        table.plot(entries, Path(args.png))
         return f"{len(entries)} machine(s) -> {args.md}" + (f"; {len(skipped)} folder(s) not shown, named there" if skipped else "")
 
     return stage.run("fleet", body)

@@ -5,8 +5,8 @@ import json
 import sys
 
 from edgequant import params, stage
+from edgequant.files import write_json
 from edgequant.gate import check, report
-from edgequant.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:

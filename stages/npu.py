@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from edgequant import params, stage
-from edgequant.io import atomic_path, write_json
-from edgequant.methods.litert import file_name
-from edgequant.npu import LAYER_COLUMNS, METHOD, estimate_all
+from edgequant.device.npu import LAYER_COLUMNS, METHOD, estimate_all
+from edgequant.files import atomic_path, write_json
+from edgequant.quantize.methods.litert import file_name
 
 
 def main(argv: list[str] | None = None) -> int:

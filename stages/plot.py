@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from edgequant import params, stage
-from edgequant.plot import plot_accuracy, plot_layers, plot_npu, plot_ops, plot_speedups, plot_tradeoffs, plot_training
-from edgequant.reference import is_reference
+from edgequant.report.charts import plot_accuracy, plot_layers, plot_npu, plot_ops, plot_speedups, plot_tradeoffs, plot_training
+from edgequant.report.reference import is_reference
 
 
 def read_live_history(live_dir: Path) -> pd.DataFrame:

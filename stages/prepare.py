@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from edgequant import params, stage
-from edgequant.data import draw_subsets, load_split
-from edgequant.io import save_torch
+from edgequant.data.splits import draw_subsets, load_split
+from edgequant.files import save_torch
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ import json
 import sys
 
 from edgequant import stage
-from edgequant.io import write_text
-from edgequant.machine import probe
+from edgequant.files import write_text
+from edgequant.measure.machine import probe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 from edgequant import params, stage
-from edgequant.data import load_prepared, to_input
-from edgequant.io import atomic_dir, require_free_space, write_json
-from edgequant.model import load_fp32
-from edgequant.registry import Labelled, get_method, record
-from edgequant.runtime import peak_rss_mib
+from edgequant.data.splits import load_prepared, to_input
+from edgequant.files import atomic_dir, require_free_space, write_json
+from edgequant.measure.memory import peak_rss_mib
+from edgequant.model.zoo import load_fp32
+from edgequant.quantize.catalog import Labelled, get_method, record
 
 SQNR_IMAGES = 512  # test images used to measure per-layer SQNR (a diagnostic; never used to calibrate)
 

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 from edgequant import params, stage
-from edgequant.data import load_prepared
-from edgequant.io import atomic_dir, require_free_space, save_torch, write_json
-from edgequant.runtime import keep_freed_memory, peak_rss_mib
-from edgequant.train import train
+from edgequant.data.splits import load_prepared
+from edgequant.files import atomic_dir, require_free_space, save_torch, write_json
+from edgequant.measure.memory import keep_freed_memory, peak_rss_mib
+from edgequant.model.train import train
 
 
 def main(argv: list[str] | None = None) -> int:

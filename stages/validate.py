@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from edgequant import stage
-from edgequant.io import write_text
+from edgequant.files import write_text
 from edgequant.params import naming
 from edgequant.validate import check_pipeline, load_all
 

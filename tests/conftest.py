@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from edgequant.model import Net
+from edgequant.model.zoo import Net
 from edgequant.params import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def tiny_train_params(**overrides) -> TrainParams:
 
 def train_tiny(model: str):
     """A briefly trained `model`: quantization tests need real activations, not random weights."""
-    from edgequant.train import train
+    from edgequant.model.train import train
 
     images, labels = make_digits(512, 0)
     p = tiny_train_params(model=model)

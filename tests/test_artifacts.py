@@ -24,11 +24,11 @@ import onnx
 import pytest
 import torch
 
-from edgequant.artifacts import check_torch_save, read_onnx, read_openvino_ir, read_pt2, read_pte, read_tflite
-from edgequant.benchmark import MethodRequest, check_runs
-from edgequant.methods.pt2e import save_program
-from edgequant.model import load_fp32
-from edgequant.registry import get_method
+from edgequant.artifacts.read import check_torch_save, read_onnx, read_openvino_ir, read_pt2, read_pte, read_tflite
+from edgequant.measure.timing import MethodRequest, check_runs
+from edgequant.model.zoo import load_fp32
+from edgequant.quantize.catalog import get_method
+from edgequant.quantize.methods.pt2e import save_program
 
 from .zipforge import Record, forge
 
@@ -419,7 +419,7 @@ def test_an_openvino_constant_declaring_more_than_it_holds_is_refused(tmp_path):
 
 def tiny_pte(out: Path) -> Path:
     """`out`/model_b1.pte: a tiny XNNPACK-delegated program, exported as the executorch methods export theirs."""
-    from edgequant.methods.executorch import _write_pte
+    from edgequant.quantize.methods.executorch import _write_pte
 
     out.mkdir(parents=True, exist_ok=True)
     module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)).eval()

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from edgequant.benchmark import machine_info, measure_latency, measure_throughput, predict
-from edgequant.layers import net_macs
-from edgequant.report import accuracy, summarize
+from edgequant.measure.summary import accuracy, summarize
+from edgequant.measure.timing import machine_info, measure_latency, measure_throughput, predict
+from edgequant.model.layers import net_macs
 
 
 def test_latency_percentiles_are_ordered():
@@ -32,8 +32,8 @@ def test_throughput_counts_images_per_second_of_the_batch():
 # Page faults per training step of the real model at batch 64, after warm-up.
 FAULTS_PER_TRAINING_STEP = """
 import sys, torch
-from edgequant.model import Net
-from edgequant.runtime import keep_freed_memory, minor_faults
+from edgequant.model.zoo import Net
+from edgequant.measure.memory import keep_freed_memory, minor_faults
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.manual_seed(0)
@@ -111,7 +111,7 @@ def test_summarize_ratios():
 
 
 def test_flips_and_mcnemar():
-    from edgequant.report import flips
+    from edgequant.measure.summary import flips
 
     def split(lost, gained, same=100):
         fp32 = torch.tensor([True] * lost + [False] * gained + [True] * same)
@@ -125,7 +125,7 @@ def test_flips_and_mcnemar():
 
 
 def test_the_drops_interval_is_exact_and_agrees_with_mcnemar():
-    from edgequant.report import drop_interval_pp, flips
+    from edgequant.measure.summary import drop_interval_pp, flips
 
     def p_value(lost, gained):
         fp32 = torch.tensor([True] * lost + [False] * gained + [True])

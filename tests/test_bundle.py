@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgequant import bench_runner, fleet
-from edgequant.bench_runner import BundleError, measure
-from edgequant.bundle import make_bundle
-from edgequant.machine import probe
-from edgequant.registry import get_method, record
+from edgequant.device import run_bench
+from edgequant.device.bundle import make_bundle
+from edgequant.device.run_bench import BundleError, measure
+from edgequant.fleet import table
+from edgequant.measure.machine import probe
+from edgequant.quantize.catalog import get_method, record
 
 from .conftest import make_digits
 from .zipforge import Record, forge
@@ -94,13 +95,13 @@ def test_the_runner_needs_only_onnxruntime_and_its_output_joins_the_fleet(bundle
         [python, "run_bench.py", "--seconds", "0.01", "--out", "out/benchmark.json"], cwd=device, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    saved = fleet.save([device / "out/benchmark.json"], device / "out/machine.json", tmp_path / "machines")
-    entry = fleet.load(saved)
+    saved = table.save([device / "out/benchmark.json"], device / "out/machine.json", tmp_path / "machines")
+    entry = table.load(saved)
     assert set(entry["metrics"]["methods"]) == {"onnx_fp32", "onnx_qdq_int8"}
     from edgequant.params import GateParams
 
-    row = fleet.summarize(entry, GateParams(["onnx_qdq_int8"], 100.0, 0.01, 0.5, True))
-    assert row["fastest_int8"] == "onnx_qdq_int8" and row["speedup_vs_fp32_eager"] is None and "| – |" in fleet.markdown([row])
+    row = table.summarize(entry, GateParams(["onnx_qdq_int8"], 100.0, 0.01, 0.5, True))
+    assert row["fastest_int8"] == "onnx_qdq_int8" and row["speedup_vs_fp32_eager"] is None and "| – |" in table.markdown([row])
 
 
 # --- A hostile or damaged bundle: one line, before anything is measured
@@ -198,8 +199,8 @@ def test_inputs_declaring_millions_of_images_are_refused_before_numpy_allocates(
 
 def test_an_unwritable_output_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").write_text("a file where the output folder would be")
-    monkeypatch.setattr(bench_runner, "measure", lambda *a: pytest.fail("measured before checking the output"))
-    assert bench_runner.main(["--out", str(tmp_path / "taken" / "benchmark.json")]) == 1
+    monkeypatch.setattr(run_bench, "measure", lambda *a: pytest.fail("measured before checking the output"))
+    assert run_bench.main(["--out", str(tmp_path / "taken" / "benchmark.json")]) == 1
     assert re.fullmatch(
         r"run_bench: cannot write .*taken/benchmark.json \(.+\); pass --out a path in a writable folder\n", capsys.readouterr().err
     )
@@ -213,8 +214,8 @@ def test_results_that_cannot_be_written_at_the_end_are_kept_elsewhere(tmp_path, 
         out.parent.write_text("the folder went away while measuring")
         return {"methods": {"onnx_fp32": {}}, "machine": {"name": "device"}}
 
-    monkeypatch.setattr(bench_runner, "measure", measure_then_lose_the_folder)
-    assert bench_runner.main(["--out", str(out)]) == 1
+    monkeypatch.setattr(run_bench, "measure", measure_then_lose_the_folder)
+    assert run_bench.main(["--out", str(out)]) == 1
     kept = Path(re.search(r"the results are in (\S+) ", capsys.readouterr().err).group(1))
     assert json.loads(kept.read_text())["methods"] == {"onnx_fp32": {}} and (kept.parent / "machine.json").is_file()
     shutil.rmtree(kept.parent)

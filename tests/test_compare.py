@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgequant.compare import check_out, flatten, headline_rows, main, plot_order
+from edgequant.report.compare import check_out, flatten, headline_rows, main, plot_order
 
 from .conftest import ROOT
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgequant.data import IdxError, draw_subsets, load_split, parse_idx, read_idx_gz, to_input
+from edgequant.data.splits import IdxError, draw_subsets, load_split, parse_idx, read_idx_gz, to_input
 
 from .conftest import idx_bytes, make_digits, write_mirror
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgequant.datasets import DATASETS, FILES, custom_dataset
-from edgequant.download import DownloadError, download, mirrors_for, normalize_mirror
+from edgequant.data.datasets import DATASETS, FILES, custom_dataset
+from edgequant.data.download import DownloadError, download, mirrors_for, normalize_mirror
 
 from .conftest import ROOT, make_env, sh, write_mirror
 
@@ -262,7 +262,7 @@ def test_the_stage_never_prints_a_password_from_mnist_mirror(server, tmp_path, s
     ],
 )
 def test_redact_hides_every_urls_credentials(text, shown):
-    from edgequant.urls import redact
+    from edgequant.data.urls import redact
 
     assert redact(text) == shown
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from edgequant import dvclock
+from edgequant.team import dvclock
 
 from .conftest import make_env
 
@@ -55,8 +55,8 @@ FILL=1 step full dvc repro
 cp .dvc/tmp/rwlock "$RESULTS/rwlock"
 rm ballast
 step status dvc status
-step check python -m edgequant.dvclock
-step repair python -m edgequant.dvclock --repair
+step check python -m edgequant.team.dvclock
+step repair python -m edgequant.team.dvclock --repair
 step status_after dvc status
 step repro_after dvc repro
 """
@@ -101,7 +101,8 @@ def test_a_full_disk_under_dvc_repro_cuts_the_rwlock_and_the_repair_restores_dvc
     assert code != 0 and dvclock.DVC_MESSAGE in out, out
     code, out = step("check")
     assert code == 1 and len(out.strip().splitlines()) == 1, out
-    assert f".dvc/tmp/rwlock is cut short or damaged at {len(cut)} bytes" in out and "`python -m edgequant.dvclock --repair`" in out, out
+    assert f".dvc/tmp/rwlock is cut short or damaged at {len(cut)} bytes" in out, out
+    assert "`python -m edgequant.team.dvclock --repair`" in out, out
     code, out = step("repair")
     assert code == 0 and "removed .dvc/tmp/rwlock" in out, out
     assert step("status_after")[0] == 0, step("status_after")[1]

@@ -12,8 +12,8 @@ import sys
 import pytest
 import yaml
 
-from edgequant import fleet
-from edgequant.machine import FLAGS, int8_dot, probe, slug
+from edgequant.fleet import table
+from edgequant.measure.machine import FLAGS, int8_dot, probe, slug
 from edgequant.params import GateParams
 from stages import fleet as fleet_stage
 
@@ -66,7 +66,7 @@ def metrics(flags, xnnpack_ips, ort_ips, ort_own=2.0, engine=True, cpu="AMD EPYC
 
 
 def entry(m):
-    return {"name": fleet.machine_name(m["machine"]), "metrics": m, "source": "x"}
+    return {"name": table.machine_name(m["machine"]), "metrics": m, "source": "x"}
 
 
 def cells(line: str) -> int:
@@ -75,7 +75,7 @@ def cells(line: str) -> int:
 
 
 def test_each_machine_is_ranked_on_its_own_numbers():
-    vnni, avx2 = fleet.summarize(entry(metrics(VNNI, 13000, 11000)), GATE), fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
+    vnni, avx2 = table.summarize(entry(metrics(VNNI, 13000, 11000)), GATE), table.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
     assert (vnni["machine"], avx2["machine"]) == ("amd-epyc-avx512-vnni", "amd-epyc-avx2")
     assert (vnni["fastest_int8"], avx2["fastest_int8"]) == ("executorch_xnnpack_int8", "onnx_qdq_int8")
     assert avx2["speedup_vs_fp32_eager"] == pytest.approx(5.4) and avx2["peak_fraction"] == 0.5
@@ -83,30 +83,30 @@ def test_each_machine_is_ranked_on_its_own_numbers():
 
 
 def test_the_shipping_rule_skips_a_candidate_that_fails_the_gate():
-    row = fleet.summarize(entry(metrics(AVX2, 3200, 5400, ort_own=1.1)), GATE)  # ORT fastest, but 1.1x its own FP32 < 1.3
+    row = table.summarize(entry(metrics(AVX2, 3200, 5400, ort_own=1.1)), GATE)  # ORT fastest, but 1.1x its own FP32 < 1.3
     assert row["fastest_int8"] == "onnx_qdq_int8" and row["ship_throughput"] == "executorch_xnnpack_int8"
 
 
 def test_a_record_from_before_the_probe_is_named_and_its_single_engine_peak_not_shown():
     old = metrics(AVX2, 3200, 5400, engine=False)
     old["machine"] = {"cpu": "AMD EPYC", "arch": "x86_64", "flag_avx2": True, "flag_avx512_vnni": False}
-    row = fleet.summarize({"name": fleet.machine_name(old["machine"]), "metrics": old, "source": "x"}, GATE)
+    row = table.summarize({"name": table.machine_name(old["machine"]), "metrics": old, "source": "x"}, GATE)
     assert row["machine"] == "amd-epyc-avx2" and row["int8_dot"] == "avx2 vpmaddubsw (int16 pairs saturate)"
-    assert row["peak_fraction"] is None and "n/a¹" in fleet.markdown([row])
+    assert row["peak_fraction"] is None and "n/a¹" in table.markdown([row])
 
 
 def test_markdown_states_the_rule_and_one_row_per_machine():
-    rows = [fleet.summarize(entry(metrics(f, a, b)), GATE) for f, a, b in ((VNNI, 13000, 11000), (AVX2, 3200, 5400))]
-    text = fleet.markdown(rows)
-    assert text.count("\n| `") == 2 and fleet.SHIP_RULE in text
+    rows = [table.summarize(entry(metrics(f, a, b)), GATE) for f, a, b in ((VNNI, 13000, 11000), (AVX2, 3200, 5400))]
+    text = table.markdown(rows)
+    assert text.count("\n| `") == 2 and table.SHIP_RULE in text
     assert "| `amd-epyc-avx2` | avx2 vpmaddubsw (int16 pairs saturate) | `onnx_qdq_int8` | 5.4× |" in text
 
 
 def test_strings_from_a_record_cannot_shift_cells_or_end_the_table():
-    row = fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
+    row = table.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
     row["machine"] = "a|b\n<!-- fleet:end -->\n# injected"
     row["int8_dot"] = "x | y <script>alert(1)</script> [link](http://example.invalid) `code`"
-    text = fleet.markdown([row])
+    text = table.markdown([row])
     assert [cells(line) for line in text.splitlines() if line.startswith("|")] == [CELLS_PER_ROW] * 3
     assert "<!--" not in text and "<script" not in text and "&lt;!-- fleet:end --&gt;" in text
     assert r"\[link\](http://example.invalid) \`code\`" in text  # shown as typed: no link, no code span
@@ -114,28 +114,28 @@ def test_strings_from_a_record_cannot_shift_cells_or_end_the_table():
 
 
 def test_a_folder_left_out_is_named_as_plain_text():
-    row = fleet.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
-    text = fleet.markdown([row], skipped=["machines/z: bad | record\n## heading <!-- x -->"])
+    row = table.summarize(entry(metrics(AVX2, 3200, 5400)), GATE)
+    text = table.markdown([row], skipped=["machines/z: bad | record\n## heading <!-- x -->"])
     assert text.splitlines()[-1] == r"Not shown: machines/z: bad \| record ## heading &lt;!-- x --&gt;"
 
 
 @pytest.mark.parametrize("caps", [{}, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"}])
 def test_the_probes_own_record_is_read_and_named_as_the_probe_names_it(caps):
     record = probe(env=caps)
-    assert fleet.machine_name(record) == record["name"]
+    assert table.machine_name(record) == record["name"]
 
 
 def test_save_puts_a_run_under_its_machine_name(tmp_path):
     (tmp_path / "machine.json").write_text(json.dumps(probed(AVX2)))
     (tmp_path / "benchmark.json").write_text(json.dumps(metrics(AVX2, 1, 2)))
-    folder = fleet.save([tmp_path / "benchmark.json"], tmp_path / "machine.json", tmp_path / "machines")
-    assert folder.name == "amd-epyc-avx2" and fleet.load(folder)["name"] == "amd-epyc-avx2"
+    folder = table.save([tmp_path / "benchmark.json"], tmp_path / "machine.json", tmp_path / "machines")
+    assert folder.name == "amd-epyc-avx2" and table.load(folder)["name"] == "amd-epyc-avx2"
 
 
 def test_a_folder_that_is_not_a_benchmark_record_is_named(tmp_path):
     (tmp_path / "benchmark.json").write_text("{}")
     with pytest.raises(ValueError, match=r"benchmark.json: machine must be a JSON object, got NoneType None"):
-        fleet.load(tmp_path)
+        table.load(tmp_path)
 
 
 # --- Importing: the name is computed from the record, checked as a plain slug, and only its own folder is replaced.
@@ -167,7 +167,7 @@ def kept(tmp_path):
 def test_an_imported_machine_name_never_leaves_its_folder(tmp_path, capsys, kept, name):
     name = str(tmp_path / "abs") if name == "ABSOLUTE" else name
     argv, device = import_device(tmp_path, metrics(AVX2, 3200, 5400), {**probed(AVX2), "name": name})
-    assert fleet.main(argv) == 1
+    assert table.main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{device / 'machine.json'}: machine.name" in err and "is not a plain name" in err, err
     assert all(f.read_text() == "kept" for f in kept)
@@ -178,7 +178,7 @@ def test_a_cpu_name_that_would_make_a_long_folder_is_refused(tmp_path, capsys, k
     record = metrics(AVX2, 3200, 5400)
     record["machine"]["cpu"] = "x" * 300
     argv, device = import_device(tmp_path, record, record["machine"])
-    assert fleet.main(argv) == 1
+    assert table.main(argv) == 1
     assert f"{device / 'benchmark.json'}: machine.cpu must be printable text of 1 to 200 characters" in capsys.readouterr().err
 
 
@@ -187,11 +187,11 @@ def test_an_import_replaces_only_a_machines_folder(tmp_path, capsys):
     notes = tmp_path / "machines/amd-epyc-avx2/notes.txt"  # a folder of that name that holds no machine's record
     notes.parent.mkdir(parents=True)
     notes.write_text("mine")
-    assert fleet.main(argv) == 1 and "exists and is not a machine's folder" in capsys.readouterr().err
+    assert table.main(argv) == 1 and "exists and is not a machine's folder" in capsys.readouterr().err
     assert notes.read_text() == "mine"
     notes.unlink()
     (notes.parent / "benchmark.json").write_text(json.dumps(metrics(AVX2, 1, 2)))  # an earlier import: replaced
-    assert fleet.main(argv) == 0 and fleet.load(notes.parent)["metrics"]["methods"]["onnx_qdq_int8"]["threads_1"]["throughput_ips"] == 5400
+    assert table.main(argv) == 0 and table.load(notes.parent)["metrics"]["methods"]["onnx_qdq_int8"]["threads_1"]["throughput_ips"] == 5400
 
 
 def deep(record: dict) -> str:
@@ -231,7 +231,7 @@ BAD_RECORDS = {
 def test_a_bad_record_is_refused_on_import_naming_file_and_field(tmp_path, capsys, case):
     make, field = BAD_RECORDS[case]
     argv, device = import_device(tmp_path, make())
-    assert fleet.main(argv) == 1
+    assert table.main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"fleet: {device / 'benchmark.json'}: ") and field in err, err
     assert not (tmp_path / "machines").exists() or not any((tmp_path / "machines").iterdir())
@@ -241,7 +241,7 @@ def test_a_record_too_large_is_refused_before_it_is_read(tmp_path, capsys):
     argv, device = import_device(tmp_path, metrics(AVX2, 3200, 5400))
     with (device / "benchmark.json").open("r+b") as f:
         f.truncate(2**30)  # 1 GiB, sparse: nothing is written, and nothing may be read
-    assert fleet.main(argv) == 1
+    assert table.main(argv) == 1
     assert f"{device / 'benchmark.json'}: 1,073,741,824 bytes, more than a record holds" in capsys.readouterr().err
 
 
@@ -252,9 +252,9 @@ def run_stage(tmp_path, here: dict, machines) -> tuple[int, str]:
     (tmp_path / "here").mkdir()
     (tmp_path / "here/benchmark.json").write_text(json.dumps(here))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    md = tmp_path / "out/fleet.md"
+    md = tmp_path / "out/table.md"
     argv = ["--metrics", str(tmp_path / "here/benchmark.json"), "--machines", str(machines), "--md", str(md)]
-    rc = fleet_stage.main([*argv, "--png", str(tmp_path / "out/fleet.png"), "--params", str(tmp_path / "params.yaml")])
+    rc = fleet_stage.main([*argv, "--png", str(tmp_path / "out/table.png"), "--params", str(tmp_path / "params.yaml")])
     return rc, md.read_text() if md.exists() else ""
 
 
@@ -277,34 +277,34 @@ def test_the_fleet_stage_names_a_bad_folder_and_shows_every_other(tmp_path, caps
 
 
 def test_make_machine_saves_the_run_whole_and_refuses_a_probe_of_another_machine(tmp_path):
-    for f in fleet.RUN_FILES:
+    for f in table.RUN_FILES:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("x,y\n" if f.endswith(".csv") else "{}")
     (tmp_path / "metrics/benchmark.json").write_text(json.dumps(metrics(AVX2, 3200, 5400)))
     (tmp_path / "metrics/machine.json").write_text(json.dumps(probed(VNNI)))  # the probe ran again elsewhere since
     with pytest.raises(ValueError, match=r"machine.json: names the machine amd-epyc-avx512-vnni, but benchmark.json was measured on"):
-        fleet.save_run(tmp_path / "machines", tmp_path)
+        table.save_run(tmp_path / "machines", tmp_path)
     (tmp_path / "metrics/machine.json").write_text(json.dumps(probed(AVX2)))
-    assert fleet.save_run(tmp_path / "machines", tmp_path).name == "amd-epyc-avx2"
-    assert fleet.unsaved(lambda f: (tmp_path / f).read_bytes() if (tmp_path / f).is_file() else None, str(tmp_path / "machines")) == []
+    assert table.save_run(tmp_path / "machines", tmp_path).name == "amd-epyc-avx2"
+    assert table.unsaved(lambda f: (tmp_path / f).read_bytes() if (tmp_path / f).is_file() else None, str(tmp_path / "machines")) == []
 
 
 def test_an_import_is_a_plain_copy_of_its_source(tmp_path):
     source = tmp_path / "shared/some-device"
     shutil.copytree(ROOT / "machines/amd-epyc-avx2", source)
-    first = fleet.import_folder(source, tmp_path / "machines")
-    second = fleet.import_folder(source, tmp_path / "machines")  # a later import of the same source: the same bytes again
+    first = table.import_folder(source, tmp_path / "machines")
+    second = table.import_folder(source, tmp_path / "machines")  # a later import of the same source: the same bytes again
     assert first == second and {p.name: p.read_bytes() for p in first.iterdir()} == {p.name: p.read_bytes() for p in source.iterdir()}
 
 
 def test_a_later_import_never_replaces_another_run_of_the_machine_unasked(tmp_path, capsys):
     source = tmp_path / "shared/some-device"
     shutil.copytree(ROOT / "machines/amd-epyc-avx2", source)
-    target = fleet.import_folder(source, tmp_path / "machines")
+    target = table.import_folder(source, tmp_path / "machines")
     (target / "train.json").write_text("{}")  # as if `make machine` had saved a newer run there since
-    assert fleet.main(["import", str(source), "--out", str(tmp_path / "machines")]) == 1
+    assert table.main(["import", str(source), "--out", str(tmp_path / "machines")]) == 1
     assert "holds another run of this machine" in capsys.readouterr().err and (target / "train.json").read_text() == "{}"
-    assert fleet.main(["import", "--replace", str(source), "--out", str(tmp_path / "machines")]) == 0
+    assert table.main(["import", "--replace", str(source), "--out", str(tmp_path / "machines")]) == 0
     assert (target / "train.json").read_bytes() == (source / "train.json").read_bytes()
 
 
@@ -320,7 +320,7 @@ def committed(path: str) -> bytes | None:
 
 
 def committed_machine() -> str:
-    return fleet.machine_name(json.loads(committed("metrics/benchmark.json"))["machine"])
+    return table.machine_name(json.loads(committed("metrics/benchmark.json"))["machine"])
 
 
 def fleet_rows(md: str) -> list[str]:
@@ -329,13 +329,13 @@ def fleet_rows(md: str) -> list[str]:
 
 def test_the_committed_machine_has_an_identical_copy_in_the_fleet():
     """`make machine` keeps it so; a run re-measured on another CPU is committed together with its copy."""
-    assert fleet.unsaved(committed) == [], (
-        f"run `make machine` (or `python -m edgequant.fleet save`) and commit machines/{committed_machine()}"
+    assert table.unsaved(committed) == [], (
+        f"run `make machine` (or `python -m edgequant.fleet.table save`) and commit machines/{committed_machine()}"
     )
 
 
 def test_every_machine_folder_is_named_by_its_record():
-    entries, skipped = fleet.gather(ROOT / "machines")
+    entries, skipped = table.gather(ROOT / "machines")
     assert skipped == [] and {e["name"] for e in entries} == {p.name for p in (ROOT / "machines").iterdir() if p.is_dir()}
     assert len(entries) >= 3  # the committed AVX-512 VNNI EPYC, the Zen 3 AVX2 EPYC and the AMX Xeon at least
 
@@ -356,13 +356,13 @@ def test_a_fresh_run_on_another_machine_keeps_the_committed_machines_fleet_row(c
     """A teammate's clone: the run committed there was saved by `make machine`; a run on another CPU (an ISA cap
     names the machine apart) shows that machine, every other committed one, and itself."""
     work, env = clone
-    name = sh([sys.executable, "-m", "edgequant.fleet", "save"], work, env).strip()  # what `make machine` does after `dvc repro`
+    name = sh([sys.executable, "-m", "edgequant.fleet.table", "save"], work, env).strip()  # what `make machine` does after `dvc repro`
     sh(["git", "add", "machines"], work, env)
     sh(["git", "commit", "-qm", f"results of {name}"], work, env)
     capped = dict(env, ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="AVX2")
     out = sh(["dvc", "repro"], work, capped)
-    here = fleet.machine_name(json.loads((work / "metrics/benchmark.json").read_text())["machine"])
-    rows = fleet_rows((work / "plots/fleet.md").read_text())
+    here = table.machine_name(json.loads((work / "metrics/benchmark.json").read_text())["machine"])
+    rows = fleet_rows((work / "plots/table.md").read_text())
     folders = {p.name for p in (work / "machines").iterdir() if p.is_dir()}
     assert "Running stage 'fleet'" in out and here != name and name in folders
     assert rows[0] == here and set(rows) == {here, *folders} and len(rows) == len(folders) + 1, rows

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgequant.data import to_input
-from edgequant.layers import sqnr_db
-from edgequant.registry import get_method
+from edgequant.data.splits import to_input
+from edgequant.model.layers import sqnr_db
+from edgequant.quantize.catalog import get_method
 
 from .conftest import make_digits
 
@@ -30,7 +30,7 @@ METHODS = ["onnx_qdq_int8", "executorch_xnnpack_int8", "eager_static_x86"]  # pt
 RUN = """
 import sys, numpy as np, torch
 from pathlib import Path
-from edgequant.registry import get_method
+from edgequant.quantize.catalog import get_method
 print(torch.backends.cpu.get_cpu_capability())
 x = torch.from_numpy(np.load(sys.argv[1]))
 for name in sys.argv[2:]:
@@ -73,7 +73,7 @@ def test_full_range_onnx_weights_do_saturate_there(tiny_model, tmp_path, subproc
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgequant.methods import onnx as ort_method
+    from edgequant.quantize.methods import onnx as ort_method
 
     images, _ = make_digits(72, 5)
     x = to_input(torch.from_numpy(images))

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgequant.benchmark import machine_info
-from edgequant.isa_evidence import mlas_kernel
-from edgequant.kernel_names import isa_line_path, kernel_name_path, onednn_int8_primitives
-from edgequant.machine import CAPS, INT8_PATHS, MAX_NAME_CHARS, mlas_path, name_of, probe, read_cpuinfo, slug, torch_capability
-from edgequant.roofline import ENGINES, measure_peak
+from edgequant.measure.evidence import mlas_kernel
+from edgequant.measure.kernels import isa_line_path, kernel_name_path, onednn_int8_primitives
+from edgequant.measure.machine import CAPS, INT8_PATHS, MAX_NAME_CHARS, mlas_path, name_of, probe, read_cpuinfo, slug, torch_capability
+from edgequant.measure.roofline import ENGINES, measure_peak
+from edgequant.measure.timing import machine_info
 
 from .conftest import ROOT, is_up_to_date, sh, stages_run
 
@@ -211,7 +211,7 @@ def test_probe_agrees_with_what_torch_reports(cap, subprocess_env):
     if cap:
         env["ATEN_CPU_CAPABILITY"] = cap
     code = (
-        "import json, torch; from edgequant.machine import probe; "
+        "import json, torch; from edgequant.measure.machine import probe; "
         "print(json.dumps([probe()['isa']['torch_cpu_capability'], torch.backends.cpu.get_cpu_capability()]))"
     )
     ours, torchs = json.loads(
@@ -282,7 +282,7 @@ def test_mlas_runs_amx_only_where_linux_grants_tile_data():
 
 def evidence(env: dict[str, str]) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", "import json; from edgequant.isa_evidence import collect; print(json.dumps(collect()))"],
+        [sys.executable, "-c", "import json; from edgequant.measure.evidence import collect; print(json.dumps(collect()))"],
         env=env,
         cwd=ROOT,
         capture_output=True,

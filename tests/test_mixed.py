@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edgequant.mixed import Trial, keep_fp32, summary
+from edgequant.quantize.search import Trial, keep_fp32, summary
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 
@@ -59,7 +59,7 @@ def test_an_unreachable_budget_says_what_was_tried_and_the_best_reached():
 def test_onnx_excluded_nodes_keep_float_weights(model, layer, groups, tmp_path, request):
     import onnx
 
-    from edgequant.methods.onnx import _preprocess, _qdq, compute_nodes
+    from edgequant.quantize.methods.onnx import _preprocess, _qdq, compute_nodes
 
     net = request.getfixturevalue(model)
     pre = _preprocess(net, tmp_path)
@@ -80,8 +80,8 @@ def test_onnx_excluded_nodes_keep_float_weights(model, layer, groups, tmp_path, 
 
 @pytest.mark.parametrize(("model", "layer", "groups"), [("tiny_model", "conv1", 1), ("tiny_stress_model", "blocks.0.0", 32)])
 def test_xnnpack_skipped_layers_stay_fp32(model, layer, groups, request):
-    from edgequant.methods.executorch import _quantizer
-    from edgequant.methods.pt2e import calibrate_and_convert
+    from edgequant.quantize.methods.executorch import _quantizer
+    from edgequant.quantize.methods.pt2e import calibrate_and_convert
 
     net = request.getfixturevalue(model)
 

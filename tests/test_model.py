@@ -5,8 +5,8 @@ import pickle
 import pytest
 import torch
 
-from edgequant.layers import conv_layers, conv_macs, count_macs, net_macs
-from edgequant.model import Net, build_model, get_model, known_models, load_fp32
+from edgequant.model.layers import conv_layers, conv_macs, count_macs, net_macs
+from edgequant.model.zoo import Net, build_model, get_model, known_models, load_fp32
 
 
 def test_output_shape_and_state_dict_size(tmp_path):

@@ -7,7 +7,7 @@ import matplotlib.colors
 import pandas as pd
 import pytest
 
-from edgequant import plot
+from edgequant.report import charts
 
 
 def bench() -> pd.DataFrame:
@@ -28,14 +28,14 @@ def bench() -> pd.DataFrame:
 @pytest.fixture
 def drawn(monkeypatch):
     figures = []
-    monkeypatch.setattr(plot, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(charts, "_save", lambda fig, path: figures.append(fig))
     return figures
 
 
 @pytest.mark.parametrize("reference", [True, False], ids=["reference-workload", "other-workload"])
 def test_tradeoff_points_and_pairs_are_the_rows_of_the_smallest_thread_count(drawn, tmp_path, reference):
     df = bench()
-    plot.plot_tradeoffs(df, tmp_path / "t.png", reference)
+    charts.plot_tradeoffs(df, tmp_path / "t.png", reference)
     ax1, ax2 = drawn[0].axes
     # the reference's FP32 accuracy and dynamic INT8 size are drawn only beside the workload that reproduces it
     assert (len(ax1.lines), len(ax2.lines)) == ((1, 1) if reference else (0, 0))
@@ -63,7 +63,7 @@ def test_accuracy_bars_are_the_int8_drops_with_their_intervals_and_solid_only_wh
         flips_gained=3,
         mcnemar_p=lambda d: d.accuracy_drop_pp.map(lambda drop: 0.001 if drop >= 0.25 else 0.5),
     )
-    plot.plot_accuracy(df, tmp_path / "a.png")
+    charts.plot_accuracy(df, tmp_path / "a.png")
     ax = drawn[0].axes[0]
     int8 = df[(df.threads == 1) & (df.precision == "int8")]
     bars = sorted((round(b.get_width(), 6), b.get_alpha()) for b in ax.patches)
@@ -84,14 +84,14 @@ def test_accuracy_bars_are_the_int8_drops_with_their_intervals_and_solid_only_wh
 
 def test_speedup_bars_are_the_csv_values(drawn, tmp_path):
     df = bench().assign(throughput_speedup_vs_fp32_eager=lambda d: d.throughput_ips / 2000.0)
-    plot.plot_speedups(df, tmp_path / "s.png")
+    charts.plot_speedups(df, tmp_path / "s.png")
     heights = sorted(round(p.get_height(), 6) for p in drawn[0].axes[0].patches if p.get_height() > 0)
     assert heights == sorted(round(v, 6) for v in df.throughput_speedup_vs_fp32_eager)
 
 
 def test_layer_bars_colour_convolutions_by_kind_not_name(drawn, tmp_path):
     layers = pd.DataFrame({"layer": ["stem", "fc"], "kind": ["conv", "linear"], "macs": [3e6, 1e6], "macs_share_pct": [75.0, 25.0]})
-    plot.plot_layers(layers, tmp_path / "l.png")
+    charts.plot_layers(layers, tmp_path / "l.png")
     bars = drawn[0].axes[0].patches
     assert [matplotlib.colors.to_hex(b.get_facecolor()) for b in bars] == ["#c44e52", "#4c72b0"]
     assert [b.get_height() for b in bars] == [3.0, 1.0]
@@ -106,7 +106,7 @@ def test_npu_bars_are_vela_cycles_per_layer_and_say_they_are_estimates(drawn, tm
         ("ethos-u85-256", "FullyConnected", "Net/Linear_fc1;7", 300),
     ]
     layers = pd.DataFrame(rows, columns=["accelerator", "operator", "name", "est_cycles"])
-    plot.plot_npu(layers, tmp_path / "npu.png")
+    charts.plot_npu(layers, tmp_path / "npu.png")
     ax = drawn[0].axes[0]
     assert sorted(round(p.get_height()) for p in ax.patches if p.get_height() > 0) == [40, 120, 300, 900]
     assert "estimates, not measurements" in ax.get_title()

@@ -43,7 +43,7 @@ def test_every_fault_row_cites_tests_that_exist():
 def test_results_table_is_the_one_generated_from_committed_metrics():
     import json
 
-    from edgequant.readme import BEGIN, END, markdown_table
+    from edgequant.report.readme import BEGIN, END, markdown_table
 
     text = committed("README.md")
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
@@ -51,7 +51,7 @@ def test_results_table_is_the_one_generated_from_committed_metrics():
 
 
 def test_per_operator_table_is_the_one_generated_from_committed_profile():
-    from edgequant.readme import OPS, ops_table
+    from edgequant.report.readme import OPS, ops_table
 
     text = committed("README.md")
     block = text.split(OPS[0], 1)[1].split(OPS[1], 1)[0].strip()
@@ -61,7 +61,7 @@ def test_per_operator_table_is_the_one_generated_from_committed_profile():
 def test_reference_table_is_generated_from_reference_py_and_the_committed_run():
     import json
 
-    from edgequant.readme import REFERENCE_BLOCK, reference_table
+    from edgequant.report.readme import REFERENCE_BLOCK, reference_table
 
     block = committed("README.md").split(REFERENCE_BLOCK[0], 1)[1].split(REFERENCE_BLOCK[1], 1)[0].strip()
     expected = reference_table(json.loads(committed("metrics/train.json")), json.loads(committed("metrics/benchmark.json")))
@@ -71,21 +71,21 @@ def test_reference_table_is_generated_from_reference_py_and_the_committed_run():
 def test_npu_table_is_generated_from_the_committed_estimates():
     import json
 
-    from edgequant.readme import NPU, npu_table
+    from edgequant.report.readme import NPU, npu_table
 
     block = committed("README.md").split(NPU[0], 1)[1].split(NPU[1], 1)[0].strip()
     assert block == npu_table(json.loads(committed("metrics/npu.json"))) and "compiler estimate (Vela), not a measurement" in block
 
 
 def test_fleet_table_is_the_committed_fleet_report():
-    from edgequant.readme import FLEET
+    from edgequant.report.readme import FLEET
 
     block = committed("README.md").split(FLEET[0], 1)[1].split(FLEET[1], 1)[0].strip()
     assert block == committed("plots/fleet.md").strip() and block.count("\n| `") >= 2  # at least two machines
 
 
 def test_int8_ceiling_puts_every_mac_at_the_measured_peak():
-    from edgequant.readme import ceiling
+    from edgequant.report.readme import ceiling
 
     def run(ips):
         return {"threads_1": {"throughput_ips": ips}}
@@ -105,7 +105,7 @@ def test_int8_ceiling_puts_every_mac_at_the_measured_peak():
 
 
 def test_workload_tables_are_the_ones_generated_from_the_workloads_runs():
-    from edgequant.readme import WORKLOADS, workload_tables
+    from edgequant.report.readme import WORKLOADS, workload_tables
 
     text = committed("README.md")
     block = text.split(WORKLOADS[0], 1)[1].split(WORKLOADS[1], 1)[0].strip()
@@ -124,8 +124,8 @@ def fleet_row(machine: str) -> dict:
 def test_a_marker_inside_a_record_cannot_grow_the_readme():
     import json
 
-    from edgequant.fleet import markdown
-    from edgequant.readme import FLEET, RESULTS, markdown_table, replace_block
+    from edgequant.fleet.table import markdown
+    from edgequant.report.readme import FLEET, RESULTS, markdown_table, replace_block
 
     row = {**fleet_row(HOSTILE), "peak_fraction": 0.5, "threads": 1, "source": "x"}
     readme = f"intro\n{RESULTS[0]}\nold\n{RESULTS[1]}\n{FLEET[0]}\nold\n{FLEET[1]}\nafter\n"
@@ -148,7 +148,7 @@ BAD_MARKERS = {
 
 @pytest.mark.parametrize("layout", BAD_MARKERS)
 def test_the_readme_generator_refuses_unbalanced_or_repeated_markers(layout):
-    from edgequant.readme import FLEET, replace_block
+    from edgequant.report.readme import FLEET, replace_block
 
     text = BAD_MARKERS[layout].format(begin=FLEET[0], end=FLEET[1])
     with pytest.raises(ValueError, match="markers|holds"):
@@ -156,7 +156,7 @@ def test_the_readme_generator_refuses_unbalanced_or_repeated_markers(layout):
 
 
 def test_a_block_holding_a_marker_is_refused():
-    from edgequant.readme import FLEET, replace_block
+    from edgequant.report.readme import FLEET, replace_block
 
     with pytest.raises(ValueError, match="holds an HTML comment"):
         replace_block(f"{FLEET[0]}\nx\n{FLEET[1]}\n", f"| a |\n{FLEET[1]}\n# injected", FLEET)

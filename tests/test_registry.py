@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from edgequant.data import to_input
-from edgequant.layers import conv_macs, net_macs, sqnr_db
-from edgequant.profile import KIND_ORDER, conv_gmacs, kind_of, ms_by_kind, op_rows, profile_torch
-from edgequant.registry import Exported, Labelled, get_method, known_methods, missing_modules, record, register
+from edgequant.data.splits import to_input
+from edgequant.measure.ops import KIND_ORDER, conv_gmacs, kind_of, ms_by_kind, op_rows, profile_torch
+from edgequant.model.layers import conv_macs, net_macs, sqnr_db
+from edgequant.quantize.catalog import Exported, Labelled, get_method, known_methods, missing_modules, record, register
 
 from .conftest import ROOT, make_digits
 
@@ -186,7 +186,7 @@ def test_time_by_kind_sums_each_methods_operators_slowest_method_first():
 def test_pt2e_archive_deflates_its_graph_and_stores_tensors(tmp_path):
     import zipfile
 
-    from edgequant.methods.pt2e import save_program
+    from edgequant.quantize.methods.pt2e import save_program
 
     module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()).eval()
     x = torch.randn(2, 64)

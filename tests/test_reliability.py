@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from edgequant.machine import probe
+from edgequant.measure.machine import probe
+from edgequant.measure.processes import clamp_threads, measure
 from edgequant.stage import StageError
-from edgequant.workers import clamp_threads, measure
 
 from .conftest import ROOT, make_digits
 
@@ -70,7 +70,7 @@ def test_threads_above_cores_are_clamped_with_a_message(capsys, monkeypatch):
 
 
 def test_benchmark_of_a_corrupted_artifact_names_it_and_writes_nothing(prepared, subprocess_env, tiny_model):
-    from edgequant.registry import get_method, record
+    from edgequant.quantize.catalog import get_method, record
 
     artifacts = prepared / "artifacts"
     for name in ("fp32", "dynamic_int8"):
@@ -133,7 +133,7 @@ def test_a_worker_that_dies_while_starting_is_reported_as_such(capfd):
 
 def test_a_damaged_pte_fails_its_measurement_in_one_line_with_the_remedy(tmp_path):
     """What the benchmark stage shows for a truncated or scrambled .pte: the worker's one-line refusal, not its traceback."""
-    from edgequant.benchmark import MethodRequest
+    from edgequant.measure.timing import MethodRequest
 
     from .test_artifacts import tiny_pte
 
@@ -161,7 +161,7 @@ def test_a_damaged_pte_fails_its_measurement_in_one_line_with_the_remedy(tmp_pat
 
 
 def test_a_kill_between_the_two_renames_of_a_folder_swap_keeps_the_earlier_copy(tmp_path):
-    from edgequant.io import atomic_dir
+    from edgequant.files import atomic_dir
 
     out = tmp_path / "raw"
     with atomic_dir(out) as tmp:

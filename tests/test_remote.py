@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from edgequant.io import save_torch
-from edgequant.model import Net, load_fp32
-from edgequant.recorded import check_loaded, read_checked
-from edgequant.remote import remotes, unverified
+from edgequant.artifacts.recorded import check_loaded, read_checked
+from edgequant.files import save_torch
+from edgequant.model.zoo import Net, load_fp32
+from edgequant.team.remote import remotes, unverified
 
 from .conftest import ROOT, make_env, sh
 
@@ -101,11 +101,11 @@ def test_a_remote_as_dvc_remote_add_leaves_it_is_named_with_its_fix(tmp_path):
     sh(["git", "init", "-q"], tmp_path, env)
     sh(["dvc", "init", "-q"], tmp_path, env)
     sh(["dvc", "remote", "add", "-d", "team", "https://ci:t0ken-4a1b@dvc.example.invalid/store"], tmp_path, env)
-    code, out = run([sys.executable, "-m", "edgequant.remote"], tmp_path, env)
+    code, out = run([sys.executable, "-m", "edgequant.team.remote"], tmp_path, env)
     assert code == 1 and "`dvc remote modify team verify true`" in out and "(the default)" in out, out
     assert "t0ken-4a1b" not in out and "https://***@dvc.example.invalid/store" in out, out
     sh(["dvc", "remote", "modify", "team", "verify", "true"], tmp_path, env)
-    code, out = run([sys.executable, "-m", "edgequant.remote"], tmp_path, env)
+    code, out = run([sys.executable, "-m", "edgequant.team.remote"], tmp_path, env)
     assert code == 0, out
 
 
@@ -137,11 +137,11 @@ def test_a_damaged_pull_through_an_unverified_remote_is_refused_where_it_is_load
         load_fp32(str(bob / output), "cnn")
 
     # What edgequant does: names the remote and the command, refuses the copy where it is loaded and in a check of them all.
-    code, out = run([sys.executable, "-m", "edgequant.remote"], bob, env)
+    code, out = run([sys.executable, "-m", "edgequant.team.remote"], bob, env)
     assert code == 1 and "DVC remote 'team' (the default)" in out and "`dvc remote modify team verify true`" in out, out
     with pytest.raises(ValueError, match=rf"{output}: dvc.lock records md5 [0-9a-f]{{32}}, and DVC's cached copy .* hashes to"):
         read_checked(bob / output)
-    code, out = run([sys.executable, "-m", "edgequant.recorded"], bob, env)
+    code, out = run([sys.executable, "-m", "edgequant.artifacts.recorded"], bob, env)
     assert code == 1 and f"recorded: {output}: dvc.lock records md5" in out, out
 
     # The fix it names: both copies go, the remote verifies, and the pull then refuses the damaged object.
@@ -163,7 +163,7 @@ def test_a_damaged_pull_through_an_unverified_remote_is_refused_where_it_is_load
         stale.unlink()
     sh(["dvc", "push"], work, env)
     sh(["dvc", "pull"], bob, env)
-    assert run([sys.executable, "-m", "edgequant.recorded"], bob, env)[0] == 0
+    assert run([sys.executable, "-m", "edgequant.artifacts.recorded"], bob, env)[0] == 0
     assert (bob / output).read_bytes() == (work / output).read_bytes()
 
 
@@ -174,7 +174,7 @@ def test_a_file_changed_since_its_record_is_not_called_damaged(origin):
     save_torch(Net().state_dict(), work / "models/fp32.pt")  # a stage run by hand: the cache still holds the recorded copy
     read_checked(work / "models/fp32.pt")
     check_loaded(work / "models/quantized/fp32/model.pt")
-    assert run([sys.executable, "-m", "edgequant.recorded"], work, env)[0] == 0
+    assert run([sys.executable, "-m", "edgequant.artifacts.recorded"], work, env)[0] == 0
 
 
 def fake_repo(root: Path, files: dict[str, bytes]) -> dict[str, str]:

@@ -153,7 +153,7 @@ def test_compare_refuses_an_out_that_is_a_pipeline_output(clone, out):
     work, env = clone
     before = fingerprint(work)
     proc = subprocess.run(
-        ["python", "-m", "edgequant.compare", "main", "calib-16", "--out", out], cwd=work, env=env, capture_output=True, text=True
+        ["python", "-m", "edgequant.report.compare", "main", "calib-16", "--out", out], cwd=work, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 1 and proc.stderr.startswith(f"compare: --out {out} ") and proc.stderr.count("\n") == 1, proc.stderr
     assert fingerprint(work) == before

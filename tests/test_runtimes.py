@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgequant.data import to_input
-from edgequant.registry import get_method
+from edgequant.data.splits import to_input
+from edgequant.quantize.catalog import get_method
 
 from .conftest import ROOT, make_digits
 
@@ -101,7 +101,7 @@ def test_the_registry_lists_the_runtime_methods_without_their_packages():
         "    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.split('.')[0] in {blocked!r}: raise ModuleNotFoundError(name, name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from edgequant.registry import known_methods\n"
+        "from edgequant.quantize.catalog import known_methods\n"
         "print(' '.join(known_methods()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
@@ -109,7 +109,7 @@ def test_the_registry_lists_the_runtime_methods_without_their_packages():
 
 
 def test_the_int8_tflite_runner_quantizes_pixels_with_the_files_own_scale_and_zero_point(litert_int8, tiny_model, data, monkeypatch):
-    import edgequant.methods.litert as litert
+    import edgequant.quantize.methods.litert as litert
 
     seen = []
     spy = litert.quantize_input
@@ -136,7 +136,7 @@ def test_the_int8_tflite_runner_quantizes_pixels_with_the_files_own_scale_and_ze
 
 def test_vela_estimates_the_tiny_int8_tflite_for_both_npus(litert_int8):
     pytest.importorskip("ethosu.vela", reason="ethos-u-vela is not installed (pip install -e '.[runtimes]')")
-    from edgequant.npu import KIND, TARGETS, estimate_all
+    from edgequant.device.npu import KIND, TARGETS, estimate_all
 
     metrics, rows = estimate_all(litert_int8 / "model_b1.tflite")
     assert metrics["kind"] == KIND == "compiler estimate (Vela), not a measurement"
@@ -152,7 +152,7 @@ def test_vela_estimates_the_tiny_int8_tflite_for_both_npus(litert_int8):
 
 def test_a_vela_failure_is_one_line(tmp_path):
     pytest.importorskip("ethosu.vela", reason="ethos-u-vela is not installed (pip install -e '.[runtimes]')")
-    from edgequant.npu import estimate
+    from edgequant.device.npu import estimate
 
     tflite = tmp_path / "model_b1.tflite"
     tflite.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
@@ -164,7 +164,7 @@ def test_a_vela_failure_is_one_line(tmp_path):
 def test_openvino_reports_int8_kernels_for_every_int8_layer_and_f32_for_fp32(tiny_model, data, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[runtimes]')")
     pytest.importorskip("nncf", reason="nncf is not installed (pip install -e '.[runtimes]')")
-    from edgequant.methods.openvino import layer_precisions
+    from edgequant.quantize.methods.openvino import layer_precisions
 
     layers = ["conv1", "conv2", "fc1", "fc2"]
     for name, allowed in (("openvino_fp32", {"f32"}), ("openvino_int8", {"i8", "u8"})):

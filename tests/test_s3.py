@@ -308,8 +308,8 @@ def damaged_copy(client, prefix: str, md5: str) -> str:
 
 @pytest.mark.parametrize("verify", [True, False], ids=["verify-true", "as-dvc-remote-add-leaves-it"])
 def test_a_damaged_object_on_s3_fails_the_pull_with_verify_and_is_refused_where_loaded_without(team, s3_server, tmp_path, verify):
-    from edgequant.model import load_fp32
-    from edgequant.recorded import check_loaded
+    from edgequant.artifacts.recorded import check_loaded
+    from edgequant.model.zoo import load_fp32
 
     lock = yaml.safe_load((team.lead / "dvc.lock").read_text())["stages"]
     md5 = next(o["md5"] for o in lock["train"]["outs"] if o["path"] == "models/fp32.pt")
@@ -330,11 +330,11 @@ def test_a_damaged_object_on_s3_fails_the_pull_with_verify_and_is_refused_where_
     with pytest.raises(ValueError, match="DVC's cached copy"):
         load_fp32(str(work / "models/fp32.pt"), "cnn")
     # ... and edgequant names the remote, refuses the copy where it is loaded, and in a check of every output.
-    code, out, _ = run([sys.executable, "-m", "edgequant.remote"], work, team.env)
+    code, out, _ = run([sys.executable, "-m", "edgequant.team.remote"], work, team.env)
     assert code == 1 and "DVC remote 'damaged' (the default) at s3://edgequant/damaged-unverified" in out, out
     with pytest.raises(ValueError, match=r"models/fp32.pt: dvc.lock records md5 [0-9a-f]{32}, and DVC's cached copy .* hashes to"):
         check_loaded(work / "models/fp32.pt", (work / "models/fp32.pt").read_bytes())
-    code, out, _ = run([sys.executable, "-m", "edgequant.recorded"], work, team.env)
+    code, out, _ = run([sys.executable, "-m", "edgequant.artifacts.recorded"], work, team.env)
     assert code == 1 and "recorded: models/fp32.pt: dvc.lock records md5" in out, out
 
 
@@ -342,8 +342,8 @@ def test_the_readmes_s3_remote_recipe_passes_the_committed_remote_check(team, s3
     work = clone(team, tmp_path / "heidi", pull=False)
     add_s3_remote(work, team.env, "team", "s3://my-bucket/edgequant", s3_server.endpoint)
     sh(["dvc", "remote", "default", "team"], work, team.env)
-    code, out, _ = run([sys.executable, "-m", "edgequant.remote", "--committed"], work, team.env)
+    code, out, _ = run([sys.executable, "-m", "edgequant.team.remote", "--committed"], work, team.env)
     assert code == 1 and "`dvc remote modify team verify true`" in out, out  # what `dvc remote add` leaves out
     sh(["dvc", "remote", "modify", "team", "verify", "true"], work, team.env)
-    code, out, _ = run([sys.executable, "-m", "edgequant.remote", "--committed"], work, team.env)
+    code, out, _ = run([sys.executable, "-m", "edgequant.team.remote", "--committed"], work, team.env)
     assert code == 0 and "2 DVC remote(s), each re-hashing what `dvc pull` downloads" in out, out

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from edgequant.model import Net
+from edgequant.model.zoo import Net
 from stages import benchmark, gate, quantize, train
 
 from .conftest import ROOT, make_digits, stat_fields
@@ -115,7 +115,7 @@ def test_full_disk_or_read_only_checkout(workdir, capsys, monkeypatch, code):
     def refuse(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
         raise OSError(code, os.strerror(code), str(dir))
 
-    monkeypatch.setattr("edgequant.io.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("edgequant.files.tempfile.mkstemp", refuse)
     assert gate.main(["--metrics", "b.json", "--out", "g.json"]) == 1
     err = one_line(capsys, "gate")
     assert f"gate: cannot access g.json: {os.strerror(code)} (free disk space or make the checkout writable, then re-run)" in err
@@ -144,7 +144,7 @@ def test_a_benchmark_refuses_a_full_disk_before_measuring(workdir, capsys, monke
 
 
 def test_training_that_diverges_stops_at_the_first_non_finite_loss():
-    from edgequant.train import train as fit
+    from edgequant.model.train import train as fit
 
     from .conftest import tiny_train_params
 

@@ -44,7 +44,7 @@ def test_diffs_between_branches(tiny_origin):
 
 def test_compare_report(tiny_origin, tmp_path):
     out = tmp_path / "report"
-    sh(["python", "-m", "edgequant.compare", "main", "calib-16", "--out", str(out)], tiny_origin.work, tiny_origin.env)
+    sh(["python", "-m", "edgequant.report.compare", "main", "calib-16", "--out", str(out)], tiny_origin.work, tiny_origin.env)
     md = (out / "compare.md").read_text()
     assert "| `prepare.calib_size` | 32 | 16 |" in md
     assert "## Headline metrics per method" in md and "`onnx_qdq_int8`" in md
@@ -56,7 +56,7 @@ def test_compare_report(tiny_origin, tmp_path):
 def test_compare_refuses_unknown_revision_and_leaves_nothing(tiny_origin, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run(
-        ["python", "-m", "edgequant.compare", "main", "no-such-branch", "--out", str(out)],
+        ["python", "-m", "edgequant.report.compare", "main", "no-such-branch", "--out", str(out)],
         cwd=tiny_origin.work,
         env=tiny_origin.env,
         capture_output=True,
@@ -83,7 +83,7 @@ def find_browser() -> str:
 def test_plots_render_in_headless_chromium(tiny_origin, tmp_path):
     browser = find_browser()
     out = tmp_path / "report"
-    cmd = ["python", "-m", "edgequant.compare", "main", "calib-16", "--out", str(out), "--vega-dir", str(VEGA_DIR)]
+    cmd = ["python", "-m", "edgequant.report.compare", "main", "calib-16", "--out", str(out), "--vega-dir", str(VEGA_DIR)]
     sh(cmd, tiny_origin.work, tiny_origin.env)
     page = (out / "plots/index.html").as_uri()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

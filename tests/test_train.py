@@ -4,7 +4,7 @@ import io
 
 import torch
 
-from edgequant.train import train
+from edgequant.model.train import train
 
 from .conftest import make_digits, tiny_train_params
 

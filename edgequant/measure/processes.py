@@ -1,0 +1,111 @@
+"""Run every measurement of the benchmark in a process of its own, forked from a preloaded server."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.context
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgequant.measure.timing import MethodRequest, PeakRequest, write_measurement
+from edgequant.params import BenchmarkParams
+from edgequant.stage import StageError
+
+WORKER_TIMEOUT_S = 600
+# Imported once by the fork server instead of by every measurement: torch and edgequant take 2 s,
+# ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s; 16 processes
+# paid that every run. A module missing here is skipped by multiprocessing and imported where used.
+PRELOAD = [
+    "edgequant.measure.quiet",
+    "edgequant.measure.timing",
+    "executorch.extension.pybindings.portable_lib",
+    "torchao.quantization.pt2e.quantize_pt2e",
+]
+
+
+def start_method() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:  # Windows: every process starts from scratch
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def measure(context: multiprocessing.context.BaseContext, request: PeakRequest | MethodRequest) -> dict:
+    """Run one measurement in its own process: thread pools (OpenMP, XNNPACK, ORT) are sized once per
+    process, and one runtime's warm caches must not flatter the next one's numbers. Processes fork
+    from a server that has only imported modules, so each still starts with no pool and no cache."""
+    what = request.what
+    with tempfile.TemporaryDirectory() as tmp:
+        result, log = Path(tmp) / "result.json", Path(tmp) / "log.txt"
+        worker = context.Process(target=write_measurement, args=(request, str(result), str(log)), name=f"benchmark {what}")
+        worker.start()
+        worker.join(WORKER_TIMEOUT_S)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+            raise StageError(f"measuring {what} took over {WORKER_TIMEOUT_S} s; stopped. Its output:\n{tail(log)}")
+        if worker.exitcode != 0:
+            raise StageError(f"measuring {what} failed (exit code {worker.exitcode}):\n{tail(log)}")
+        measured = json.loads(result.read_text())
+    if "error" in measured:  # the worker refused an artifact: its message names the file and the fix
+        raise StageError(f"measuring {what} failed: {measured['error']}")
+    return measured
+
+
+def tail(log: Path) -> str:
+    """The end of a worker's log; a worker that died while starting (before it opened the log) wrote
+    its traceback to this process's stderr instead, so say where to look."""
+    if not log.exists():
+        return "(it died before opening its log; its traceback, if any, is above)"
+    return log.read_text()[-3000:]
+
+
+def clamp_threads(requested: list[int]) -> list[int]:
+    cores = os.cpu_count() or 1
+    kept = sorted({min(t, cores) for t in requested})
+    if any(t > cores for t in requested):
+        print(f"benchmark: this machine has {cores} cores; thread counts {requested} clamped to {kept}", file=sys.stderr)
+    return kept
+
+
+def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], artifacts: Path, test_path: str):
+    """The CPU peak per thread count, then every (method, threads) run; predictions and logits once per method."""
+    context = start_method()
+    peaks = {t: measure(context, PeakRequest(t, p.peak_gemm_size, p.min_run_time_s)) for t in threads}
+    runs, predictions, logits, ops = {}, {}, {}, {}
+    jobs = [(m, t) for t in threads for m in methods]
+    for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
+        # Accuracy does not depend on threads: predict once, at the largest count (fastest).
+        # The per-operator profile is taken once, at the smallest count: the edge-device case.
+        request = MethodRequest(
+            m,
+            t,
+            str(artifacts / m),
+            test_path,
+            p.latency_batch,
+            p.throughput_batch,
+            p.warmup_runs,
+            p.latency_runs,
+            p.min_run_time_s,
+            p.keep_freed_memory,
+            predict=t == threads[-1],
+            profile_runs=p.profile_runs if t == threads[0] else 0,
+        )
+        start = time.perf_counter()
+        r = runs[(m, t)] = measure(context, request)
+        if "predictions" in r:
+            predictions[m], logits[m] = torch.tensor(r.pop("predictions")), torch.tensor(r.pop("logits"))
+        if "ops_ms" in r:
+            ops[m] = r.pop("ops_ms")
+        speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
+        tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({time.perf_counter() - start:.1f} s)")
+    return peaks, runs, predictions, logits, ops

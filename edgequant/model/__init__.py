@@ -1,0 +1,1 @@
+"""Models by name, their training, and what is counted per layer (MACs, SQNR)."""

@@ -1,0 +1,1 @@
+"""Quantization methods by name (the catalog), one module per runtime under methods/, and the accuracy-aware search."""

@@ -1,0 +1,1 @@
+"""What people read: charts, the README's generated tables, the comparison of two revisions."""

@@ -1,0 +1,399 @@
+"""Arm numerics without an Arm machine: the bench bundle's artifacts run by arm64 builds of their runtimes under qemu.
+
+An arm64 Debian root (debootstrap's first stage, its packages unpacked: no maintainer script runs, so
+no binfmt registration is needed) holds python3, the aarch64 wheels of numpy, onnxruntime and executorch
+at the versions installed here, and `pte_logits`: ExecuTorch's C++ runtime from that wheel, linked for
+arm64 by Debian's cross compiler. Each artifact runs in `chroot ROOT qemu-aarch64 -cpu MODEL`; its logits
+come back and are scored here against the bundle's labels, FP32's answers and this host's own kernels.
+An emulator's speed says nothing of the CPU it emulates: the record (edgequant.numerics) has no timing.
+
+Two choices the measurements forced (docs/arm-numerics.md):
+- qemu is Debian 13's (10.0), fetched as a package: Debian 12's qemu 7.2 computes XNNPACK's SME INT8
+  GEMMs wrongly under `-cpu max` (29 % top-1 agreement with every other CPU, which agree bit for bit)
+  and does not emulate /proc/cpuinfo, which XNNPACK's and ONNX Runtime's CPU detection read.
+- ExecuTorch runs through its C++ runtime, not its Python one: the Python extension links libtorch, and
+  PyPI's arm64 torch 2.13.0 is the CUDA 13 build, which needs 2.7 GB of wheels to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgequant.armtrace import int8_path, read_in_asm
+from edgequant.numerics import LABEL
+
+SUITE = "bookworm"  # the arm64 root: Python 3.11, as the project's own
+QEMU_SUITE = "trixie"  # qemu 10.0: see the module's docstring
+MIRROR = "http://deb.debian.org/debian"
+WHEELS = ("numpy", "onnxruntime", "executorch")  # at the versions installed here: pyproject.toml pins them
+# pip takes --platform tags literally: every manylinux level a wheel may be tagged with is named.
+PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(17, 29)] + ["manylinux2014_aarch64"]
+GUEST = "/opt/edgequant"  # inside the root: site-packages, the runner, the bundle being measured
+TOOLS = {
+    "chroot": "coreutils",
+    "debootstrap": "debootstrap",
+    "dpkg-deb": "dpkg",
+    "apt-get": "apt",
+    "tar": "tar",
+    "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
+}
+EXECUTORCH_KEPT = ["include", "lib", "share"]  # the C++ runtime pte_logits links; the rest of the wheel is its Python side
+RUNS_ON = (".onnx", ".pte")  # the root's python3 with onnxruntime; pte_logits
+GUEST_TIMEOUT_S = 1800  # one artifact's 10,000 images at qemu's pace, with room
+SOURCE = Path(__file__).resolve().parent
+
+
+def missing() -> str | None:
+    """Why this machine cannot run the emulation, in one line; None when it can."""
+    if sys.platform != "linux":
+        return "the arm64 root runs under Linux only"
+    if os.geteuid() != 0:
+        return "chroot into the arm64 root needs root"
+    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if absent:
+        return f"no {', '.join(absent)} (Debian: apt-get install {' '.join(sorted({TOOLS[t] for t in absent}))})"
+    return None
+
+
+def sh(cmd: list, *, cwd: Path | None = None, timeout: float = 1800) -> str:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{Path(str(cmd[0])).name} {' '.join(str(c) for c in cmd[1:4])} ... failed ({proc.returncode}): {tail[0]}")
+    return proc.stdout
+
+
+def unpack(deb: Path, root: Path, *members: str) -> None:
+    """A package's files into `root`, keeping the root's /lib -> usr/lib links (merged /usr) as links."""
+    deb_proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-x", "--keep-directory-symlink", "-C", str(root), *members], stdin=deb_proc.stdout, capture_output=True)
+    deb_proc.stdout.close()
+    if deb_proc.wait() != 0 or tar.returncode != 0:
+        raise RuntimeError(f"{deb.name}: could not unpack into {root}: {tar.stderr.decode().strip()[-200:]}")
+
+
+def debootstrap(rootfs: Path) -> None:
+    """Debian's arm64 base with python3, unpacked (first stage and the packages it downloads)."""
+    if (rootfs / "usr/bin/python3").exists():
+        return
+    tmp = rootfs.with_name(rootfs.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sh(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3", SUITE, tmp, MIRROR])
+    archives = tmp / "var/cache/apt/archives"
+    for name in (tmp / "debootstrap/base").read_text().split():
+        for deb in archives.glob(f"{name}_*.deb"):
+            unpack(deb, tmp)
+    for deb in archives.glob("*.deb"):
+        deb.unlink()
+    python = os.readlink(tmp / "usr/bin/python3").removeprefix("python")
+    if python == f"{sys.version_info.major}.{sys.version_info.minor}":  # Debian compiles it in a maintainer script, which never ran
+        sh([sys.executable, "-m", "compileall", "-q", "-j0", "-d", f"/usr/lib/python{python}", tmp / f"usr/lib/python{python}"])
+    if (tmp / "proc").is_symlink():  # the first stage links /proc to the host's, which a chroot would loop on
+        (tmp / "proc").unlink()
+    (tmp / "proc").mkdir(exist_ok=True)
+    os.replace(tmp, rootfs)
+
+
+def apt_options(apt: Path) -> list[str]:
+    """apt-get on a private list of Debian's sources, so fetching a package changes nothing on this machine."""
+    return [
+        *("-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null"),
+        *("-o", "Dir::Etc::PreferencesParts=/dev/null", "-o", f"Dir::State::Lists={apt / 'lists'}"),
+        *("-o", f"Dir::Cache={apt / 'cache'}", "-o", "APT::Sandbox::User=root", "-o", "Acquire::Languages=none"),
+    ]
+
+
+def fetch_qemu(cache: Path) -> Path:
+    """Debian 13's static qemu-aarch64, taken from its qemu-user package."""
+    binary = cache / "qemu-aarch64"
+    if binary.exists():
+        return binary
+    apt = cache / "apt"
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(f"deb {MIRROR} {QEMU_SUITE} main\n")
+    sh(["apt-get", *apt_options(apt), "update"])
+    sh(["apt-get", *apt_options(apt), "download", "qemu-user"], cwd=apt)
+    (deb,) = apt.glob("qemu-user_*.deb")
+    out = apt / "unpacked"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    unpack(deb, out, "./usr/bin/qemu-aarch64")
+    os.replace(out / "usr/bin/qemu-aarch64", binary)
+    deb.unlink()
+    shutil.rmtree(out)
+    return binary
+
+
+def install_wheels(rootfs: Path) -> dict[str, str]:
+    """The aarch64 wheels at this environment's versions, unpacked into the root's site directory."""
+    versions = {name: importlib.metadata.version(name).split("+")[0] for name in WHEELS}
+    site, stamp = rootfs / GUEST.lstrip("/") / "site", rootfs / GUEST.lstrip("/") / "site.json"
+    layout = {"wheels": versions, "executorch": EXECUTORCH_KEPT}
+    if stamp.exists() and json.loads(stamp.read_text()) == layout:
+        return versions
+    python = os.readlink(rootfs / "usr/bin/python3").removeprefix("python")  # e.g. 3.11
+    tmp = site.with_name("site.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # Compiled here: the bytecode of one Python minor version is the same on every CPU, and compiling it under
+    # emulation would cost each guest run seconds.
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:", "--target", tmp]
+    cmd += ["--python-version", python, "--implementation", "cp", "--abi", "cp" + python.replace(".", "")]
+    cmd += [arg for tag in PLATFORMS for arg in ("--platform", tag)] + [f"{name}=={v}" for name, v in versions.items()]
+    sh(cmd)
+    for item in (tmp / "executorch").iterdir():  # its Python package imports torch, which the root has not
+        if item.name not in EXECUTORCH_KEPT:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    shutil.rmtree(site, ignore_errors=True)
+    os.replace(tmp, site)
+    stamp.write_text(json.dumps(layout) + "\n")
+    return versions
+
+
+def build_runner(rootfs: Path, executorch: str) -> None:
+    """pte_logits for arm64, against the ExecuTorch wheel's headers and libraries (its CMake config's flags)."""
+    source = SOURCE / "pte_logits.cpp"
+    key = hashlib.sha256(source.read_bytes() + executorch.encode()).hexdigest()
+    out, stamp = rootfs / GUEST.lstrip("/") / "bin/pte_logits", rootfs / GUEST.lstrip("/") / "bin/pte_logits.key"
+    if stamp.exists() and stamp.read_text() == key and out.exists():
+        return
+    et = rootfs / GUEST.lstrip("/") / "site/executorch"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["aarch64-linux-gnu-g++", "-std=c++17", "-O2", "-w", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED"]
+    cmd += ["-DET_USE_THREADPOOL", f"-I{et}/include", f"-I{et}/include/executorch/runtime/core/portable_type/c10", source, "-o", out]
+    # The kernel and delegate libraries register themselves when loaded: kept although nothing names them.
+    cmd += [f"-L{et}/lib", "-Wl,--no-as-needed", "-lexecutorch", "-lexecutorch_kernels_optimized", "-lexecutorch_backend_xnnpack"]
+    cmd += ["-lexecutorch_threadpool", "-Wl,--as-needed", f"-Wl,-rpath,{GUEST}/site/executorch/lib"]
+    sh(cmd)
+    stamp.write_text(key)
+
+
+def build(cache: Path) -> tuple[Path, dict[str, str]]:
+    """The arm64 root under `cache` (made once, then reused): its path and the runtime versions in it."""
+    reason = missing()
+    if reason:
+        raise RuntimeError(f"cannot build the arm64 root: {reason}")
+    cache = cache.resolve()  # apt and chroot run from other directories
+    cache.mkdir(parents=True, exist_ok=True)
+    rootfs = cache / "rootfs"
+    debootstrap(rootfs)
+    qemu = fetch_qemu(cache)
+    inside = rootfs / "usr/bin/qemu-aarch64"
+    if not inside.exists() or inside.stat().st_size != qemu.stat().st_size:
+        shutil.copy2(qemu, inside)
+    versions = install_wheels(rootfs)
+    build_runner(rootfs, versions["executorch"])
+    versions["qemu"] = sh([qemu, "--version"]).splitlines()[0].removeprefix("qemu-aarch64 version ")
+    return rootfs, versions
+
+
+class Guest:
+    """Commands in the arm64 root on one emulated CPU model."""
+
+    def __init__(self, rootfs: Path, cpu: str):
+        self.rootfs, self.cpu = rootfs, cpu
+        self.env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": f"{GUEST}/site"}
+
+    def host_path(self, guest: str) -> Path:
+        """Where a guest path lies here, refusing one that a link would lead out of the root."""
+        path = (self.rootfs / guest.lstrip("/")).resolve()
+        if not path.is_relative_to(self.rootfs.resolve()):
+            raise RuntimeError(f"{guest} leads out of the arm64 root {self.rootfs}")
+        return path
+
+    def run(self, *argv: str, trace: str | None = None) -> str:
+        """Run argv under qemu; with `trace`, qemu logs every block it translates (the kernels' instructions) there."""
+        log = ["-d", "in_asm", "-D", trace] if trace else []
+        cmd = [shutil.which("chroot"), str(self.rootfs), "/usr/bin/qemu-aarch64", "-cpu", self.cpu, *log, *argv]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=GUEST_TIMEOUT_S)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.splitlines() if line.strip()][-3:]
+            raise RuntimeError(f"{' '.join(argv[:2])} failed on the emulated {self.cpu} ({proc.returncode}): {' | '.join(lines)}")
+        return proc.stdout
+
+    def describe_cpu(self) -> dict:
+        """The emulated CPU as the guest sees it; its sysfs CPU lists are laid in the root for cpuinfo, which needs them."""
+        line = self.run(f"{GUEST}/bin/pte_logits", "--cpu").strip()
+        fields = dict(item.split("=", 1) for item in line.split())
+        cpus = int(fields["cpus"])
+        system = self.host_path("/sys/devices/system/cpu")
+        system.mkdir(parents=True, exist_ok=True)
+        for name in ("possible", "present", "online"):
+            (system / name).write_text(f"0-{cpus - 1}\n" if cpus > 1 else "0\n")
+        for i in range(cpus):
+            ident = system / f"cpu{i}/regs/identification"
+            ident.mkdir(parents=True, exist_ok=True)
+            (ident / "midr_el1").write_text(f"0x{int(fields['midr'], 16):016x}\n")
+        facts = {"midr": fields["midr"], "hwcap": fields["hwcap"], "hwcap2": fields["hwcap2"], "cpus": cpus}
+        return facts | {key: int(value) for key, value in fields.items() if key.endswith("_vl_bytes")}
+
+
+def score(logits: np.ndarray, labels: np.ndarray, expected: np.ndarray) -> dict:
+    """The bench runner's two accuracy figures, from logits."""
+    predictions = logits.argmax(1)
+    return {
+        "accuracy_pct": 100.0 * float((predictions == labels).mean()),
+        "agreement_with_fp32_pct": 100.0 * float((predictions == expected).mean()),
+    }
+
+
+def host_logits(model: Path, batch: int, images: np.ndarray) -> np.ndarray | None:
+    """The same artifact on this machine's own kernels, through the bench runner; None where its runtime is absent."""
+    from edgequant.arm_guest import logits
+    from edgequant.bench_runner import RUNNERS, pad
+
+    try:
+        return logits(RUNNERS[model.suffix](model, 1), pad, batch, images)
+    except ImportError:
+        return None
+
+
+def vs_host(arm: np.ndarray, host: np.ndarray | None) -> dict | None:
+    if host is None:
+        return None
+    return {"agreement_pct": 100.0 * float((arm.argmax(1) == host.argmax(1)).mean()), "logit_max_abs_diff": float(np.abs(arm - host).max())}
+
+
+def artifacts(bundle: Path, manifest: dict) -> dict[str, tuple[int, str]]:
+    """Each method's artifact at its largest batch (the one the bench runner scores accuracy with), checked to lie in the bundle."""
+    chosen = {}
+    for name, m in manifest["methods"].items():
+        files = {int(bs): f for bs, f in m["files"].items()}
+        batch, file = max(files), files[max(files)]
+        path = Path(file)
+        if path.is_absolute() or ".." in path.parts or path.suffix not in RUNS_ON or not (bundle / path).is_file():
+            raise ValueError(f"{bundle / 'manifest.json'}: methods.{name} names {file!r}, not a .onnx or .pte file of the bundle")
+        chosen[name] = (batch, file)
+    return chosen
+
+
+def measure(bundle: Path, cache: Path, cpu: str) -> dict:
+    """Every ONNX and ExecuTorch artifact of the bundle on the emulated CPU: the numerics-only record."""
+    from edgequant.machine import name_of, probe
+    from edgequant.numerics import validate
+
+    manifest_path, inputs_path = bundle / "manifest.json", bundle / "inputs.npz"
+    for path in (manifest_path, inputs_path):
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; build the bundle first (`dvc repro bundle`)")
+    manifest = json.loads(manifest_path.read_text())
+    chosen = artifacts(bundle, manifest)
+    data = np.load(inputs_path)
+    images, labels, expected = data["images"], data["labels"], data["fp32_predictions"]
+    rootfs, versions = build(cache)
+    guest = Guest(rootfs, cpu)
+    cpu_facts = guest.describe_cpu()
+    work = guest.host_path(f"{GUEST}/work")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(bundle, work / "bundle")
+    shutil.copy(SOURCE / "arm_guest.py", work / "arm_guest.py")
+    np.save(work / "images.npy", images)
+    images.astype("<f4").tofile(work / "images.f32")
+    inside = f"{GUEST}/work"
+    guest.run("/usr/bin/python3", f"{inside}/arm_guest.py", "probe", f"{inside}/bundle", f"{inside}/machine.json")
+    guest_view = json.loads((work / "machine.json").read_text())
+    machine = guest_view["machine"]
+    methods = {}
+    for name, m in manifest["methods"].items():
+        batch, file = chosen[name]
+        if Path(file).suffix == ".pte":
+            argv = [f"{GUEST}/bin/pte_logits", f"{inside}/bundle/{file}", f"{inside}/images.f32", str(len(images)), f"{inside}/out.f32"]
+            guest.run(*argv, trace=f"{inside}/trace.log")
+            arm = np.fromfile(work / "out.f32", "<f4").reshape(len(images), -1)
+        else:
+            argv = [f"{inside}/arm_guest.py", "logits", f"{inside}/bundle", f"{inside}/bundle/{file}", str(batch), f"{inside}/images.npy"]
+            guest.run("/usr/bin/python3", *argv, f"{inside}/out.npy", trace=f"{inside}/trace.log")
+            arm = np.load(work / "out.npy")
+        kernels = read_in_asm(work / "trace.log")
+        (work / "trace.log").unlink()
+        methods[name] = {
+            "runtime": m["runtime"],
+            "precision": m["precision"],
+            "baseline": m["baseline"],
+            "artifact": file,
+            **score(arm, labels, expected),
+            "kernel_path": int8_path(kernels) if m["precision"] == "int8" else None,
+            "kernels": kernels,
+            "vs_host": vs_host(arm, host_logits(bundle / file, batch, images)),
+        }
+    for entry in methods.values():
+        base = methods.get(entry["baseline"])
+        entry["accuracy_drop_pp"] = base["accuracy_pct"] - entry["accuracy_pct"] if base else None
+    flags = machine.get("flags", {})
+    machine.update(cpu=f"QEMU arm64 {cpu}", emulated=True)
+    machine["name"] = name_of(f"qemu arm64 {cpu}", flags, "aarch64")
+    record = {
+        "numerics_only": LABEL,
+        "machine": machine,
+        "emulator": {
+            **{"qemu": versions.pop("qemu"), "cpu_model": cpu, **cpu_facts, "features": guest_view["features"]},
+            "root": f"Debian {SUITE} arm64 (debootstrap)",
+        },
+        "runtimes": versions,
+        "model": manifest.get("model"),
+        "images": int(len(labels)),
+        "methods": methods,
+        "host": probe()["name"],
+    }
+    return validate(record, "the emulated record")
+
+
+def save(record: dict, machines: Path) -> Path:
+    """The row into machines/<name>/: numerics.json and a README saying how it was made."""
+    from edgequant.io import atomic_dir
+    from edgequant.numerics import FILE, LABEL
+
+    name, emulator = record["machine"]["name"], record["emulator"]
+    readme = (
+        f"# {name}\n\n{LABEL}. The bench bundle's ONNX and ExecuTorch artifacts, run by the aarch64 builds of "
+        f"onnxruntime {record['runtimes']['onnxruntime']} and executorch {record['runtimes']['executorch']} in an arm64 "
+        f"{emulator['root']} root under qemu {emulator['qemu']} `-cpu {emulator['cpu_model']}`, on {record['images']} test "
+        f"images. Made by `make arm-numerics` (edgequant/emulate.py); `kernels` counts the int8/fp instructions qemu "
+        f"translated while each artifact ran, the evidence for `kernel_path`. Compared against `{record['host']}`.\n"
+    )
+    with atomic_dir(machines / name) as tmp:
+        (tmp / FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "README.md").write_text(readme)
+    return machines / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The bench bundle's numerics on an emulated arm64 CPU (no timing).")
+    parser.add_argument("bundle", type=Path, nargs="?", help="the bundle folder the `bundle` stage writes")
+    parser.add_argument("--cpu", default="max", help="qemu's CPU model: max (dot product, i8mm, SVE2, SME), cortex-a76, cortex-a53, ...")
+    parser.add_argument("--cache", type=Path, default=Path(".cache/arm64"), help="where the arm64 root is built once and reused")
+    parser.add_argument("--out", type=Path, default=Path("machines"), help="the fleet folder")
+    parser.add_argument("--prepare-only", action="store_true", help="build the arm64 root into --cache and stop (CI, before the tests)")
+    args = parser.parse_args(argv)
+    if args.bundle is None and not args.prepare_only:
+        parser.error("name the bundle folder, or pass --prepare-only")
+    try:
+        if args.prepare_only:
+            rootfs, versions = build(args.cache)
+            print(f"arm64 root ready: {rootfs} ({', '.join(f'{k} {v}' for k, v in versions.items())})")
+            return 0
+        record = measure(args.bundle, args.cache, args.cpu)
+    except (ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"arm-numerics: {exc}", file=sys.stderr)
+        return 1
+    for name, m in record["methods"].items():
+        host = f"{m['vs_host']['agreement_pct']:.2f} %" if m["vs_host"] else "not measured"
+        print(f"{name}: accuracy {m['accuracy_pct']:.2f} %, agreement with FP32 {m['agreement_with_fp32_pct']:.2f} %, ", end="")
+        print(f"same top-1 as {record['host']} {host}, INT8 path {m['kernel_path'] or '-'}")
+    print(f"{LABEL} -> {save(record, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,7 +52,7 @@ machine: setup runtimes
 # The bench bundle on Arm kernels, emulated: each ONNX and ExecuTorch artifact's accuracy and agreement with FP32,
 # computed by the arm64 builds of their runtimes under qemu (`-cpu $(ARM_CPU)`), into machines/qemu-arm64-<cpu>-<feature>/
 # as a fleet row marked "emulated: numerics only, no timing". Needs root; Debian's debootstrap and cross compiler are
-# installed where apt-get is available. The arm64 root is built once into .cache/arm64 (about 470 MB).
+# installed where apt-get is available. The arm64 root is built once into .cache/arm64 (about 420 MB).
 ARM_CPU ?= max
 arm-numerics: setup
 	@command -v debootstrap >/dev/null && command -v aarch64-linux-gnu-g++ >/dev/null || { \

@@ -129,8 +129,7 @@ def fetch_qemu(cache: Path) -> Path:
     out.mkdir()
     unpack(deb, out, "./usr/bin/qemu-aarch64")
     os.replace(out / "usr/bin/qemu-aarch64", binary)
-    deb.unlink()
-    shutil.rmtree(out)
+    shutil.rmtree(apt)  # the package lists too: the binary is all that is kept
     return binary
 
 

@@ -123,7 +123,7 @@ def test_a_folder_that_is_no_bundle_is_refused_before_anything_is_built(tmp_path
 
 def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(tmp_path):
     manifest = {"methods": {"onnx_fp32": {"files": {"1": "../../etc/passwd.onnx"}}}}
-    with pytest.raises(ValueError, match=r"methods\.onnx_fp32 names '\.\./\.\./etc/passwd\.onnx', not a \.onnx or \.pte file of the bundle"):
+    with pytest.raises(ValueError, match=r"methods\.onnx_fp32 names '\.\./\.\./etc/passwd\.onnx', not a \.onnx or \.pte file of"):
         emulate.artifacts(tmp_path, manifest)
 
 

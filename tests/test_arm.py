@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgequant import emulate, numerics
+from edgequant import armroot, emulate, numerics
 from edgequant.arm_guest import logits
 from edgequant.armtrace import int8_path, read_in_asm
 from edgequant.bench_runner import pad
@@ -107,12 +107,12 @@ def test_score_counts_top1_against_labels_and_fp32():
 
 
 def test_a_machine_without_the_tools_is_told_which_debian_packages_bring_them(monkeypatch):
-    monkeypatch.setattr(emulate.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(emulate.shutil, "which", lambda tool: None if tool in ("debootstrap", "aarch64-linux-gnu-g++") else "/usr/bin/x")
-    reason = emulate.missing()
+    monkeypatch.setattr(armroot.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(armroot.shutil, "which", lambda tool: None if tool in ("debootstrap", "aarch64-linux-gnu-g++") else "/usr/bin/x")
+    reason = armroot.missing()
     assert reason == "no debootstrap, aarch64-linux-gnu-g++ (Debian: apt-get install debootstrap g++-aarch64-linux-gnu)"
-    monkeypatch.setattr(emulate.os, "geteuid", lambda: 1000)
-    assert emulate.missing() == "chroot into the arm64 root needs root"
+    monkeypatch.setattr(armroot.os, "geteuid", lambda: 1000)
+    assert armroot.missing() == "chroot into the arm64 root needs root"
 
 
 def test_a_folder_that_is_no_bundle_is_refused_before_anything_is_built(tmp_path, monkeypatch):
@@ -128,7 +128,7 @@ def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(tmp_path):
 
 
 def require_emulation() -> None:
-    reason = emulate.missing()
+    reason = armroot.missing()
     if reason and os.environ.get("EDGEQUANT_REQUIRE_QEMU"):
         pytest.fail(f"EDGEQUANT_REQUIRE_QEMU is set but the arm64 emulation cannot run: {reason}")
     if reason:

@@ -184,7 +184,7 @@ def save(record: dict, machines: Path) -> Path:
     name, emulator = record["machine"]["name"], record["emulator"]
     readme = (
         f"# {name}\n\n{LABEL}. The bench bundle's ONNX and ExecuTorch artifacts, run by the aarch64 builds of "
-        f"onnxruntime {record['runtimes']['onnxruntime']} and executorch {record['runtimes']['executorch']} in an arm64 "
+        f"onnxruntime {record['runtimes']['onnxruntime']} and executorch {record['runtimes']['executorch']} in a "
         f"{emulator['root']} root under qemu {emulator['qemu']} `-cpu {emulator['cpu_model']}`, on {record['images']} test "
         f"images. Made by `make arm-numerics` (edgequant/emulate.py); `kernels` counts the int8/fp instructions qemu "
         f"translated while each artifact ran, the evidence for `kernel_path`. Compared against `{record['host']}`.\n"

@@ -86,7 +86,7 @@ def markdown(entries: list[dict]) -> str:
     for entry in entries:
         record = entry["record"]
         emulator = record.get("emulator", {})
-        where = f"{emulator.get('qemu', 'qemu')} `-cpu {emulator.get('cpu_model', '?')}`"
+        where = f"qemu {emulator.get('qemu', '?')} `-cpu {emulator.get('cpu_model', '?')}`"
         for name, m in record["methods"].items():
             host = m.get("vs_host") or {}
             cells = [f"`{entry['name']}`", where, f"`{name}`", m.get("kernel_path") or "–", _pct(m["accuracy_pct"])]

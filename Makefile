@@ -73,7 +73,7 @@ arm-numerics: setup
 A ?= main
 B ?= workspace
 compare: setup
-	python -m edgequant.measure.summary.compare '$(subst ','\'',$(A))' '$(subst ','\'',$(B))' \
+	python -m edgequant.report.compare '$(subst ','\'',$(A))' '$(subst ','\'',$(B))' \
 		--out 'reports/$(subst ','\'',$(subst /,_,$(A))_vs_$(subst /,_,$(B)))' \
 		$(if $(wildcard $(VEGA_DIR)/vega-embed.min.js),--vega-dir $(VEGA_DIR),)
 

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         from run_bench import RUNNERS, pad
 
         model, batch, images, out = Path(argv[2]), int(argv[3]), np.load(argv[4]), argv[5]
-        np.save(out, logits(RUNNERS[model.suffix](model, 1), pad, batch, images))
+        np.save(out, logits(RUNNERS[model.suffix](model.read_bytes(), 1, model), pad, batch, images))
     else:
         print(f"arm_guest.py: unknown mode {mode!r}: probe or logits", file=sys.stderr)
         return 2

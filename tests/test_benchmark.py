@@ -1,5 +1,6 @@
 """Timing helpers, padded prediction, and the summary's ratios."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,14 +9,26 @@ import time
 import pytest
 import torch
 
+from edgequant.measure import timing
 from edgequant.measure.summary import accuracy, summarize
-from edgequant.measure.timing import machine_info, measure_latency, measure_throughput, predict
+from edgequant.measure.timing import measure_latency, measure_throughput, predict
 from edgequant.model.layers import net_macs
 
 
-def test_latency_percentiles_are_ordered():
-    r = measure_latency(lambda x: x * 2, torch.ones(4), warmup=2, runs=50)
-    assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
+def test_latency_percentiles_are_those_of_the_timed_calls_only(monkeypatch):
+    """A scripted clock: the warm-up calls take 1 s each and must not count; the timed calls take 1..100 ms."""
+    calls = {"n": 0}
+    durations_ms = list(range(1, 101))
+    ticks = iter(t for d in durations_ms for t in (0, d * 1_000_000))  # start, end of each timed call, in ns
+
+    def run(x):
+        calls["n"] += 1
+
+    monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: next(ticks))
+    r = measure_latency(run, torch.ones(4), warmup=3, runs=100)
+    assert calls["n"] == 103
+    # numpy's linear percentiles of 1..100: p50 = 50.5, p90 = 90.1, p99 = 99.01; the mean is 50.5
+    assert r == pytest.approx({"latency_ms_p50": 50.5, "latency_ms_p90": 90.1, "latency_ms_p99": 99.01, "latency_ms_mean": 50.5})
 
 
 def test_throughput_counts_images_per_second_of_the_batch():
@@ -79,9 +92,21 @@ def test_predict_pads_the_last_batch_for_static_shapes():
     assert seen == [4, 4, 4]
 
 
-def test_machine_info_adds_what_torch_reports_to_the_probe():
-    info = machine_info({"name": "a-machine", "isa": {"torch_cpu_capability": "AVX2"}})
-    assert info["name"] == "a-machine" and info["reported"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+MACHINE_INFO = (
+    "import json, sys; from edgequant.measure.timing import machine_info; print(json.dumps(machine_info(json.loads(sys.argv[1]))))"
+)
+
+
+def test_machine_info_keeps_the_probe_and_reports_the_capability_torch_runs_at(subprocess_env):
+    """Under ATEN_CPU_CAPABILITY=default torch runs its portable kernels on any CPU: the record must say DEFAULT,
+    whatever the probe found the CPU able to do."""
+    probed = {"name": "a-machine", "isa": {"torch_cpu_capability": "AVX2"}}
+    env = dict(subprocess_env, ATEN_CPU_CAPABILITY="default")
+    done = subprocess.run([sys.executable, "-c", MACHINE_INFO, json.dumps(probed)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads(done.stdout)
+    assert info["name"] == "a-machine" and info["isa"] == probed["isa"]
+    assert info["reported"]["torch_cpu_capability"] == "DEFAULT" and info["reported"]["int8_path"]
 
 
 def test_summarize_ratios():

@@ -252,7 +252,7 @@ def run_stage(tmp_path, here: dict, machines) -> tuple[int, str]:
     (tmp_path / "here").mkdir()
     (tmp_path / "here/benchmark.json").write_text(json.dumps(here))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    md = tmp_path / "out/table.md"
+    md = tmp_path / "out/fleet.md"
     argv = ["--metrics", str(tmp_path / "here/benchmark.json"), "--machines", str(machines), "--md", str(md)]
     rc = fleet_stage.main([*argv, "--png", str(tmp_path / "out/table.png"), "--params", str(tmp_path / "params.yaml")])
     return rc, md.read_text() if md.exists() else ""
@@ -368,7 +368,7 @@ def test_a_fresh_run_on_another_machine_keeps_the_committed_machines_fleet_row(c
     capped = dict(env, ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="AVX2")
     out = sh(["dvc", "repro"], work, capped)
     here = table.machine_name(json.loads((work / "metrics/benchmark.json").read_text())["machine"])
-    rows = fleet_rows((work / "plots/table.md").read_text())
+    rows = fleet_rows((work / "plots/fleet.md").read_text())
     folders = {p.name for p in (work / "machines").iterdir() if p.is_dir()}
     assert "Running stage 'fleet'" in out and here != name and name in folders
     assert rows[0] == here and set(rows) == {here, *folders} and len(rows) == len(folders) + 1, rows

@@ -109,7 +109,7 @@ def test_machine_info_keeps_the_probe_and_reports_the_capability_torch_runs_at(s
     assert info["reported"]["torch_cpu_capability"] == "DEFAULT" and info["reported"]["int8_path"]
 
 
-def test_summarize_ratios():
+def test_accuracy_counts_agreement_drop_and_logit_sqnr_against_fp32():
     sizes = {"fp32": 4000, "dynamic_int8": 1000}
     runs = {
         ("fp32", 1): {"latency_ms_p50": 2.0, "latency_ms_p90": 3, "latency_ms_p99": 4, "throughput_ips": 100.0},

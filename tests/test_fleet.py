@@ -254,7 +254,7 @@ def run_stage(tmp_path, here: dict, machines) -> tuple[int, str]:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     md = tmp_path / "out/fleet.md"
     argv = ["--metrics", str(tmp_path / "here/benchmark.json"), "--machines", str(machines), "--md", str(md)]
-    rc = fleet_stage.main([*argv, "--png", str(tmp_path / "out/table.png"), "--params", str(tmp_path / "params.yaml")])
+    rc = fleet_stage.main([*argv, "--png", str(tmp_path / "out/fleet.png"), "--params", str(tmp_path / "params.yaml")])
     return rc, md.read_text() if md.exists() else ""
 
 

@@ -118,7 +118,7 @@ def test_a_stored_record_is_named_again_from_its_fields():
     assert stored["name"] == "intel-r-xeon-r-processor-amx" and slug(stored) == "intel-xeon-amx"
 
 
-def test_arm_record():
+def test_an_arm_cpu_with_i8mm_takes_the_smmla_path_and_a_dotprod_one_sdot():
     record = probe(ARM, env={})
     assert record["flags"]["asimddp"] and record["flags"]["i8mm"] and record["vendor"] == "0x41" and record["model"] == "0xd40"
     assert record["isa"]["int8_dot"] == "arm i8mm smmla (no saturation)" and record["isa"]["int8_paths_by_rule"]["mlas"] == "arm_i8mm"

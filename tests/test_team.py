@@ -42,7 +42,7 @@ def test_diffs_between_branches(tiny_origin):
     assert '"rev": "main"' in html and '"rev": "calib-16"' in html  # both revisions overlaid
 
 
-def test_compare_report(tiny_origin, tmp_path):
+def test_compare_reports_params_metrics_and_both_revisions_plots(tiny_origin, tmp_path):
     out = tmp_path / "report"
     sh(["python", "-m", "edgequant.report.compare", "main", "calib-16", "--out", str(out)], tiny_origin.work, tiny_origin.env)
     md = (out / "compare.md").read_text()

@@ -1,7 +1,8 @@
-"""The README's results and per-operator tables, generated from the benchmark's outputs (never typed by hand).
+"""The generated blocks of the README and docs/: results, per-operator, reference, NPU, workload, fleet and
+pipeline tables, each written from the pipeline's outputs (never typed by hand) between its markers.
 
-python -m edgequant.report.readme             # print them
-python -m edgequant.report.readme README.md   # rewrite the blocks between the README's markers (results, ops, fleet)
+python -m edgequant.report.readme                        # print the results tables
+python -m edgequant.report.readme README.md docs/*.md    # rewrite every block each file holds, between its markers
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edgequant.files import write_text
@@ -105,6 +109,25 @@ def markdown_table(metrics: dict) -> str:
     where = f"{code(machine['name'])} ({escape(machine['cpu'])}; torch {escape(isa['torch_cpu_capability'])}"
     where += f", oneDNN {escape(isa['onednn'])}, INT8 dot: {escape(isa['int8_dot'])})"
     lines += ["", f"Measured peaks, the best GEMM engine of each precision: {peaks}. Machine: {where}.", "", ceiling(metrics)]
+    return "\n".join(lines)
+
+
+def summary_table(metrics: dict, benchmark: dict) -> str:
+    """The README's short results table: every method at the smallest thread count measured, and the machine."""
+    t = thread_counts(metrics)[0]
+    lat, batch = benchmark["latency_batch"], benchmark["throughput_batch"]
+    head = ["method", "runtime", "size vs own FP32", "top-1 %", f"img/s (batch {batch})", "× FP32 eager", "× own FP32"]
+    head.append(f"p50 ms (batch {lat})")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in metrics["methods"].items():
+        r = m[f"threads_{t}"]
+        cells = [code(name), escape(m["runtime"]), f"{m['size_ratio_vs_runtime_fp32'] * 100:.1f} %", f"{m['accuracy_pct']:.2f}"]
+        cells += [f"{r['throughput_ips']:.0f}", f"{r['throughput_speedup_vs_fp32_eager']:.1f}×"]
+        cells += [f"{r['throughput_speedup_vs_runtime_fp32']:.1f}×", f"{r['latency_ms_p50']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    machine, isa = metrics["machine"], metrics["machine"]["isa"]
+    where = f"{code(machine['name'])} ({escape(machine['cpu'])}, {escape(machine['cores'])} cores; INT8 dot: {escape(isa['int8_dot'])})"
+    lines += ["", f"{t} thread{'s' * (t != 1)}, on {where}."]
     return "\n".join(lines)
 
 
@@ -223,22 +246,38 @@ def workload_tables(root: Path) -> str:
     return "\n\n".join(tables) or "(no workload under workloads/ has run: `dvc repro -P`)"
 
 
-WORKLOADS = ("<!-- workloads:begin (python -m edgequant.report.readme README.md) -->", "<!-- workloads:end -->")
-RESULTS = ("<!-- results:begin (python -m edgequant.report.readme README.md) -->", "<!-- results:end -->")
-OPS = ("<!-- ops:begin (python -m edgequant.report.readme README.md) -->", "<!-- ops:end -->")
-FLEET = ("<!-- fleet:begin (python -m edgequant.report.readme README.md) -->", "<!-- fleet:end -->")
-NPU = ("<!-- npu:begin (python -m edgequant.report.readme README.md) -->", "<!-- npu:end -->")
-REFERENCE_BLOCK = ("<!-- reference:begin (python -m edgequant.report.readme README.md) -->", "<!-- reference:end -->")
+GENERATE = "python -m edgequant.report.readme README.md docs/*.md"
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The two lines that enclose generated block `name`; the begin line says how to regenerate it."""
+    return f"<!-- {name}:begin ({GENERATE}) -->", f"<!-- {name}:end -->"
+
+
+WORKLOADS = markers("workloads")
+RESULTS = markers("results")
+SUMMARY = markers("summary")
+OPS = markers("ops")
+FLEET = markers("fleet")
+NPU = markers("npu")
+REFERENCE_BLOCK = markers("reference")
+PIPELINE = markers("pipeline")
 BEGIN, END = RESULTS
+BLOCKS = (REFERENCE_BLOCK, SUMMARY, FLEET, RESULTS, OPS, WORKLOADS, NPU, PIPELINE)
 
 
-BLOCKS = (RESULTS, OPS, REFERENCE_BLOCK, NPU, WORKLOADS, FLEET)
+def fenced(table: str) -> bool:
+    """`table` is one fenced code block and nothing else: Markdown shows its lines as code, never as structure."""
+    lines = table.splitlines()
+    inner = lines[1:-1]
+    return len(lines) >= 2 and lines[0].startswith("```") and lines[-1] == "```" and not any(x.startswith("```") for x in inner)
 
 
 def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> str:
-    """`text` with the part between `markers` replaced by `table`, which may hold no marker or HTML comment of its own."""
+    """`text` with the part between `markers` replaced by `table`, which may hold no marker or HTML comment of its own
+    (a fenced code block may hold `-->`, a Mermaid edge: it cannot open a comment, and no marker begins with it)."""
     check_markers(text, markers)
-    if "<!--" in table or "-->" in table:
+    if "<!--" in table or ("-->" in table and not fenced(table)):
         raise ValueError(
             f"the block for {marker_stem(markers[0])!r} holds an HTML comment; generated text is escaped, so it was edited by hand"
         )
@@ -247,15 +286,51 @@ def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> 
     return f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}"
 
 
+def pipeline_graph(root: Path = Path(".")) -> str:
+    """`dvc dag --md dvc.yaml`: the reference pipeline's stages and edges as DVC reads them from dvc.yaml and params.yaml."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", "--md", "dvc.yaml"], cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ValueError(f"`dvc dag --md dvc.yaml` failed in {root}: {reason}")
+    return proc.stdout.strip()
+
+
 def read_ops(path: str | Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def builders(args: argparse.Namespace) -> dict[tuple[str, str], Callable[[], str]]:
+    """Each block's markers and how to build its text from the files the arguments name."""
+    import yaml
+
+    return {
+        RESULTS: lambda: markdown_table(read_json(args.metrics)),
+        SUMMARY: lambda: summary_table(read_json(args.metrics), yaml.safe_load(Path(args.params).read_text())["benchmark"]),
+        OPS: lambda: ops_table(read_ops(args.ops)),
+        REFERENCE_BLOCK: lambda: reference_table(read_json(args.train), read_json(args.metrics)),
+        NPU: lambda: npu_table(read_json(args.npu)),
+        WORKLOADS: lambda: workload_tables(Path(args.workloads)),
+        FLEET: lambda: Path(args.fleet).read_text().strip(),
+        PIPELINE: lambda: pipeline_graph(),
+    }
+
+
+def blocks_in(text: str) -> list[tuple[str, str]]:
+    """The blocks whose markers `text` holds (either one of the two is enough: an unbalanced pair is refused later)."""
+    return [m for m in BLOCKS if any(marker_stem(x) in text for x in m)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the results tables, or write them into a README between their markers.")
-    parser.add_argument("readme", nargs="?", help="rewrite this file's results and ops blocks in place")
+    parser = argparse.ArgumentParser(description="Print the results tables, or write every block the given files hold between its markers.")
+    parser.add_argument("documents", nargs="*", help="rewrite these Markdown files' generated blocks in place (README.md docs/*.md)")
     parser.add_argument("--metrics", default="metrics/benchmark.json")
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--ops", default="plots/ops.csv")
     parser.add_argument("--fleet", default="plots/fleet.md")
     parser.add_argument("--train", default="metrics/train.json")
@@ -270,23 +345,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(args: argparse.Namespace) -> int:
-    metrics = json.loads(Path(args.metrics).read_text())
-    table = markdown_table(metrics)
-    reference = reference_table(json.loads(Path(args.train).read_text()), metrics)
-    ops = ops_table(read_ops(args.ops))
-    fleet = Path(args.fleet).read_text().strip()
-    if args.readme:
-        text = Path(args.readme).read_text()
-        for markers in BLOCKS:  # every block checked before any is rewritten
-            check_markers(text, markers)
-        text = replace_block(text, table, RESULTS)
-        text = replace_block(text, ops, OPS)
-        text = replace_block(text, reference, REFERENCE_BLOCK)
-        text = replace_block(text, npu_table(json.loads(Path(args.npu).read_text())), NPU)
-        text = replace_block(text, workload_tables(Path(args.workloads)), WORKLOADS)
-        write_text(args.readme, replace_block(text, fleet, FLEET))
-    else:
-        print(f"{reference}\n\n{table}\n\n{ops}\n\n{fleet}")
+    build = builders(args)
+    if not args.documents:
+        print("\n\n".join(build[m]() for m in (REFERENCE_BLOCK, RESULTS, OPS, FLEET)))
+        return 0
+    texts = {path: Path(path).read_text() for path in args.documents}
+    for path, text in texts.items():  # every file's markers checked before anything is built or rewritten
+        for markers in blocks_in(text):
+            try:
+                check_markers(text, markers)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    built = {markers: build[markers]() for markers in BLOCKS if any(markers in blocks_in(text) for text in texts.values())}
+    rewritten = {}
+    for path, text in texts.items():  # every block replaced in memory first: a refused one leaves every file as it was
+        for markers in blocks_in(text):
+            text = replace_block(text, built[markers], markers)
+        rewritten[path] = text
+    for path, text in rewritten.items():
+        if text != texts[path]:
+            write_text(path, text)
+        names = [marker_stem(m[0]).removeprefix("<!-- ").removesuffix(":begin") for m in blocks_in(text)]
+        print(f"{path}: {', '.join(names) or 'no generated block'}", file=sys.stderr)
     return 0
 
 

@@ -88,7 +88,7 @@ def test_fleet_table_is_the_committed_fleet_report(document):
 
 
 def test_int8_ceiling_puts_every_mac_at_the_measured_peak():
-    from edgequant.report.readme import ceiling
+    from edgequant.report.tables import ceiling
 
     def run(ips):
         return {"threads_1": {"throughput_ips": ips}}
@@ -311,3 +311,15 @@ def test_unbalanced_markers_in_any_document_leave_every_document_as_it_was(tmp_p
     assert main([str(good), str(bad), *options]) == 1
     assert good.read_text() == f"{FLEET[0]}\nold\n{FLEET[1]}\n"
     assert f"readme: {bad}: the README holds 1 '<!-- results:begin' and 2 '<!-- results:end'" in capsys.readouterr().err
+
+
+def test_a_refused_block_leaves_every_document_as_it_was(tmp_path, capsys):
+    from edgequant.report.readme import FLEET, REFERENCE_BLOCK, main
+
+    options = copy_inputs(tmp_path)
+    (tmp_path / "plots/fleet.md").write_text(f"| a |\n{FLEET[1]}\n# injected\n")  # a fleet report edited by hand
+    first, second = tmp_path / "README.md", tmp_path / "machines.md"
+    first.write_text(f"{REFERENCE_BLOCK[0]}\nold\n{REFERENCE_BLOCK[1]}\n")
+    second.write_text(f"{FLEET[0]}\nold\n{FLEET[1]}\n")
+    assert main([str(first), str(second), *options]) == 1
+    assert first.read_text() == f"{REFERENCE_BLOCK[0]}\nold\n{REFERENCE_BLOCK[1]}\n" and "holds an HTML comment" in capsys.readouterr().err

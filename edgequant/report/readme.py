@@ -1,5 +1,5 @@
-"""The generated blocks of the README and docs/: results, per-operator, reference, NPU, workload, fleet and
-pipeline tables, each written from the pipeline's outputs (never typed by hand) between its markers.
+"""The generated blocks of the README and docs/: reference, summary, results, per-operator, NPU, workload, fleet and
+pipeline blocks, each written from the pipeline's outputs (never typed by hand) between its markers.
 
 python -m edgequant.report.readme                        # print the results tables
 python -m edgequant.report.readme README.md docs/*.md    # rewrite every block each file holds, between its markers

@@ -107,3 +107,8 @@ fashion-mnist:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The generated blocks of README.md and docs/*.md, from metrics/, plots/, params.yaml and `dvc dag`.
+.PHONY: docs
+docs: setup
+	python -m edgequant.report.readme README.md docs/*.md

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from edgequant.report.readme import workload_table
+from edgequant.report.tables import workload_table
 from edgequant.workloads import SHARED, SKIPPED, derive, render, write
 
 from .conftest import ALWAYS_RUN, ROOT, TINY, sh, stages_run

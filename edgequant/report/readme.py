@@ -1,7 +1,8 @@
-"""The README's results and per-operator tables, generated from the benchmark's outputs (never typed by hand).
+"""The generated blocks of the README and docs/: reference, summary, results, per-operator, NPU, workload, fleet and
+pipeline blocks, each written from the pipeline's outputs (never typed by hand) between its markers.
 
-python -m edgequant.report.readme             # print them
-python -m edgequant.report.readme README.md   # rewrite the blocks between the README's markers (results, ops, fleet)
+python -m edgequant.report.readme                        # print the results tables
+python -m edgequant.report.readme README.md docs/*.md    # rewrite every block each file holds, between its markers
 """
 
 from __future__ import annotations
@@ -9,236 +10,48 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edgequant.files import write_text
-from edgequant.measure.ops import KIND_ORDER, conv_gmacs, ms_by_kind
-from edgequant.report.markdown import check_markers, code, escape, marker_stem
-from edgequant.report.reference import REFERENCE
+from edgequant.report.markdown import check_markers, marker_stem
+from edgequant.report.tables import markdown_table, npu_table, ops_table, reference_table, summary_table, workload_tables
+
+GENERATE = "python -m edgequant.report.readme README.md docs/*.md"
 
 
-def reference_table(train: dict, metrics: dict) -> str:
-    """The reference result (edgequant/report/reference.py) beside this run's, row by row."""
-    ref, m = REFERENCE, metrics["methods"]
-    t = f"threads_{thread_counts(metrics)[0]}"
-    fp32, dyn = m["fp32"], m.get("dynamic_int8")
-    int8 = {name: r for name, r in m.items() if r["precision"] == "int8" and name != "dynamic_int8"}
-    best = max(int8, key=lambda name: int8[name][t]["throughput_ips"]) if int8 else None
-    losses = " / ".join(f"{v:.4f}" for v in train["train_loss_per_epoch"])
-    rows = [
-        ("per-epoch mean training loss", " / ".join(f"{v:.4f}" for v in ref["train_loss_per_epoch"]), f"{losses} (train mode, dropout on)"),
-        ("FP32 test accuracy", f"{ref['fp32_accuracy_pct']:.2f} %", f"**{fp32['accuracy_pct']:.2f} %**"),
-    ]
-    ref_ratio = ref["dynamic_int8_size_bytes"] / ref["fp32_size_bytes"]
-    sizes = f"{ref['fp32_size_bytes'] / 1024:.2f} KB → {ref['dynamic_int8_size_bytes'] / 1024:.2f} KB ({100 * ref_ratio:.1f} %)"
-    speed = f"none ({ref['fp32_eval_s']:.2f} s vs {ref['dynamic_int8_eval_s']:.2f} s)"
-    if dyn is not None:
-        agree = f"({dyn['agreement_with_fp32_pct']:.2f} % top-1 agreement with FP32)"
-        rows.append(("dynamic INT8 accuracy", f"{ref['dynamic_int8_accuracy_pct']:.2f} %", f"**{dyn['accuracy_pct']:.2f} %** {agree}"))
-        ours = f"**{fp32['size_bytes'] / 1024:.1f} KB → {dyn['size_bytes'] / 1024:.1f} KB** ({100 * dyn['size_ratio_vs_fp32']:.1f} %)"
-        rows.append(("FP32 → dynamic INT8 state dict", sizes, ours))
-        measured = f"dynamic: {dyn[t]['throughput_speedup_vs_fp32_eager']:.1f}× at batch 256, 1 thread"
-        if best:
-            measured += f"; **static INT8 ({code(best)}): {int8[best][t]['throughput_speedup_vs_fp32_eager']:.1f}×**"
-        rows.append(("INT8 speed-up on CPU", speed, measured))
-    lines = ["| | reference | edgequant |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(lines)
+def markers(name: str) -> tuple[str, str]:
+    """The two lines that enclose generated block `name`; the begin line says how to regenerate it."""
+    return f"<!-- {name}:begin ({GENERATE}) -->", f"<!-- {name}:end -->"
 
 
-def npu_table(npu: dict) -> str:
-    """Vela's Ethos-U figures (metrics/npu.json), labelled as the compiler estimates they are."""
-    head = ["accelerator", "system config / memory mode", "clock MHz", "est. cycles per image", "est. latency ms", "est. images/s"]
-    head += ["SRAM KiB", "weights in", "NPU / CPU ops"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, a in npu["accelerators"].items():
-        weights = f"{escape(a['weights_storage'])} ({max(a['flash_used_kib'], a['dram_used_kib']):.0f} KiB)"
-        cells = [
-            code(name),
-            f"{escape(a['system_config'])} / {escape(a['memory_mode'])}",
-            f"{a['clock_mhz']:.0f}",
-            f"{a['est_cycles_per_inference']:,.0f}",
-        ]
-        cells += [f"{a['est_latency_ms']:.2f}", f"{a['est_inferences_per_s']:,.0f}", f"{a['sram_used_kib']:.1f}", weights]
-        cells.append(f"{a['npu_operators']} / {a['cpu_operators']}")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Vela on {code(npu['model'])} of `litert_int8`: {escape(npu['kind'])}."]
-    return "\n".join(lines)
-
-
-def thread_counts(metrics: dict) -> list[int]:
-    """The thread counts the benchmark measured, smallest first."""
-    return sorted(int(k.removeprefix("threads_")) for k in metrics["peak"])
-
-
-def markdown_table(metrics: dict) -> str:
-    """The README's results table, straight from metrics/benchmark.json (never typed by hand)."""
-    threads = thread_counts(metrics)
-    head = ["method", "runtime", "size KB", "size vs own FP32", "top-1 %", "agree %", "logit SQNR dB"]
-    for t in threads:
-        head += [f"p50 ms b1 ({t}t)", f"img/s b256 ({t}t)", f"× FP32 eager ({t}t)", f"× own FP32 ({t}t)"]
-    head.append(f"% of peak ({threads[0]}t)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, m in metrics["methods"].items():
-        cells = [code(name), escape(m["runtime"]), f"{m['size_bytes'] / 1024:.1f}", f"{m['size_ratio_vs_runtime_fp32'] * 100:.1f} %"]
-        sqnr = m.get("logit_sqnr_db_vs_fp32")  # measured on this CPU, in the shipping runtime
-        cells += [f"{m['accuracy_pct']:.2f}", f"{m['agreement_with_fp32_pct']:.2f}", "–" if sqnr is None or sqnr >= 200 else f"{sqnr:.1f}"]
-        for t in threads:
-            r = m[f"threads_{t}"]
-            own = r["throughput_speedup_vs_runtime_fp32"]
-            cells += [
-                f"{r['latency_ms_p50']:.3f}",
-                f"{r['throughput_ips']:.0f}",
-                f"{r['throughput_speedup_vs_fp32_eager']:.1f}×",
-                f"{own:.1f}×",
-            ]
-        cells.append(f"{m[f'threads_{threads[0]}']['peak_fraction'] * 100:.0f} % ({m['precision']})")
-        lines.append("| " + " | ".join(cells) + " |")
-    peak, machine = metrics["peak"], metrics["machine"]
-    peaks = "; ".join(
-        f"{t} thread(s): FP32 {p['fp32_gmacs']:.0f} ({escape(p['fp32_engine'])}),"
-        f" INT8 {p['int8_gmacs']:.0f} GMAC/s ({escape(p['int8_engine'])})"
-        for t in threads
-        for p in [peak[f"threads_{t}"]]
-    )
-    isa = machine["isa"]
-    where = f"{code(machine['name'])} ({escape(machine['cpu'])}; torch {escape(isa['torch_cpu_capability'])}"
-    where += f", oneDNN {escape(isa['onednn'])}, INT8 dot: {escape(isa['int8_dot'])})"
-    lines += ["", f"Measured peaks, the best GEMM engine of each precision: {peaks}. Machine: {where}.", "", ceiling(metrics)]
-    return "\n".join(lines)
-
-
-def ceiling(metrics: dict) -> str:
-    """The most any INT8 method could gain over FP32 eager in this run: every MAC at the INT8 GEMM peak."""
-    int8 = [m for m, r in metrics["methods"].items() if r["precision"] == "int8"]
-    if not int8:  # quantize.methods may hold FP32 methods only
-        return "INT8 ceiling: no INT8 method was measured."
-    parts = []
-    for t in thread_counts(metrics):
-        key = f"threads_{t}"
-        bound_ips = metrics["peak"][key]["int8_gmacs"] * 1e9 / metrics["macs_per_image"]
-        eager = metrics["methods"]["fp32"][key]["throughput_ips"]
-        ips = {m: metrics["methods"][m][key]["throughput_ips"] for m in int8}
-        best = max(ips, key=ips.get)
-        parts.append(
-            f"{t} thread(s): {bound_ips:,.0f} img/s = {bound_ips / eager:.1f}× FP32 eager"
-            f" (best: {code(best)}, {ips[best] / eager:.1f}×, {100 * ips[best] / bound_ips:.0f} % of that bound)"
-        )
-    return "INT8 ceiling, every MAC of the network at the measured INT8 GEMM peak: " + "; ".join(parts) + "."
-
-
-def ops_table(rows: list[dict]) -> str:
-    """Milliseconds per batch by kind of operator, per method (plots/ops.csv), slowest method first."""
-    ms = ms_by_kind(rows)
-    if not ms:
-        return "(no per-operator profile: benchmark.profile_runs is 0)"
-    batch, threads = rows[0]["batch"], rows[0]["threads"]
-    head = ["method", *KIND_ORDER, "total ms", "conv GMAC/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, by_kind in ms.items():
-        gmacs = conv_gmacs(int(batch), by_kind["conv"], int(rows[0]["conv_macs_per_image"]))
-        cells = [code(method), *(f"{by_kind[k]:.2f}" for k in KIND_ORDER), f"**{sum(by_kind.values()):.1f}**"]
-        cells.append(f"{gmacs:.0f}" if gmacs else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    where = f"Milliseconds per batch-{escape(batch)} call on {escape(threads)} thread"
-    lines += ["", f"{where}, from each runtime's own profiler (`plots/ops.csv`)."]
-    return "\n".join(lines)
-
-
-def gate_verdicts(gate: dict) -> dict[str, str]:
-    """Per gated method: "pass", or the limits it missed (from the gate stage's metrics/gate.json)."""
-    missed: dict[str, list[str]] = {}
-    for c in gate["checks"]:
-        missed.setdefault(c["method"], [])
-        what = c["param"].removeprefix("gate.").removeprefix("max_").removeprefix("min_").split("_")[0]
-        if not c["passed"] and what not in missed[c["method"]]:
-            missed[c["method"]].append(what)
-    return {m: "pass" if not what else "misses " + ", ".join(what) for m, what in missed.items()}
-
-
-def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate: dict) -> str:
-    """One workload's accuracy side (its run under workloads/<name>/): per method, the drop against FP32 with
-    its exact 95 % interval, the test images that flipped each way and McNemar's p, beside what the method buys."""
-    m = metrics["methods"]
-    t = f"threads_{thread_counts(metrics)[0]}"
-    fp32 = m["fp32"]
-    head = [
-        "method",
-        "top-1 %",
-        "drop pp [95 % interval]",
-        "flips lost / gained",
-        "McNemar p",
-        "size vs own FP32",
-        "speed vs own FP32",
-        "layers kept FP32 (validation drop)",
-        "gate",
-    ]
-    verdicts = gate_verdicts(gate)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != "fp32", -kv[1]["accuracy_pct"])):
-        cells = [code(method), f"{r['accuracy_pct']:.2f}"]
-        significant = r["precision"] == "int8" and r["mcnemar_p"] < 0.05
-        if r["precision"] == "fp32":
-            cells += ["–", "–", "–", "1.00", "1.00", "–", "–"]
-        else:
-            drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"
-            interval = f"[{r['accuracy_drop_pp_ci95_low']:+.2f}, {r['accuracy_drop_pp_ci95_high']:+.2f}]"
-            cells += [f"{drop} {interval}", f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
-            cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
-            search = settings.get(method) or {}
-            kept = ", ".join(code(layer) for layer in search.get("fp32_layers", [])) or "none"
-            cells.append(f"{kept} ({search['validation_drop_pp']:+.2f} pp)" if "fp32_layers" in search else "–")
-            cells.append(escape(verdicts.get(method, "–")))
-        lines.append("| " + " | ".join(cells) + " |")
-    from edgequant.fleet.table import machine_name
-
-    p, g, batch = params["train"], params["gate"], params["benchmark"]["throughput_batch"]
-    machine = metrics["machine"].get("name") or machine_name(metrics["machine"])  # this checkout's own probe named it
-    epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] > 1)}"
-    lines += [
-        "",
-        f"{code(params['download']['dataset'])} × {code(p['model'])}, {epochs} ({escape(p['optimizer'])}, lr {escape(p['lr'])}):"
-        f" FP32 {fp32['accuracy_pct']:.2f} %; {escape(params['prepare']['calib_size'])} training images calibrate."
-        " A difference in bold is significant (McNemar's exact test on the flipped test images: p < 0.05); a negative drop is a gain."
-        f" Speed: batch {escape(batch)}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on {code(machine)}."
-        f" Gate: `gate.methods` against {escape(g['max_accuracy_drop_pp'])} pp, speed-up ≥ {escape(g['min_speedup'])},"
-        f" size ≤ {escape(g['max_size_ratio'])}"
-        f" ({'enforced' if g['enforce'] else 'recorded, not enforced'})."
-        f" From {code(f'workloads/{name}/')} (`params.yaml`, `metrics/benchmark.json`, `metrics/settings.json`, `metrics/gate.json`).",
-    ]
-    return "\n".join(lines)
-
-
-def workload_tables(root: Path) -> str:
-    """Every workload under `root` (workloads/) that has run, one table each."""
-    import yaml
-
-    tables = []
-    for folder in sorted(p for p in root.iterdir() if (p / "metrics/benchmark.json").is_file()) if root.is_dir() else []:
-        metrics, settings, gate = (
-            json.loads((folder / "metrics" / f).read_text()) for f in ("benchmark.json", "settings.json", "gate.json")
-        )
-        params = yaml.safe_load((folder / "params.yaml").read_text())
-        tables.append(f"#### {escape(folder.name)}\n\n" + workload_table(folder.name, metrics, params, settings, gate))
-    return "\n\n".join(tables) or "(no workload under workloads/ has run: `dvc repro -P`)"
-
-
-WORKLOADS = ("<!-- workloads:begin (python -m edgequant.report.readme README.md) -->", "<!-- workloads:end -->")
-RESULTS = ("<!-- results:begin (python -m edgequant.report.readme README.md) -->", "<!-- results:end -->")
-OPS = ("<!-- ops:begin (python -m edgequant.report.readme README.md) -->", "<!-- ops:end -->")
-FLEET = ("<!-- fleet:begin (python -m edgequant.report.readme README.md) -->", "<!-- fleet:end -->")
-NPU = ("<!-- npu:begin (python -m edgequant.report.readme README.md) -->", "<!-- npu:end -->")
-REFERENCE_BLOCK = ("<!-- reference:begin (python -m edgequant.report.readme README.md) -->", "<!-- reference:end -->")
+WORKLOADS = markers("workloads")
+RESULTS = markers("results")
+SUMMARY = markers("summary")
+OPS = markers("ops")
+FLEET = markers("fleet")
+NPU = markers("npu")
+REFERENCE_BLOCK = markers("reference")
+PIPELINE = markers("pipeline")
 BEGIN, END = RESULTS
+BLOCKS = (REFERENCE_BLOCK, SUMMARY, FLEET, RESULTS, OPS, WORKLOADS, NPU, PIPELINE)
 
 
-BLOCKS = (RESULTS, OPS, REFERENCE_BLOCK, NPU, WORKLOADS, FLEET)
+def fenced(table: str) -> bool:
+    """`table` is one fenced code block and nothing else: Markdown shows its lines as code, never as structure."""
+    lines = table.splitlines()
+    inner = lines[1:-1]
+    return len(lines) >= 2 and lines[0].startswith("```") and lines[-1] == "```" and not any(x.startswith("```") for x in inner)
 
 
 def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> str:
-    """`text` with the part between `markers` replaced by `table`, which may hold no marker or HTML comment of its own."""
+    """`text` with the part between `markers` replaced by `table`, which may hold no marker or HTML comment of its own
+    (a fenced code block may hold `-->`, a Mermaid edge: it cannot open a comment, and no marker begins with it)."""
     check_markers(text, markers)
-    if "<!--" in table or "-->" in table:
+    if "<!--" in table or ("-->" in table and not fenced(table)):
         raise ValueError(
             f"the block for {marker_stem(markers[0])!r} holds an HTML comment; generated text is escaped, so it was edited by hand"
         )
@@ -247,15 +60,51 @@ def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> 
     return f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}"
 
 
+def pipeline_graph(root: Path = Path(".")) -> str:
+    """`dvc dag --md dvc.yaml`: the reference pipeline's stages and edges as DVC reads them from dvc.yaml and params.yaml."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", "--md", "dvc.yaml"], cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ValueError(f"`dvc dag --md dvc.yaml` failed in {root}: {reason}")
+    return proc.stdout.strip()
+
+
 def read_ops(path: str | Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def builders(args: argparse.Namespace) -> dict[tuple[str, str], Callable[[], str]]:
+    """Each block's markers and how to build its text from the files the arguments name."""
+    import yaml
+
+    return {
+        RESULTS: lambda: markdown_table(read_json(args.metrics)),
+        SUMMARY: lambda: summary_table(read_json(args.metrics), yaml.safe_load(Path(args.params).read_text())["benchmark"]),
+        OPS: lambda: ops_table(read_ops(args.ops)),
+        REFERENCE_BLOCK: lambda: reference_table(read_json(args.train), read_json(args.metrics)),
+        NPU: lambda: npu_table(read_json(args.npu)),
+        WORKLOADS: lambda: workload_tables(Path(args.workloads)),
+        FLEET: lambda: Path(args.fleet).read_text().strip(),
+        PIPELINE: lambda: pipeline_graph(),
+    }
+
+
+def blocks_in(text: str) -> list[tuple[str, str]]:
+    """The blocks whose markers `text` holds (either one of the two is enough: an unbalanced pair is refused later)."""
+    return [m for m in BLOCKS if any(marker_stem(x) in text for x in m)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the results tables, or write them into a README between their markers.")
-    parser.add_argument("readme", nargs="?", help="rewrite this file's results and ops blocks in place")
+    parser = argparse.ArgumentParser(description="Print the results tables, or write every block the given files hold between its markers.")
+    parser.add_argument("documents", nargs="*", help="rewrite these Markdown files' generated blocks in place (README.md docs/*.md)")
     parser.add_argument("--metrics", default="metrics/benchmark.json")
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--ops", default="plots/ops.csv")
     parser.add_argument("--fleet", default="plots/fleet.md")
     parser.add_argument("--train", default="metrics/train.json")
@@ -270,23 +119,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(args: argparse.Namespace) -> int:
-    metrics = json.loads(Path(args.metrics).read_text())
-    table = markdown_table(metrics)
-    reference = reference_table(json.loads(Path(args.train).read_text()), metrics)
-    ops = ops_table(read_ops(args.ops))
-    fleet = Path(args.fleet).read_text().strip()
-    if args.readme:
-        text = Path(args.readme).read_text()
-        for markers in BLOCKS:  # every block checked before any is rewritten
-            check_markers(text, markers)
-        text = replace_block(text, table, RESULTS)
-        text = replace_block(text, ops, OPS)
-        text = replace_block(text, reference, REFERENCE_BLOCK)
-        text = replace_block(text, npu_table(json.loads(Path(args.npu).read_text())), NPU)
-        text = replace_block(text, workload_tables(Path(args.workloads)), WORKLOADS)
-        write_text(args.readme, replace_block(text, fleet, FLEET))
-    else:
-        print(f"{reference}\n\n{table}\n\n{ops}\n\n{fleet}")
+    build = builders(args)
+    if not args.documents:
+        print("\n\n".join(build[m]() for m in (REFERENCE_BLOCK, RESULTS, OPS, FLEET)))
+        return 0
+    texts = {path: Path(path).read_text() for path in args.documents}
+    for path, text in texts.items():  # every file's markers checked before anything is built or rewritten
+        for markers in blocks_in(text):
+            try:
+                check_markers(text, markers)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    built = {markers: build[markers]() for markers in BLOCKS if any(markers in blocks_in(text) for text in texts.values())}
+    rewritten = {}
+    for path, text in texts.items():  # every block replaced in memory first: a refused one leaves every file as it was
+        for markers in blocks_in(text):
+            text = replace_block(text, built[markers], markers)
+        rewritten[path] = text
+    for path, text in rewritten.items():
+        if text != texts[path]:
+            write_text(path, text)
+        names = [marker_stem(m[0]).removeprefix("<!-- ").removesuffix(":begin") for m in blocks_in(text)]
+        print(f"{path}: {', '.join(names) or 'no generated block'}", file=sys.stderr)
     return 0
 
 

@@ -53,7 +53,7 @@ lint: setup
 machine: setup runtimes
 	python -m edgequant.team.dvclock --repair
 	dvc repro  # the reference pipeline: the fleet compares machines on it
-	@name=$$(python -m edgequant.fleet.table.table save --out machines) && dvc repro fleet && \
+	@name=$$(python -m edgequant.fleet.table save --out machines) && dvc repro fleet && \
 	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \
 	echo "saved machines/$$name and experiment $$name; share: git add machines/$$name, or dvc exp push origin $$name"
 

@@ -27,6 +27,7 @@ PASSWORD_ENV = "EDGEQUANT_BROKER_PASSWORD"
 SCHEMES = ("redis", "rediss")
 CHECK_TIMEOUT_S = 3.0  # a reachable broker answers PING in milliseconds; a wrong address must fail in seconds
 MAX_PASSWORD_CHARS = 512
+OPEN_BROKER = "accepts clients without a password; a fleet broker must require one (redis-server --requirepass)"
 
 
 class SettingsError(ValueError):
@@ -154,11 +155,22 @@ def check_broker(settings: FleetSettings, timeout_s: float = CHECK_TIMEOUT_S) ->
     where = f"broker {settings.broker}"
     try:
         client(settings, timeout_s).ping()
+        # Redis 6+ takes any password for a default user without one (AUTH default <pw> succeeds), so a PING
+        # with the password proves nothing: a broker that requires one refuses a client that sends none.
+        anonymous = redis.Redis.from_url(settings.broker, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            anonymous.ping()
+        except redis.AuthenticationError:
+            pass
+        else:
+            raise SettingsError(f"{where} {OPEN_BROKER}")
+        finally:
+            anonymous.close()
     except redis.AuthenticationError as exc:
         raise SettingsError(f"{where} refused the password ({exc}); check {PASSWORD_ENV} or `password` in {CONFIG_FILE}") from exc
     except redis.ResponseError as exc:
         if "without any password configured" in str(exc):
-            raise SettingsError(f"{where} accepts no password; a fleet broker must require one (redis-server --requirepass)") from exc
+            raise SettingsError(f"{where} {OPEN_BROKER}") from exc
         raise SettingsError(f"{where} answered PING with an error: {str(exc).splitlines()[0]}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -117,6 +117,8 @@ def status(settings: FleetSettings, rev: str | None, cwd: Path) -> dict:
         runs = [json.loads(e) for e in broker.lrange(engine.runs_key(job_id), 0, -1)]
         state = STATES.get(meta["status"], meta["status"].lower())
         entry = {**record, "job": job_id, "state": state, "attempts": sum(r["event"] == "start" for r in runs)}
+        # A retry starts a few seconds after its attempt failed: the reason stays visible while the next one runs.
+        entry["last_failure"] = next((r.get("message") for r in reversed(runs) if r["event"] in ("retry", "failed")), None)
         result = meta.get("result")
         if entry["state"] == "running":
             entry |= {k: result.get(k) for k in ("stage", "worker", "since")}
@@ -136,6 +138,8 @@ def describe(entry: dict) -> str:
         line = f"{head}  {entry['stage']} on {entry['worker']}{elapsed}"
         if not entry["worker_live"]:
             line += "; that worker does not answer: the job returns to the queue after the visibility timeout"
+        if entry.get("last_failure"):
+            line += f"; attempt {entry['attempts']}, the one before failed: {entry['last_failure']}"
         return line
     if entry["state"] == "done":
         gate = entry.get("gate") or {}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgequant.fleet import engine, settings
+from edgequant.fleet import client, engine, settings
 from edgequant.fleet.engine import Job, JobError
 from edgequant.measure.machine import CAPS, probe
 
@@ -111,6 +111,23 @@ def test_the_queue_takes_json_only_and_gives_a_worker_one_job_at_a_time():
     assert conf.worker_concurrency == 1 and conf.worker_prefetch_multiplier == 1
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and not conf.task_track_started
     assert conf.broker_transport_options["visibility_timeout"] == 300 and conf.broker_transport_options["unacked_restore_interval"] == 30
+
+
+def test_make_worker_starts_the_fleet_worker_on_this_machine():
+    root = Path(__file__).resolve().parent.parent
+    # -o: setup and runtimes count as done; -n: print the recipe only
+    out = subprocess.run(["make", "-n", "-o", "setup", "-o", "runtimes", "worker"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "python -m edgequant.fleet worker", out.stdout + out.stderr
+
+
+def test_status_keeps_the_reason_an_attempt_failed_while_the_next_one_runs():
+    reason = "push: `dvc exp push` failed: Could not connect to the endpoint URL"
+    entry = {"revision": SHA, "state": "running", "stage": "push", "worker": "amd-epyc-avx2@bench-01", "since": None}
+    entry |= {"worker_live": True, "attempts": 2, "last_failure": reason}
+    line = client.describe(entry)
+    assert line.startswith(f"  {SHA[:10]}  running   push on amd-epyc-avx2@bench-01"), line
+    assert line.endswith(f"; attempt 2, the one before failed: {reason}"), line
+    assert "failed" not in client.describe(entry | {"attempts": 1, "last_failure": None})
 
 
 def fleet_cli(*args: str, cwd: Path, env: dict, timeout: float = 300) -> tuple[int, str, str, float]:

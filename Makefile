@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup runtimes repro deps test lint compare vega machine fashion-mnist clean-venv arm-numerics
+.PHONY: setup runtimes repro deps test lint compare vega machine worker fashion-mnist clean-venv arm-numerics
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ machine: setup runtimes
 	@name=$$(python -m edgequant.fleet.table save --out machines) && dvc repro fleet && \
 	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \
 	echo "saved machines/$$name and experiment $$name; share: git add machines/$$name, or dvc exp push origin $$name"
+
+# This machine as a fleet worker: a Celery worker on the queue its probe names, one job at a time; the broker's
+# address and password from fleet.local.yaml (git-ignored) or EDGEQUANT_BROKER_URL/_PASSWORD (docs/fleet-queue.md).
+worker: setup runtimes
+	python -m edgequant.fleet worker
 
 # The bench bundle on Arm kernels, emulated: each ONNX and ExecuTorch artifact's accuracy and agreement with FP32,
 # computed by the arm64 builds of their runtimes under qemu (`-cpu $(ARM_CPU)`), into machines/qemu-arm64-<cpu>-<feature>/

@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup runtimes repro deps test lint compare vega machine worker fashion-mnist clean-venv arm-numerics
+.PHONY: setup runtimes repro deps test test-fast lint compare vega machine worker fashion-mnist clean-venv arm-numerics
 
 setup: $(VENV)/.installed
 
@@ -42,7 +42,13 @@ deps: setup
 	python -m edgequant.deps
 
 test: setup runtimes lint
-	python -m pytest -q
+	python -m pytest -q --durations=25
+
+# The unit tier: every test not marked slow (no pipeline, server, export or subprocess), in about a minute.
+# Plugin autoload off: hypothesis and hydra, installed as dependencies of dependencies, register pytest
+# plugins that take seconds to import and that no test here uses.
+test-fast: setup
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python -m pytest -q -m "not slow"
 
 lint: setup
 	ruff check edgequant stages tests notebooks

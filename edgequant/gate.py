@@ -101,10 +101,21 @@ def check(metrics: dict, gate: GateParams) -> list[Check]:
     return checks
 
 
-def report(checks: list[Check]) -> dict:
-    """The gate's metrics file: overall verdict plus every check, so a failure is inspectable."""
+def shippable(checks: list[Check]) -> list[str]:
+    """The candidates that pass every one of their checks, in the order they were checked."""
+    methods = list(dict.fromkeys(c.method for c in checks))
+    return [m for m in methods if all(c.passed for c in checks if c.method == m)]
+
+
+def report(checks: list[Check], require: str = "all") -> dict:
+    """The gate's metrics file: overall verdict, the candidates that pass here, and every check, so a failure
+    is inspectable. With require "any" the verdict passes when one candidate passes every check."""
+    ships = shippable(checks)
+    passed = all(c.passed for c in checks) if require == "all" else bool(ships)
     return {
-        "passed": all(c.passed for c in checks),
+        "passed": passed,
+        "require": require,
+        "shippable": ships,
         "failures": sum(not c.passed for c in checks),
         "checks": [{**dataclasses.asdict(c), "passed": c.passed} for c in checks],
     }

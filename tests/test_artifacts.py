@@ -67,10 +67,12 @@ def rewrite(path: Path, replace: dict[str, bytes], add: dict[str, bytes] | None 
     path.write_bytes(out.getvalue())
 
 
+@pytest.mark.slow
 def test_saved_program_loads(program):
     torch.export.load(read_pt2(program, REMEDY)).module()(torch.zeros(1, 1, 8, 8))
 
 
+@pytest.mark.slow
 def test_pickled_sample_inputs_with_code_are_refused_before_torch_sees_them(program):
     MARKER.unlink(missing_ok=True)
     payload = io.BytesIO()
@@ -88,6 +90,7 @@ def test_pickled_sample_inputs_with_code_are_refused_before_torch_sees_them(prog
     assert not MARKER.exists()
 
 
+@pytest.mark.slow
 def test_pickled_weights_and_foreign_records_are_refused(program, tmp_path):
     with zipfile.ZipFile(program) as archive:
         config = next(r for r in archive.namelist() if r.endswith("model_weights_config.json"))
@@ -163,6 +166,7 @@ def _duplicated_sample_inputs(program: Path, pickle_first: bool) -> None:
     program.write_bytes(out.getvalue())
 
 
+@pytest.mark.slow
 def test_a_duplicated_record_is_refused_before_torch_can_read_either_copy(program, tmp_path):
     """Which copy torch reads depends on where miniz's binary search over the sorted names lands: here one
     order of the two copies makes plain torch.export.load run the pickle. read_pt2 refuses both orders."""
@@ -251,6 +255,7 @@ def _pt2_records(program: Path) -> list[Record]:
         return [Record(r.filename, archive.read(r), deflate=r.compress_type == zipfile.ZIP_DEFLATED) for r in archive.infolist()]
 
 
+@pytest.mark.slow
 def test_a_record_declaring_gigabytes_is_refused_before_it_is_inflated(program):
     records = _pt2_records(program)
     graph = next(i for i, r in enumerate(records) if r.name.endswith("models/model.json"))
@@ -259,6 +264,7 @@ def test_a_record_declaring_gigabytes_is_refused_before_it_is_inflated(program):
         read_pt2(program, REMEDY)
 
 
+@pytest.mark.slow
 def test_a_deflated_record_where_edgequant_stores_one_is_refused(program):
     records = _pt2_records(program)
     ident = next(i for i, r in enumerate(records) if r.name.endswith(".data/serialization_id"))
@@ -267,6 +273,7 @@ def test_a_deflated_record_where_edgequant_stores_one_is_refused(program):
         read_pt2(program, REMEDY)
 
 
+@pytest.mark.slow
 def test_a_weight_declaring_a_huge_tensor_over_few_bytes_is_refused(program):
     records = _pt2_records(program)
     config_at = next(i for i, r in enumerate(records) if r.name.endswith("model_weights_config.json"))
@@ -443,6 +450,7 @@ def _load_pte(out_dir: Path):
     return get_method("executorch_xnnpack_fp32").load(out_dir, 1, 1)
 
 
+@pytest.mark.slow
 def test_the_tiny_program_loads_and_runs(pte_dir):
     assert _load_pte(pte_dir)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
@@ -450,6 +458,7 @@ def test_the_tiny_program_loads_and_runs(pte_dir):
 PTE_REMEDY = r"re-run `dvc repro quantize@executorch_xnnpack_fp32`$"
 
 
+@pytest.mark.slow
 def test_a_truncated_pte_is_refused_in_one_line(damaged):
     pte = damaged / "model_b1.pte"
     pte.write_bytes(pte.read_bytes()[:-1000])
@@ -459,6 +468,7 @@ def test_a_truncated_pte_is_refused_in_one_line(damaged):
         _load_pte(damaged)
 
 
+@pytest.mark.slow
 def test_a_pte_that_executorch_refuses_after_the_checks_is_one_line_with_the_remedy(damaged):
     pte = damaged / "model_b1.pte"
     pte.write_bytes(pte.read_bytes().replace(b"XnnpackBackend", b"XnnpackBackenX"))  # names a backend that is not there
@@ -474,6 +484,7 @@ def _xnnpack_identifier_at(data: bytes) -> int:
     return at - 4 + struct.unpack_from("<I", data, at + 6)[0] + 4  # the delegate's flatbuffer, bytes 4-8
 
 
+@pytest.mark.slow
 def test_a_pte_whose_logged_names_are_not_utf8_is_refused_where_executorch_would_abort(damaged):
     pte = damaged / "model_b1.pte"
     data = bytearray(pte.read_bytes())
@@ -493,6 +504,7 @@ def test_a_pte_whose_logged_names_are_not_utf8_is_refused_where_executorch_would
         _load_pte(damaged)
 
 
+@pytest.mark.slow
 def test_a_pte_planning_terabytes_is_refused_before_executorch_allocates(damaged):
     from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
 

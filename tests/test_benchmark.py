@@ -62,6 +62,7 @@ print((minor_faults() - before) / 10)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_keep_freed_memory_stops_page_faults_on_reuse():
     # A fresh process each: mallopt changes the allocator for the rest of the process.
@@ -97,6 +98,7 @@ MACHINE_INFO = (
 )
 
 
+@pytest.mark.slow
 def test_machine_info_keeps_the_probe_and_reports_the_capability_torch_runs_at(subprocess_env):
     """Under ATEN_CPU_CAPABILITY=default torch runs its portable kernels on any CPU: the record must say DEFAULT,
     whatever the probe found the CPU able to do."""

@@ -26,6 +26,9 @@ from edgequant.quantize.catalog import get_method, record
 from .conftest import make_digits
 from .zipforge import Record, forge
 
+# Every test here exports artifacts or starts processes: the slow tier (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
+
 METHODS = ["fp32", "onnx_fp32", "onnx_qdq_int8", "executorch_xnnpack_fp32", "executorch_xnnpack_int8"]
 
 

@@ -21,6 +21,7 @@ def uncovered(files: set[str], deps: list[str]) -> list[str]:
     return sorted(f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
 
 
+@pytest.mark.slow
 def test_dvc_yaml_and_every_workloads_are_what_the_deps_command_writes():
     assert not stale(ROOT), "stale: run `python -m edgequant.deps`"
 

@@ -258,6 +258,7 @@ def run_stage(tmp_path, here: dict, machines) -> tuple[int, str]:
     return rc, md.read_text() if md.exists() else ""
 
 
+@pytest.mark.slow
 def test_the_fleet_stage_names_a_bad_folder_and_shows_every_other(tmp_path, capsys):
     machines = tmp_path / "machines"
     for name, record in (("amd-epyc-avx512-vnni", metrics(VNNI, 13000, 11000)), ("bad", metrics(AVX2, 1, 2, cpu="Intel Xeon"))):

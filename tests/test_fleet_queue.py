@@ -116,7 +116,13 @@ def test_the_queue_takes_json_only_and_gives_a_worker_one_job_at_a_time():
 def test_make_worker_starts_the_fleet_worker_on_this_machine():
     root = Path(__file__).resolve().parent.parent
     # -o: setup and runtimes count as done; -n: print the recipe only
-    out = subprocess.run(["make", "-n", "-o", "setup", "-o", "runtimes", "worker"], cwd=root, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", "setup", "-o", "runtimes", "worker"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "python -m edgequant.fleet worker", out.stdout + out.stderr
 
 

@@ -128,3 +128,34 @@ def test_a_missed_budget_fails_the_gate_stage_only_where_it_is_enforced(enforce,
     printed = capsys.readouterr()
     assert "FAIL: onnx_qdq_int8: accuracy-aware search" in printed.err
     assert ("recorded, not enforced" in printed.out) is not enforce
+
+
+def two_candidates(slow_speedups: tuple[float, float]) -> dict:
+    """onnx_qdq_int8 passes everything; litert_int8 is as accurate and small, at the given speed-ups."""
+    m = metrics()
+    slow = {f"threads_{t}": {"throughput_speedup_vs_runtime_fp32": s} for t, s in zip((1, 2), slow_speedups, strict=True)}
+    m["methods"]["litert_int8"] = {"accuracy_drop_pp": 0.0, "size_ratio_vs_runtime_fp32": 0.25, **slow}
+    return m
+
+
+@pytest.mark.parametrize(("require", "passed"), [("all", False), ("any", True)])
+def test_a_candidate_slower_than_its_fp32_fails_only_an_all_gate(require, passed):
+    """LiteRT INT8 at 0.88x its FP32, as on an AVX2 CPU without VNNI: a release that ships any passing candidate
+    still passes, and the verdict names what passes here."""
+    gate = GateParams(["onnx_qdq_int8", "litert_int8"], 0.1, 2.0, 0.27, True, require)
+    verdict = report(check(two_candidates((0.88, 0.76)), gate), gate.require)
+    assert verdict["passed"] is passed and verdict["failures"] == 2
+    assert verdict["shippable"] == ["onnx_qdq_int8"] and verdict["require"] == require
+
+
+def test_an_any_gate_fails_when_no_candidate_passes_every_check():
+    gate = GateParams(["onnx_qdq_int8", "litert_int8"], 0.1, 2.0, 0.27, True, "any")
+    m = two_candidates((0.88, 0.76))
+    m["methods"]["onnx_qdq_int8"]["size_ratio_vs_runtime_fp32"] = 0.3  # each misses one limit: nothing to ship
+    verdict = report(check(m, gate), gate.require)
+    assert verdict["passed"] is False and verdict["shippable"] == []
+
+
+def test_an_unknown_require_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match=r"gate.require must be one of all, any, got 'most'"):
+        GateParams(["onnx_qdq_int8"], 0.1, 2.0, 0.27, True, "most")

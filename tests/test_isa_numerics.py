@@ -21,10 +21,13 @@ from edgequant.quantize.catalog import get_method
 from .conftest import make_digits
 
 QEMU = shutil.which("qemu-x86_64")
-pytestmark = pytest.mark.skipif(
-    QEMU is None and not os.environ.get("EDGEQUANT_REQUIRE_QEMU"),
-    reason="no qemu-x86_64 (Debian: apt-get install qemu-user; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,  # exports every INT8 method and runs each under an emulated CPU
+    pytest.mark.skipif(
+        QEMU is None and not os.environ.get("EDGEQUANT_REQUIRE_QEMU"),
+        reason="no qemu-x86_64 (Debian: apt-get install qemu-user; .ci/run installs it)",
+    ),
+]
 METHODS = ["onnx_qdq_int8", "executorch_xnnpack_int8", "eager_static_x86"]  # pt2e_x86: inductor builds its kernels for the host ISA
 # Runs inside the emulated CPU: each method's own loader on the artifact, then the logits to a file.
 RUN = """

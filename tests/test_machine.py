@@ -204,6 +204,7 @@ def test_the_probe_stage_writes_the_same_bytes_in_two_processes_and_imports_no_r
     assert (tmp_path / "0.json").read_bytes() == (tmp_path / "1.json").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cap", [None, "avx2", "default"])
 def test_probe_agrees_with_what_torch_reports(cap, subprocess_env):
     env = dict(subprocess_env)
@@ -292,6 +293,7 @@ def evidence(env: dict[str, str]) -> dict:
     return json.loads(out.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_runtimes_report_the_path_the_rules_give_and_name_avx2_on_an_avx2_cpu(monkeypatch):
     for cap in CAPS:
         monkeypatch.delenv(cap, raising=False)
@@ -309,6 +311,7 @@ def test_the_runtimes_report_the_path_the_rules_give_and_name_avx2_on_an_avx2_cp
         assert "fingerprint: saturated" in reported["onnxruntime"]["kernels"]["MatMulInteger (MLAS U8S8 GEMM)"]["evidence"]
 
 
+@pytest.mark.slow
 def test_a_capped_onednn_runs_what_the_cap_allows_in_torch_and_openvino_and_mlas_ignores_it(subprocess_env):
     if "sse4_1" not in this_cpu_flags():
         pytest.skip("an x86 CPU with SSE4.1 is needed")
@@ -325,6 +328,7 @@ def test_a_capped_onednn_runs_what_the_cap_allows_in_torch_and_openvino_and_mlas
     assert reported["onnxruntime"]["path"] == mlas_path(this_cpu_flags())
 
 
+@pytest.mark.slow
 def test_roofline_is_the_best_engine_and_names_its_path_and_ceiling():
     peak = measure_peak(1, 64, 0.02)
     for precision, engines in ENGINES.items():

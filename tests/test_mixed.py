@@ -142,6 +142,7 @@ def boundary_images(model: torch.nn.Module, n: int) -> torch.Tensor:
 @pytest.mark.parametrize(
     "name", ["onnx_qdq_int8_per_tensor_aware", pytest.param("executorch_xnnpack_int8_per_tensor_aware", marks=pytest.mark.slow)]
 )
+@pytest.mark.slow
 def test_a_search_that_cannot_meet_its_budget_ships_its_artifact_and_the_gate_fails_it(name, tiny_model, tmp_path):
     method = get_method(name)
     if missing_modules(method):
@@ -163,6 +164,7 @@ def test_a_search_that_cannot_meet_its_budget_ships_its_artifact_and_the_gate_fa
     assert not verdict.passed and "search budget NOT met" in verdict.describe()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "layer", "groups"), [("tiny_model", "conv1", 1), ("tiny_stress_model", "blocks.0.0", 32)])
 def test_onnx_excluded_nodes_keep_float_weights(model, layer, groups, tmp_path, request):
     import onnx
@@ -186,6 +188,7 @@ def test_onnx_excluded_nodes_keep_float_weights(model, layer, groups, tmp_path, 
     assert not weight_is_int8(kept.name) and all(weight_is_int8(n) for other, n in node_of.items() if other != layer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "layer", "groups"), [("tiny_model", "conv1", 1), ("tiny_stress_model", "blocks.0.0", 32)])
 def test_xnnpack_skipped_layers_stay_fp32(model, layer, groups, request):
     from edgequant.quantize.methods.executorch import _quantizer

@@ -272,6 +272,7 @@ def test_a_yaml_alias_bomb_is_refused_before_any_value_is_built(tmp_path):
     ],
     ids=["deep", "huge"],
 )
+@pytest.mark.slow
 def test_a_params_file_too_deep_or_too_big_is_refused_in_one_line(tmp_path, text, message):
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -299,6 +300,7 @@ def test_integers_beyond_what_a_stage_can_use_are_refused_naming_the_key(section
         parse(cls, {**REAL[section], key: value}, section)
 
 
+@pytest.mark.slow
 def test_the_command_line_check_refuses_a_scalar_method_list_in_one_line(tmp_path):
     import subprocess
     import sys

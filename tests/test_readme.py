@@ -192,6 +192,7 @@ def test_the_readmes_summary_is_generated_from_the_committed_run_and_params():
     assert block.count("\n| `") == len(metrics["methods"]) and f"{SUMMARY_THREADS} thread, on `{metrics['machine']['name']}`" in block
 
 
+@pytest.mark.slow
 def test_the_pipeline_graph_is_dvc_dag_of_the_checkouts_dvc_yaml(tmp_path, monkeypatch):
     from edgequant.report.readme import PIPELINE, pipeline_graph
 

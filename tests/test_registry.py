@@ -82,6 +82,7 @@ def extra(method) -> dict:
 
 
 # Labelled methods export through these same paths plus a search (tests/test_mixed.py runs it on this model).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [m for m in known_methods() if get_method(m).models is None and not get_method(m).labelled])
 def test_every_method_for_any_model_quantizes_the_stress_model(name, tiny_stress_model, data, tmp_path, monkeypatch):
     """The depthwise-separable model through every method that claims any model: export, record, load, run."""
@@ -103,6 +104,7 @@ def test_every_method_for_any_model_quantizes_the_stress_model(name, tiny_stress
         assert min(exported.sqnr_db.values()) > INT8_STRESS_LAYER_SQNR_DB, exported.sqnr_db
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", known_methods())
 def test_every_method_exports_reproducibly_loads_and_agrees_with_fp32(name, tiny_model, data, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

@@ -22,6 +22,9 @@ from edgequant.stage import StageError
 
 from .conftest import ROOT, make_digits
 
+# Every test here exports artifacts or starts processes: the slow tier (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def prepared(tmp_path):

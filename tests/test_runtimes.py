@@ -12,6 +12,9 @@ from edgequant.quantize.catalog import get_method
 
 from .conftest import ROOT, make_digits
 
+# Every test here exports artifacts or starts processes: the slow tier (make test-fast leaves it out).
+pytestmark = pytest.mark.slow
+
 RUNTIMES = ("litert_fp32", "litert_int8", "openvino_fp32", "openvino_int8")
 REFUSED = r"not a readable edgequant model \({}\); re-run `dvc repro quantize@{}`"
 

@@ -143,6 +143,7 @@ def test_a_benchmark_refuses_a_full_disk_before_measuring(workdir, capsys, monke
     assert "benchmark: cannot access b.json: 1 MiB free, 64 MiB needed before starting" in one_line(capsys, "benchmark")
 
 
+@pytest.mark.slow
 def test_training_that_diverges_stops_at_the_first_non_finite_loss():
     from edgequant.model.train import train as fit
 
@@ -165,6 +166,7 @@ def test_training_that_diverges_stops_at_the_first_non_finite_loss():
     ],
     ids=["while-unwinding", "in-c-code"],
 )
+@pytest.mark.slow
 def test_a_stage_stuck_after_ctrl_c_still_exits(stuck):
     code = (
         "import time\nimport torch\nfrom edgequant import stage\n"
@@ -199,6 +201,7 @@ def is_live(pid: int) -> bool:
     ],
     ids=["dvc-sh", "dvc-sh-in-sh", "no-shell", "shell-outside-dvc"],
 )
+@pytest.mark.slow
 def test_a_stage_stops_when_dvc_dies_behind_any_shells_and_only_then(tmp_path, launch, under_dvc, stops):
     if not os.path.exists("/bin/sh"):
         pytest.skip("no /bin/sh")

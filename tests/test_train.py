@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 import torch
 
 from edgequant.model.train import train
@@ -19,6 +20,7 @@ def run(seed: int) -> tuple[bytes, list[dict]]:
     return buf.getvalue(), history
 
 
+@pytest.mark.slow
 def test_same_seed_byte_identical_and_different_seed_differs():
     a, hist_a = run(0)
     b, hist_b = run(0)
@@ -28,6 +30,7 @@ def test_same_seed_byte_identical_and_different_seed_differs():
     assert a != c
 
 
+@pytest.mark.slow
 def test_learns_and_reports_every_epoch():
     _, history = run(0)
     assert [h["epoch"] for h in history] == [1, 2]

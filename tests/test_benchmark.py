@@ -16,7 +16,7 @@ from edgequant.model.layers import net_macs
 
 
 def test_latency_percentiles_are_those_of_the_timed_calls_only(monkeypatch):
-    """A scripted clock: the warm-up calls take 1 s each and must not count; the timed calls take 1..100 ms."""
+    """A scripted clock: the warm-up calls read no clock and must not count; the timed calls take 1..100 ms."""
     calls = {"n": 0}
     durations_ms = list(range(1, 101))
     ticks = iter(t for d in durations_ms for t in (0, d * 1_000_000))  # start, end of each timed call, in ns

@@ -41,6 +41,22 @@ def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def write_artifacts(model, root: Path, methods: list[str]) -> Path:
+    """Each method's artifacts of `model` as the quantize stage lays them out (root/quantized/<name>/ with its
+    meta.json, batch sizes 1 and 16), and a prepared test split of 64 digits (root/test.pt)."""
+    from edgequant.quantize.catalog import get_method, record  # the registry imports every runtime: only here
+
+    images, labels = make_digits(64, 3)
+    x = torch.from_numpy(images).unsqueeze(1).float() / 255
+    for name in methods:
+        out = root / "quantized" / name
+        out.mkdir(parents=True)
+        exported = get_method(name).export(model, x, x, out, (1, 16))
+        (out / "meta.json").write_text(json.dumps(record(get_method(name), model.NAME, exported, (1, 16))))
+    torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, root / "test.pt")
+    return root
+
+
 def write_mirror(directory: Path, n_train: int = 256, n_test: int = 128) -> dict[str, str]:
     """Write the four gzipped IDX files of a tiny dataset; return the md5 of each decompressed file
     (what `download.md5` of a custom dataset names)."""

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from edgequant.device import armroot, emulate
 from edgequant.device.arm_guest import logits
@@ -16,9 +15,8 @@ from edgequant.device.armtrace import int8_path, read_in_asm
 from edgequant.device.bundle import make_bundle
 from edgequant.device.run_bench import pad
 from edgequant.fleet import numerics
-from edgequant.quantize.catalog import get_method, record
 
-from .conftest import ROOT, make_digits
+from .conftest import ROOT, write_artifacts
 
 METHODS = ["fp32", "onnx_fp32", "onnx_qdq_int8", "executorch_xnnpack_fp32", "executorch_xnnpack_int8"]
 MIN_AGREEMENT_PCT = 75  # the tiny model's INT8 against its FP32, as tests/test_bundle.py asks on the host
@@ -140,15 +138,7 @@ def require_emulation() -> None:
 @pytest.fixture(scope="module")
 def bundle(tiny_model, tmp_path_factory):
     """The bench bundle of the tiny model's ONNX and ExecuTorch artifacts, as the bundle stage writes it."""
-    root = tmp_path_factory.mktemp("arm-bundle")
-    images, labels = make_digits(64, 3)
-    x = torch.from_numpy(images).unsqueeze(1).float() / 255
-    for name in METHODS:
-        out = root / "quantized" / name
-        out.mkdir(parents=True)
-        exported = get_method(name).export(tiny_model, x, x, out, (1, 16))
-        (out / "meta.json").write_text(json.dumps(record(get_method(name), tiny_model.NAME, exported, (1, 16))))
-    torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, root / "test.pt")
+    root = write_artifacts(tiny_model, tmp_path_factory.mktemp("arm-bundle"), METHODS)
     make_bundle(root / "quantized", root / "test.pt", METHODS, [1, 16], 48, root / "bundle")
     return root / "bundle"
 

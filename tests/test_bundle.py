@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgequant.device import run_bench
 from edgequant.device.bundle import make_bundle
 from edgequant.device.run_bench import BundleError, measure
 from edgequant.fleet import table
 from edgequant.measure.machine import probe
-from edgequant.quantize.catalog import get_method, record
 
-from .conftest import make_digits
+from .conftest import write_artifacts
 from .zipforge import Record, forge
 
 # Every test here exports artifacts or starts processes: the slow tier (make test-fast leaves it out).
@@ -35,16 +33,7 @@ METHODS = ["fp32", "onnx_fp32", "onnx_qdq_int8", "executorch_xnnpack_fp32", "exe
 @pytest.fixture(scope="module")
 def artifacts(tiny_model, tmp_path_factory):
     """The methods' artifacts as the quantize stage lays them out, and a prepared test split."""
-    root = tmp_path_factory.mktemp("bundle-src")
-    images, labels = make_digits(64, 3)
-    x = torch.from_numpy(images).unsqueeze(1).float() / 255
-    for name in METHODS:
-        out = root / "quantized" / name
-        out.mkdir(parents=True)
-        exported = get_method(name).export(tiny_model, x, x, out, (1, 16))
-        (out / "meta.json").write_text(json.dumps(record(get_method(name), tiny_model.NAME, exported, (1, 16))))
-    torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, root / "test.pt")
-    return root
+    return write_artifacts(tiny_model, tmp_path_factory.mktemp("bundle-src"), METHODS)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .s3server import HOST, _die_with_parent, free_ports
+from .s3server import HOST, free_ports, spawn
 
 PASSWORD = "edgequant-test-broker-0001"  # a throwaway password known only to the server a test starts
 
@@ -48,16 +48,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 20.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self.proc = spawn(self.command(), self.root, self.log)
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.proc.poll() is not None:

@@ -43,6 +43,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def spawn(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server or worker a test starts: its output appended to `log`, in a process group of its own (stopping
+    it kills the group), and killed with the test runner if that dies without its teardown."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
 class S3Server:
     """`weed server -s3` bound to 127.0.0.1; `root` holds its data, config and log; restartable on the same data."""
 
@@ -97,17 +113,7 @@ class S3Server:
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
         (self.root / "s3.json").write_text(json.dumps({"identities": [identity]}))
         env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")} | {"TMPDIR": str(self.root / "sock")}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                cwd=self.root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() kills the group
-                preexec_fn=_die_with_parent,
-            )
+        self.proc = spawn(self.command(), self.root, self.log, env)
         try:
             self._wait_ready(timeout_s)
         except BaseException:

@@ -24,7 +24,7 @@ from edgequant.measure.machine import CAPS, probe
 
 from .conftest import set_params, sh, stat_fields
 from .redisserver import PASSWORD, RedisServer, redis_binary
-from .s3server import REGION, S3Server, _die_with_parent, free_ports, weed_binary
+from .s3server import REGION, S3Server, free_ports, spawn, weed_binary
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 # ATen's kernels and oneDNN's ISA held to AVX2: the probe names the capped worker's machine apart (…-capped-avx2) on any
@@ -200,17 +200,7 @@ class Worker:
 
     def start(self, timeout_s: float = 120) -> None:
         start = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgequant.fleet", "worker"],
-                cwd=self.home,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self.proc = spawn([sys.executable, "-m", "edgequant.fleet", "worker"], self.home, self.log, self.env)
         self.groups.append(self.proc.pid)
         deadline = time.monotonic() + timeout_s
         while f"{self.machine}@" not in (text := self.log.read_text(errors="replace")[start:]) or " ready." not in text:

@@ -39,8 +39,7 @@ class Params:
     gate: GateParams
 
     def __post_init__(self) -> None:
-        check_model(self.train)
-        check_files(self.download, self.train)
+        check_model(self.train)  # the user's data and checkpoint may be another stage's outputs: their readers check them
         for key in ("quantize", "gate"):
             for name in getattr(self, key).methods:
                 known(get_method, name, f"{key}.methods")
@@ -100,18 +99,6 @@ def check_model(train: TrainParams) -> None:
         construct(train.model, train.model_args)
     except ValueError as exc:
         raise ParamsError(f"params.yaml: {exc}") from exc
-
-
-def check_files(download: DownloadParams, train: TrainParams) -> None:
-    """The user's files the params name are there: the data to import and the checkpoint to start from."""
-    if download.dataset in LOCAL_KINDS:
-        path = Path(download.path)
-        there = path.is_dir() if download.dataset == "folder" else path.is_file()
-        if not there:
-            what = "a folder holding train/ and test/" if download.dataset == "folder" else "an .npz file"
-            raise ParamsError(f"params.yaml: download.path {download.path} is not {what} (paths are relative to the repository root)")
-    if train.checkpoint and not Path(train.checkpoint).is_file():
-        raise ParamsError(f"params.yaml: train.checkpoint {train.checkpoint}: no such file (paths are relative to the repository root)")
 
 
 def load_all(path: str | Path = "params.yaml") -> Params:

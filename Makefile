@@ -8,7 +8,7 @@ export MNIST_MIRROR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup runtimes repro deps test lint compare vega machine fashion-mnist clean-venv
+.PHONY: setup runtimes repro deps test lint compare vega machine fashion-mnist clean-venv arm-numerics
 
 setup: $(VENV)/.installed
 
@@ -53,9 +53,21 @@ lint: setup
 machine: setup runtimes
 	python -m edgequant.team.dvclock --repair
 	dvc repro  # the reference pipeline: the fleet compares machines on it
-	@name=$$(python -m edgequant.fleet.table save --out machines) && dvc repro fleet && \
+	@name=$$(python -m edgequant.fleet.table.table save --out machines) && dvc repro fleet && \
 	dvc exp save --force --include-untracked machines/$$name -n $$name >/dev/null && \
 	echo "saved machines/$$name and experiment $$name; share: git add machines/$$name, or dvc exp push origin $$name"
+
+# The bench bundle on Arm kernels, emulated: each ONNX and ExecuTorch artifact's accuracy and agreement with FP32,
+# computed by the arm64 builds of their runtimes under qemu (`-cpu $(ARM_CPU)`), into machines/qemu-arm64-<cpu>-<feature>/
+# as a fleet row marked "emulated: numerics only, no timing". Needs root; Debian's debootstrap and cross compiler are
+# installed where apt-get is available. The arm64 root is built once into .cache/arm64 (about 420 MB).
+ARM_CPU ?= max
+arm-numerics: setup
+	@command -v debootstrap >/dev/null && command -v aarch64-linux-gnu-g++ >/dev/null || { \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); $$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends debootstrap g++-aarch64-linux-gnu; }
+	dvc repro bundle
+	python -m edgequant.device.emulate bundle --cpu $(ARM_CPU) --out machines
 
 # The Markdown report a reviewer reads: `make compare A=main B=my-branch` (also experiments, commits).
 A ?= main

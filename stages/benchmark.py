@@ -17,6 +17,7 @@ from edgequant.model.layers import conv_macs
 from edgequant.model.zoo import common_model
 from edgequant.quantize.catalog import get_method
 from edgequant.quantize.refusal import refusals
+from edgequant.quantize.search import search_metrics
 from edgequant.validate import load_all
 
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         peaks, runs, predictions, logits, ops = measure_all(p, methods, threads, artifacts, args.test)
         sizes = {m: meta[m]["size_bytes"] for m in methods}
         metrics, rows = summarize(methods, sizes, runs, peaks, accuracy(methods, predictions, logits, labels), model)
+        for m in methods:  # an accuracy-aware search's budget, met or not: the gate judges it from here
+            metrics["methods"][m].update(search_metrics(meta[m].get("settings")))
         metrics["machine"] = machine_info(json.loads(Path(args.machine).read_text()))
         metrics["refused"] = refused
         sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}

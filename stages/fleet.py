@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgequant import params, stage
 from edgequant.files import write_text
-from edgequant.fleet import table
+from edgequant.fleet import numerics, table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +26,16 @@ def main(argv: list[str] | None = None) -> int:
         others, skipped = table.gather(Path(args.machines))
         for line in skipped:
             print(f"fleet: not shown: {line}", file=sys.stderr)
+        emulated, unreadable = numerics.gather(Path(args.machines))  # emulated CPUs: numerics only, no timing
+        for line in unreadable:
+            print(f"fleet: not shown: {line}", file=sys.stderr)
+        skipped += unreadable
         entries = [here] + [e for e in others if e["name"] != here["name"]]  # this run replaces its own saved copy
-        write_text(args.md, table.markdown([table.summarize(e, gate) for e in entries], skipped) + "\n")
-        table.plot(entries, Path(args.png))
+        text = table.markdown([table.summarize(e, gate) for e in entries], skipped)
+        if emulated:
+            text += "\n\n" + numerics.markdown(emulated)
+        write_text(args.md, text + "\n")
+        table.plot(entries, Path(args.png), tuple(e["name"] for e in emulated))
         return f"{len(entries)} machine(s) -> {args.md}" + (f"; {len(skipped)} folder(s) not shown, named there" if skipped else "")
 
     return stage.run("fleet", body)

@@ -182,9 +182,11 @@ def is_up_to_date(work: Path, env: dict) -> bool:
 
 def fingerprint(work: Path) -> dict[str, str]:
     """md5 of every output a failed run must leave as it was: data, prepared splits, models, metrics, plots
-    (all but the validate stage's fixed one-line verdict)."""
+    (all but the validate stage's fixed one-line verdict). A killed write's scratch, `.<name>.*.tmp`, is left
+    out: dvc and git ignore it and the stage's next run removes it (which the kill tests check)."""
     files = [p for top in ("data", "models", "metrics", "plots") for p in (work / top).rglob("*") if p.is_file()]
-    files = [p for p in files if p.name != "params.valid"]
+    scratch = lambda p: any(part.startswith(".") and part.endswith(".tmp") for part in p.relative_to(work).parts)  # noqa: E731
+    files = [p for p in files if p.name != "params.valid" and not scratch(p)]
     return {p.relative_to(work).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
 
 

@@ -1,6 +1,9 @@
 """The quality gate on hand-made metrics: each limit can fail, a missing value fails, and the report says which."""
 
+import json
+
 import pytest
+import yaml
 
 from edgequant.gate import check, report
 from edgequant.params import GateParams
@@ -71,3 +74,57 @@ def test_the_accuracy_check_says_whether_a_drop_is_noise():
     assert described.endswith("[8 images lost, 3 gained vs fp32; McNemar p=0.23: within noise]") and described.startswith("ok:")
     m["methods"]["onnx_qdq_int8"].update(flips_lost=30, flips_gained=2, mcnemar_p=1e-7)
     assert check(m, GATE)[0].describe().endswith("McNemar p=1e-07: significant]")
+
+
+def searched(budget_met: bool, high: float) -> dict:
+    """What the benchmark copies into an accuracy-aware method's metrics from its search (edgequant.quantize.search.search_metrics)."""
+    return {
+        "budget_met": budget_met,
+        "budget_held_to": "validation_drop_pp_ci95_high",
+        "validation_drop_pp": 0.05,
+        "validation_drop_pp_ci95_low": -0.04,
+        "validation_drop_pp_ci95_high": high,
+        "validation_images": 10000,
+        "configurations_tried": 18,
+        "fp32_layers_kept": 3,
+    }
+
+
+def test_a_search_that_missed_its_budget_fails_the_gate_and_says_why():
+    m = metrics(drop=0.05)
+    m["methods"]["onnx_qdq_int8"].update(searched(False, 0.13))
+    failed = [c.describe() for c in check(m, GATE) if not c.passed]
+    assert failed == [
+        "FAIL: onnx_qdq_int8: accuracy-aware search: validation_drop_pp_ci95_high on the validation images 0.13, limit <= 0.1"
+        " (gate.max_accuracy_drop_pp) [search budget NOT met: validation drop +0.05 [-0.04, +0.13] pp on 10000 images,"
+        " 3 layer(s) FP32 after 18 configurations]"
+    ]
+    m["methods"]["onnx_qdq_int8"].update(searched(True, 0.09))
+    assert report(check(m, GATE))["passed"] is True
+
+
+def test_a_search_record_without_its_bound_fails_rather_than_passes():
+    m = metrics()
+    m["methods"]["onnx_qdq_int8"].update(searched(True, 0.09))
+    del m["methods"]["onnx_qdq_int8"]["validation_drop_pp_ci95_high"]
+    failed = [c.describe() for c in check(m, GATE) if not c.passed]
+    assert len(failed) == 1 and "missing from the benchmark's metrics" in failed[0] and "record is incomplete" in failed[0]
+
+
+@pytest.mark.parametrize(("enforce", "code"), [(True, 1), (False, 0)])
+def test_a_missed_budget_fails_the_gate_stage_only_where_it_is_enforced(enforce, code, tmp_path, capsys):
+    from stages import gate as gate_stage
+
+    m = metrics()
+    m["methods"]["onnx_qdq_int8"].update(searched(False, 0.13))
+    (tmp_path / "benchmark.json").write_text(json.dumps(m))
+    limits = {"methods": ["onnx_qdq_int8"], "max_accuracy_drop_pp": 0.1, "min_speedup": 2.0, "max_size_ratio": 0.27, "enforce": enforce}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gate": limits}))
+    out = tmp_path / "gate.json"
+    args = ["--metrics", str(tmp_path / "benchmark.json"), "--out", str(out), "--params", str(tmp_path / "params.yaml")]
+    assert gate_stage.main(args) == code
+    verdict = json.loads(out.read_text())  # written either way: the verdict is the evidence
+    assert verdict["passed"] is False and verdict["failures"] == 1
+    printed = capsys.readouterr()
+    assert "FAIL: onnx_qdq_int8: accuracy-aware search" in printed.err
+    assert ("recorded, not enforced" in printed.out) is not enforce

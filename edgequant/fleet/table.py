@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from edgequant.fleet import records
+from edgequant.fleet import numerics, records
 from edgequant.gate import check
 from edgequant.measure.machine import int8_dot
 from edgequant.params import GateParams
@@ -68,6 +68,8 @@ def gather(machines: Path) -> tuple[list[dict], list[str]]:
             continue  # machines/README.md
         elif not records.is_machine_name(folder.name):
             skipped.append(f"{where}: not a machine's name; re-import it with `python -m edgequant.fleet.table import {where}`")
+        elif numerics.is_numerics_folder(folder):
+            continue  # an emulated CPU: numerics only, shown in a table of its own (edgequant/fleet/numerics.py)
         elif not (folder / "benchmark.json").exists():
             skipped.append(f"{where}: no benchmark.json")
         else:
@@ -145,8 +147,9 @@ def speedup_rows(entries: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(entries: list[dict], path: Path) -> None:
-    """One group of bars per machine: what each INT8 method buys over FP32 eager there."""
+def plot(entries: list[dict], path: Path, numerics_only: tuple[str, ...] = ()) -> None:
+    """One group of bars per machine: what each INT8 method buys over FP32 eager there; machines measured for
+    numerics only (emulated CPUs) are named under the chart, never drawn as bars."""
     import pandas as pd
     import seaborn as sns
 
@@ -161,6 +164,8 @@ def plot(entries: list[dict], path: Path) -> None:
     ax.set(xlabel="× FP32 eager throughput (batch 256, 1 thread; each machine against its own FP32)", ylabel="")
     ax.set_title("INT8 speed-up per machine: the ranking of runtimes changes with the CPU")
     ax.legend(fontsize=8, loc="lower right")
+    if numerics_only:
+        fig.text(0.01, 0.005, f"also in the fleet, numerics only (emulated, no timing): {', '.join(numerics_only)}", fontsize=7)
     _save(fig, path)
 
 

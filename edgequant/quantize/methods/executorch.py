@@ -137,8 +137,8 @@ def _export_aware(
     labelled: Labelled,
     per_channel: bool,
 ) -> Exported:
-    """XNNPACK INT8 keeping the fewest layers in FP32 (edgequant.quantize.search) that bring the validation drop within budget;
-    each configuration is lowered and measured on XNNPACK itself."""
+    """XNNPACK INT8 with the layers edgequant.quantize.search chooses kept in FP32, each configuration lowered and measured
+    on XNNPACK itself; a budget it cannot meet ships its best configuration, recorded as such (`budget_met: false`)."""
     fp32_logits = logits_of(model.eval(), labelled.val_images)
     layers = list(layer_outputs(model, sample[:1]))
 
@@ -146,9 +146,9 @@ def _export_aware(
         converted = calibrate_and_convert(model, calib, _quantizer(per_channel, kept))
         return score(labelled, fp32_logits, _xnnpack_logits(converted, model.example_input, labelled.val_images), kept)
 
-    kept, trials = keep_fp32(layers, measure, labelled.max_drop_pp)
-    converted = calibrate_and_convert(model, calib, _quantizer(per_channel, kept))
-    settings = {"weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}", **summary(kept, trials, labelled.max_drop_pp)}
+    search = keep_fp32(layers, measure, labelled.max_drop_pp)
+    converted = calibrate_and_convert(model, calib, _quantizer(per_channel, search.kept))
+    settings = {"weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}", **summary(search)}
     shipped = _write_pte(converted, model.example_input, out_dir, batch_sizes)
     return Exported(shipped, quantized_layer_sqnr(model, converted, sample), settings)
 
@@ -162,7 +162,7 @@ def _export_aware(
     labelled=True,
 )
 class ExecuTorchInt8PerTensorAware:
-    """ExecuTorch/XNNPACK INT8, per-tensor weights, its most sensitive layers kept FP32 until the validation drop is within budget."""
+    """ExecuTorch/XNNPACK INT8 per tensor, its most sensitive layers kept FP32 until the validation drop's 95 % upper bound is in budget."""
 
     @staticmethod
     def export(

@@ -231,7 +231,8 @@ def _quantize_qdq(
 def _quantize_qdq_aware(
     model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, labelled: Labelled, per_channel: bool, calibrator: str
 ) -> Exported:
-    """`_quantize_qdq` keeping the fewest layers in FP32 (edgequant.quantize.search) that bring the validation drop within budget."""
+    """`_quantize_qdq` with the layers edgequant.quantize.search chooses kept in FP32; a budget it cannot meet ships its best
+    configuration, recorded as such (`budget_met: false`) for the gate to judge."""
 
     fp32_logits = logits_of(model.eval(), labelled.val_images)
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,11 +247,11 @@ def _quantize_qdq_aware(
             logits = predict(lambda chunk: torch.from_numpy(session.run(None, {INPUT: chunk.numpy()})[0]), labelled.val_images, 500)
             return score(labelled, fp32_logits, logits, kept)
 
-        kept, trials = keep_fp32(layers, measure, labelled.max_drop_pp)
+        search = keep_fp32(layers, measure, labelled.max_drop_pp)
         with atomic_path(out_dir / "model.onnx") as dest:
-            _qdq(pre, dest, calib, per_channel, calibrator, tuple(node_of[layer] for layer in kept))
+            _qdq(pre, dest, calib, per_channel, calibrator, tuple(node_of[layer] for layer in search.kept))
     shipped = out_dir / "model.onnx"
-    settings = {**_settings(per_channel, calibrator), **summary(kept, trials, labelled.max_drop_pp)}
+    settings = {**_settings(per_channel, calibrator), **summary(search)}
     return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), settings)
 
 
@@ -301,7 +302,7 @@ class OnnxQdqInt8Percentile:
 
 @register("onnx_qdq_int8_per_tensor_aware", runtime="onnxruntime", precision="int8", baseline="onnx_fp32", labelled=True)
 class OnnxQdqInt8PerTensorAware:
-    """onnx_qdq_int8_per_tensor keeping its most sensitive layers in FP32 until the validation drop is within gate.max_accuracy_drop_pp."""
+    """onnx_qdq_int8_per_tensor keeping its most sensitive layers in FP32 until the validation drop's 95 % upper bound is within budget."""
 
     @staticmethod
     def export(

@@ -209,6 +209,18 @@ def test_an_npz_of_nhwc_rgb_imports_as_nchw(tmp_path):
     assert imported["train"]["images"].shape == (6, 3, SIDE, SIDE) and imported["classes"] == ["0", "1", "2"]
 
 
+# --- the example workload's data
+
+
+def test_the_example_data_stages_code_deps_are_its_import_closure():
+    from edgequant.deps import code_deps
+
+    stages = yaml.safe_load((ROOT / "examples/dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        code = [d for d in stage["deps"] if d.endswith(".py")]
+        assert code == code_deps(stage["cmd"], ROOT), f"examples/dvc.yaml: stage {name}'s code deps are stale"
+
+
 # --- end to end: an RGB image folder and a model from outside the package, through `dvc repro`
 
 RGB_METHODS = ["fp32", "onnx_fp32", "onnx_qdq_int8", "litert_fp32", "litert_int8"]  # litert_int8: the npu stage's input

@@ -152,6 +152,18 @@ def test_a_state_dict_checkpoint_with_no_epochs_is_evaluated_as_it_is(tmp_path, 
     assert [h["epoch"] for h in history] == [0] and model.INPUT_SHAPE == (3, SIDE, SIDE)
 
 
+def test_litert_takes_a_padded_first_conv_as_an_explicit_input_layer_in_eval_mode(tmp_path):
+    from edgequant.model.imported import Normalized
+    from edgequant.quantize.methods.litert import pixel_model
+
+    net = construct(write_model(tmp_path), {}, root=tmp_path)  # its first conv pads: a fold would change the border
+    model = Normalized(net, (3, SIDE, SIDE), "tinynet", [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]).eval()
+    pixels, how = pixel_model(model)
+    assert how.startswith("explicit 1x1 depthwise conv") and not pixels.training  # a converter exports the mode it is given
+    x = torch.rand(2, 3, SIDE, SIDE)
+    assert torch.allclose(pixels(x), model(x), atol=1e-5)
+
+
 # --- the data
 
 

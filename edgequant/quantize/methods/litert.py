@@ -105,8 +105,8 @@ def pixel_model(model: Classifier) -> tuple[torch.nn.Module, str]:
         why = f"{found[0]} is grouped"
     else:
         why = ""
-    if why:
-        return ExplicitInput(model), f"explicit 1x1 depthwise conv at the input (input_norm): {why}"
+    if why:  # in eval mode, as the folded copy: a converter exports the mode it is given
+        return ExplicitInput(model).eval(), f"explicit 1x1 depthwise conv at the input (input_norm): {why}"
     name = found[0]
     folded = copy.deepcopy(model).eval()
     conv = folded.get_submodule(name)

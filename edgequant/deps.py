@@ -113,7 +113,7 @@ def stale(root: Path) -> dict[Path, str]:
     reference = root / "dvc.yaml"
     wanted = {reference: render(reference, root)}
     for folder in workload_folders(root):
-        wanted[root / folder / "dvc.yaml"] = render_workload(wanted[reference], folder)
+        wanted[root / folder / "dvc.yaml"] = render_workload(wanted[reference], folder, root)
     return {path: text for path, text in wanted.items() if not path.is_file() or path.read_text() != text}
 
 

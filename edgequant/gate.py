@@ -16,14 +16,18 @@ class Check:
     param: str  # the params.yaml key that sets the limit
     at_least: bool  # the limit is a minimum (speed-up) rather than a maximum (accuracy drop, size)
     note: str = ""  # what else a reader needs to judge the value (for accuracy: is the drop noise?)
+    refused: str = ""  # the runtime refused the model (edgequant/quantize/refusal.py): nothing to ship, so the check fails
 
     @property
     def passed(self) -> bool:
-        if self.measured is None:
+        if self.measured is None or self.refused:
             return False
         return self.measured >= self.limit if self.at_least else self.measured <= self.limit
 
     def describe(self) -> str:
+        if self.refused:
+            what = f"refused by its runtime, nothing to ship ({self.refused})"
+            return f"FAIL: {self.method}: {what}; drop it from {self.param} or change the model"
         verdict = "ok" if self.passed else "FAIL"
         bound = ">=" if self.at_least else "<="
         value = "missing from the benchmark's metrics" if self.measured is None else f"{self.measured:.4g}"
@@ -70,8 +74,12 @@ def check(metrics: dict, gate: GateParams) -> list[Check]:
     """
     threads = sorted(metrics.get("peak", {}), key=lambda k: int(k.removeprefix("threads_"))) or ["threads_1"]
     measured = metrics.get("methods", {})
+    refused = metrics.get("refused", {})
     checks = []
     for name in gate.methods:
+        if name in refused:  # a candidate that cannot be built cannot ship: one failed check, saying why
+            checks.append(Check(name, "export", None, 0.0, "gate.methods", False, refused=refused[name]))
+            continue
         drop = _value(measured, name, "accuracy_drop_pp")
         checks.append(
             Check(

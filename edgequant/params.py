@@ -9,12 +9,12 @@ import math
 import re
 import typing
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import yaml
 
-from edgequant.data.datasets import DATASETS, FILES, MD5
+from edgequant.data.datasets import DATASETS, FILES, LOCAL_KINDS, MD5
 
 T = TypeVar("T")
 
@@ -83,8 +83,9 @@ def parse(cls: type[T], raw: Any, section: str) -> T:
     for key in raw:
         if key not in fields:
             raise _unknown(f"{section}.{key}", [f"{section}.{f}" for f in fields], "key")
-    # A field with a default may be left out (its comment in the dataclass says what the default means).
-    missing = [name for name, f in fields.items() if name not in raw and f.default is dataclasses.MISSING]
+    # A field with a default may be left out (train.model_args, train.checkpoint...): the files written before it stay valid.
+    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
     if missing:
         raise ParamsError(f"params.yaml: missing key(s) {', '.join(f'{section}.{m}' for m in missing)}")
     values = {name: _check_type(raw[name], hints[name], f"params.yaml: {section}.{name}") for name in fields if name in raw}
@@ -105,17 +106,34 @@ def check_names(names: list[str], key: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DownloadParams:
-    dataset: str  # a name from edgequant.data.download.DATASETS, or "custom" with its md5s below
+    dataset: str  # a name from edgequant.data.download.DATASETS, "custom" with its md5s below, or "folder" / "npz" at `path`
     md5: dict[str, str]  # custom only: md5 of each decompressed IDX file
+    path: str = ""  # folder / npz only: the user's data, a path in the repository (a dependency of the download stage)
 
     def __post_init__(self) -> None:
-        known = [*DATASETS, "custom"]
+        known = [*DATASETS, "custom", *LOCAL_KINDS]
         _require(self.dataset in known, f"download.dataset {self.dataset!r} is not known; known datasets: {', '.join(known)}")
         if self.dataset == "custom":
             ok = set(self.md5) == set(FILES) and all(MD5.fullmatch(v) for v in self.md5.values())
             _require(ok, f"download.md5 must give the 32-hex-digit md5 of exactly these decompressed files: {', '.join(FILES)}")
         else:
             _require(not self.md5, f"download.md5 is only for dataset 'custom'; {self.dataset} has its checksums built in")
+        if self.dataset in LOCAL_KINDS:
+            what = "a folder holding train/ and test/" if self.dataset == "folder" else "an .npz file"
+            _require(bool(self.path), f"download.path must name {what} in the repository (dataset {self.dataset})")
+            check_repo_path(self.path, "download.path")
+        else:
+            _require(not self.path, f"download.path is only for datasets {' and '.join(LOCAL_KINDS)}; {self.dataset} is fetched by name")
+
+
+def check_repo_path(path: str, key: str) -> None:
+    """A path inside the repository, written relative to its root (where every stage runs): it becomes a dvc.yaml
+    dependency, and one outside the repository would be neither tracked nor shared."""
+    pure = PurePosixPath(path)
+    _require(
+        not pure.is_absolute() and ".." not in pure.parts and "\\" not in path and REPO_PATH.fullmatch(path) is not None,
+        f"{key} {path!r} must be a path inside the repository, relative to its root (e.g. examples/models/resnet8.py)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,21 +150,41 @@ class PrepareParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    model: str  # a name from edgequant.model.zoo's registry (validate checks it)
+    model: str  # a name from edgequant.model.zoo's registry, or an import path `file.py:Class` (validate checks it)
     seed: int
-    epochs: int
+    epochs: int  # 0: no training; the checkpoint is evaluated and quantized as it is
     batch_size: int
     test_batch_size: int
     optimizer: str  # "adadelta" (the classic recipe) or "adam"
     lr: float
     gamma: float  # StepLR decay per epoch
-    dropout_conv: float
-    dropout_fc: float
     threads: int
+    dropout_conv: float = 0.25  # the built-in models' dropout; an imported model takes its own arguments in model_args
+    dropout_fc: float = 0.5
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # keyword arguments of an imported model's constructor
+    checkpoint: str = ""  # a state dict (torch.save(model.state_dict(), path)) the training starts from
+    # Input normalization, one value per image channel, kept inside the model (every artifact takes [0, 1] pixels);
+    # empty: measured on the training images (the built-in models: one value over all pixels, as the classic recipe)
+    mean: list[float] = dataclasses.field(default_factory=list)
+    std: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
-        _require(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
+        _require(
+            self.epochs > 0 or (self.epochs == 0 and bool(self.checkpoint)),
+            f"train.epochs must be > 0, got {self.epochs} (0 evaluates train.checkpoint without training: name one)",
+        )
+        _require(
+            is_import_path(self.model) or not self.model_args, "train.model_args are for an imported model (train.model: file.py:Class)"
+        )
+        check_plain_values(self.model_args, "train.model_args")
+        if self.checkpoint:
+            check_repo_path(self.checkpoint, "train.checkpoint")
+        _require(
+            len(self.mean) == len(self.std), f"train.mean and train.std need one value per channel each, got {self.mean} and {self.std}"
+        )
+        _require(len(self.mean) <= MAX_CHANNELS, f"train.mean and train.std give {len(self.mean)} channels; images have 1 or 3")
+        _require(all(s > 0 for s in self.std), f"train.std must be > 0 for every channel, got {self.std}")
         _require(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
         _require(self.test_batch_size > 0, f"train.test_batch_size must be > 0, got {self.test_batch_size}")
         _require(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -159,6 +197,31 @@ class TrainParams:
 
 
 OPTIMIZERS = ("adadelta", "adam")
+MAX_CHANNELS = 3
+# A path as dvc.yaml may name it: plain characters, no shell or YAML syntax (it reaches derived stage deps).
+REPO_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
+
+
+def is_import_path(model: str) -> bool:
+    """`file.py:Class`: a model imported from a module of the repository rather than one registered by name."""
+    return ".py:" in model
+
+
+def check_plain_values(value: Any, where: str, depth: int = 0) -> None:
+    """Values a constructor may take from YAML and meta.json may record: numbers, strings, booleans, null, lists and
+    mappings of those (a YAML date or a tagged object would not survive the JSON round trip the loaders read back)."""
+    _require(depth < 8, f"{where} is nested too deeply")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _require(isinstance(k, str), f"{where}: key {k!r} is not a string")
+            check_plain_values(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_plain_values(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, float):
+        _require(math.isfinite(value), f"{where}: {value!r} is not a finite number")
+    else:
+        _require(value is None or isinstance(value, (str, int, bool)), f"{where}: {type(value).__name__} {value!r} is not a plain value")
 
 
 @dataclasses.dataclass(frozen=True)

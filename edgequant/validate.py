@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgequant.data.datasets import dataset_for
+from edgequant.data.datasets import LOCAL_KINDS, dataset_for
 from edgequant.device import npu
 from edgequant.model.zoo import get_model
 from edgequant.params import (
@@ -21,6 +21,7 @@ from edgequant.params import (
     PrepareParams,
     QuantizeParams,
     TrainParams,
+    is_import_path,
     naming,
     parse,
     read_sections,
@@ -38,7 +39,7 @@ class Params:
     gate: GateParams
 
     def __post_init__(self) -> None:
-        known(get_model, self.train.model, "train.model")
+        check_model(self.train)  # the user's data and checkpoint may be another stage's outputs: their readers check them
         for key in ("quantize", "gate"):
             for name in getattr(self, key).methods:
                 known(get_method, name, f"{key}.methods")
@@ -64,6 +65,8 @@ class Params:
                 raise ParamsError(
                     f"params.yaml: gate.methods lists {name}, an FP32 method: the gate holds INT8 candidates to their FP32 baseline"
                 )
+        if self.download.dataset in LOCAL_KINDS:  # its size is known once imported: the prepare and benchmark stages check it
+            return
         dataset = dataset_for(self.download.dataset, self.download.md5)
         drawn = self.prepare.calib_size + self.prepare.val_size
         if dataset.train_images is not None and drawn > dataset.train_images:
@@ -84,6 +87,20 @@ def known(lookup, name: str, key: str) -> None:
         raise ParamsError(f"params.yaml: {key}: {exc}") from exc
 
 
+def check_model(train: TrainParams) -> None:
+    """train.model names a registered model, or an imported one whose module imports and whose class builds with
+    train.model_args (its forward on the data is checked by the train stage, which has the data)."""
+    if not is_import_path(train.model):
+        known(get_model, train.model, "train.model")
+        return
+    from edgequant.model.imported import construct
+
+    try:
+        construct(train.model, train.model_args)
+    except ValueError as exc:
+        raise ParamsError(f"params.yaml: {exc}") from exc
+
+
 def load_all(path: str | Path = "params.yaml") -> Params:
     """Load and validate every section of params.yaml, and the rules between them."""
     with naming(path):
@@ -100,6 +117,34 @@ def check_pipeline(p: Params) -> None:
         raise ParamsError(f"params.yaml: quantize.methods must list {npu.METHOD}: the npu stage estimates Ethos-U figures from its .tflite")
 
 
+def check_tracked(path: str | Path, p: Params) -> None:
+    """The user's files the params name (model module, checkpoint, data) are dependencies of the stages that read them
+    in the dvc.yaml beside the params file, so DVC re-runs those stages when the files change. A workload's dvc.yaml gets
+    them from `python -m edgequant.deps`; the reference's lists them by hand."""
+    import yaml
+
+    from edgequant.tracked import user_deps
+
+    dvc_yaml = Path(path).parent / "dvc.yaml"
+    wanted = user_deps({"train": dataclasses.asdict(p.train), "download": dataclasses.asdict(p.download)})
+    if not wanted or not dvc_yaml.is_file():
+        return
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    for name, files in wanted.items():
+        stage = stages.get(name)
+        deps = (stage.get("do", stage) if isinstance(stage, dict) else {}).get("deps") or []
+        missing = [f for f in files if f not in deps]
+        if stage is not None and missing:
+            fix = (
+                "run `python -m edgequant.deps`"
+                if Path(path).parent.parent.name == "workloads"
+                else f"add it to the stage's deps in {dvc_yaml}"
+            )
+            raise ParamsError(
+                f"params.yaml: {missing[0]} is not a dependency of stage {name} in {dvc_yaml}, so a change to it would not re-run it: {fix}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m edgequant.validate params.yaml workloads/*/params.yaml`: what `make repro` runs before DVC,
     which reads the files itself first (a scalar `quantize.methods` reads there as an error in dvc.yaml)."""
@@ -111,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in parser.parse_args(argv).files:
         try:
             with naming(path):
-                check_pipeline(load_all(path))
+                everything = load_all(path)
+                check_pipeline(everything)
+                check_tracked(path, everything)
         except ValueError as exc:
             print(f"validate: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 1

@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 
 from edgequant.files import write_text
+from edgequant.params import read_sections
+from edgequant.tracked import user_deps
 
 # What a workload leaves out: the machine probe (shared), and what concerns the shipped reference only
 # (the fleet of machines, the device bundle).
@@ -77,8 +79,9 @@ def derive_stage(name: str, stage: dict, folder: str, wdir: str) -> dict:
     return {"wdir": wdir, **body}  # run from the repo root, where `python -m stages.<name>` imports
 
 
-def derive(reference: dict, folder: str) -> dict:
-    """The workload's dvc.yaml (as a mapping) from the reference's: `folder` is relative to the repo root."""
+def derive(reference: dict, folder: str, user: dict[str, list[str]] | None = None) -> dict:
+    """The workload's dvc.yaml (as a mapping) from the reference's: `folder` is relative to the repo root; `user` adds
+    the user's files its params name to the stages that read them (`user_deps`)."""
     wdir = os.path.relpath(".", folder)
     stages = {}
     for name, stage in reference["stages"].items():
@@ -88,13 +91,17 @@ def derive(reference: dict, folder: str) -> dict:
             stages[name] = {"foreach": stage["foreach"], "do": derive_stage(name, stage["do"], folder, wdir)}
         else:
             stages[name] = derive_stage(name, stage, folder, wdir)
+        body = stages[name].get("do", stages[name])
+        body["deps"] = [*body.get("deps", []), *(user or {}).get(name, [])]
     # The top-level plots stay as they are: DVC reads their paths from the dvc.yaml's own folder, not from wdir.
     return {"stages": stages, "plots": copy.deepcopy(reference.get("plots", []))}
 
 
-def render(reference: str, folder: str) -> str:
-    """The workload's dvc.yaml, as text, from the reference's dvc.yaml text."""
-    body = yaml.safe_dump(derive(yaml.safe_load(reference), folder), sort_keys=False, width=200)
+def render(reference: str, folder: str, root: Path = Path(".")) -> str:
+    """The workload's dvc.yaml, as text, from the reference's dvc.yaml text and the workload's params.yaml under `root`."""
+    params = root / folder / "params.yaml"
+    user = user_deps(read_sections(params), root) if params.is_file() else {}
+    body = yaml.safe_dump(derive(yaml.safe_load(reference), folder, user), sort_keys=False, width=200)
     return HEADER.format(folder=folder) + body
 
 

@@ -16,6 +16,7 @@ from edgequant.measure.timing import machine_info
 from edgequant.model.layers import conv_macs
 from edgequant.model.zoo import common_model
 from edgequant.quantize.catalog import get_method
+from edgequant.quantize.refusal import refusals
 from edgequant.quantize.search import search_metrics
 from edgequant.validate import load_all
 
@@ -52,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> str:
         require_free_space(args.metrics, args.sqnr, args.settings, args.csv, args.layers_csv, args.ops_csv)
         everything = load_all(args.params)
-        p, methods = everything.benchmark, everything.quantize.methods
+        p, listed = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
+        # A method its runtime refused (or whose FP32 baseline it refused) is listed, not measured; the gate judges it.
+        refused = refusals(artifacts, listed, {m: get_method(m).baseline for m in listed})
+        if "fp32" in refused:
+            raise ValueError(
+                f"{refused['fp32']}: eager PyTorch is the baseline every method is measured against; re-run `dvc repro quantize@fp32`"
+            )
+        methods = [m for m in listed if m not in refused]
         meta = {m: read_meta(artifacts, m) for m in methods}
         model = common_model(artifacts, methods)
         labels = load_prepared(args.test)["labels"]
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:  # an accuracy-aware search's budget, met or not: the gate judges it from here
             metrics["methods"][m].update(search_metrics(meta[m].get("settings")))
         metrics["machine"] = machine_info(json.loads(Path(args.machine).read_text()))
+        metrics["refused"] = refused
         sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}
         conv = conv_macs(model)  # per image, one figure for every method's rows
         op_table = [
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(args.csv, rows)
         write_csv(args.layers_csv, layer_rows(sqnr, model))
         write_csv(args.ops_csv, op_table, OP_COLUMNS)  # header only when benchmark.profile_runs is 0
-        return f"{len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}"
+        skipped = f" ({len(refused)} refused: {'; '.join(refused.values())})" if refused else ""
+        return f"{len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}{skipped}"
 
     return stage.run("benchmark", body)
 

@@ -6,9 +6,17 @@ import sys
 from pathlib import Path
 
 from edgequant import params, stage
-from edgequant.device.npu import LAYER_COLUMNS, METHOD, estimate_all
+from edgequant.device.npu import KIND, LAYER_COLUMNS, METHOD, estimate_all
 from edgequant.files import atomic_path, write_json
 from edgequant.quantize.methods.litert import file_name
+from edgequant.quantize.refusal import refusal
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(LAYER_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         # An NPU runs one image at a time: the latency batch's file is the one compiled.
         batch = params.load(params.BenchmarkParams, "benchmark", args.params).latency_batch
         tflite = Path(args.artifacts) / file_name(batch)
+        if refused := refusal(Path(args.artifacts)):  # nothing for Vela to compile: recorded, as the benchmark records it
+            write_json(args.metrics, {"kind": KIND, "model": tflite.name, "refused": refused, "accelerators": {}})
+            write_rows(args.csv, [])
+            return f"no estimate: {refused}"
         if not tflite.is_file():
             raise ValueError(f"no {tflite}: re-run `dvc repro quantize@{METHOD}` (quantize.methods must list {METHOD})")
         metrics, rows = estimate_all(tflite)
         write_json(args.metrics, metrics)
-        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(LAYER_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(args.csv, rows)
         latency = ", ".join(f"{name} {m['est_latency_ms']:.2f} ms" for name, m in metrics["accelerators"].items())
         return f"estimated latency per inference (Vela, not measured): {latency} -> {args.metrics}"
 

@@ -1,19 +1,17 @@
-"""Stage `prepare`: parse the IDX files into uint8 tensors for train, test, and seeded calibration and validation subsets."""
+"""Stage `prepare`: the downloaded or imported data as tensors for train, test, and seeded calibration and validation subsets."""
 
 import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from edgequant import params, stage
-from edgequant.data.splits import draw_subsets, load_split
+from edgequant.data.splits import draw_subsets, load_raw
 from edgequant.files import save_torch
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", required=True, help="directory with the four .gz files")
+    parser.add_argument("--raw", required=True, help="directory with the four .gz files, or an imported train.pt and test.pt")
     parser.add_argument("--train", required=True, help="output: training images and labels")
     parser.add_argument("--test", required=True, help="output: test images and labels")
     parser.add_argument("--calib", required=True, help="output: the seeded calibration subset of the training set")
@@ -23,13 +21,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         p = params.load(params.PrepareParams, "prepare", args.params)
-        train_x, train_y = load_split(Path(args.raw), "train")
-        test_x, test_y = load_split(Path(args.raw), "t10k")
+        train_x, train_y, test_x, test_y = load_raw(Path(args.raw))
         calib_idx, val_idx = draw_subsets(len(train_x), p.calib_size, p.val_size, p.calib_seed)
-        train_x, train_y = torch.from_numpy(train_x.copy()), torch.from_numpy(train_y.copy())
         splits = {
             "train": (train_x, train_y),
-            "test": (torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.copy())),
+            "test": (test_x, test_y),
             "calib": (train_x[calib_idx].clone(), train_y[calib_idx].clone()),
             "val": (train_x[val_idx].clone(), train_y[val_idx].clone()),
         }

@@ -9,8 +9,10 @@ from edgequant import params, stage
 from edgequant.data.splits import load_prepared, to_input
 from edgequant.files import atomic_dir, require_free_space, write_json
 from edgequant.measure.memory import peak_rss_mib
-from edgequant.model.zoo import load_fp32
+from edgequant.model.zoo import fp32_model
 from edgequant.quantize.catalog import Labelled, get_method, record
+from edgequant.quantize.refusal import Unsupported, runtime_refusals
+from edgequant.quantize.refusal import record as refusal_record
 
 SQNR_IMAGES = 512  # test images used to measure per-layer SQNR (a diagnostic; never used to calibrate)
 
@@ -32,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         train = params.load(params.TrainParams, "train", args.params)
         bench = params.load(params.BenchmarkParams, "benchmark", args.params)
         method = get_method(args.method)
-        model = load_fp32(args.model, train.model)
         calib_set = load_prepared(args.calib)
+        model, spec = fp32_model(args.model, train, calib_set["images"])
         calib = to_input(calib_set["images"])
         sample = to_input(load_prepared(args.test)["images"][:SQNR_IMAGES])
         batch_sizes = tuple(dict.fromkeys((bench.latency_batch, bench.throughput_batch)))
@@ -45,10 +47,17 @@ def main(argv: list[str] | None = None) -> int:
             extra["labelled"] = Labelled(calib_set["labels"].long(), to_input(val["images"]), val["labels"].long(), budget, epochs)
         require_free_space(args.out, args.metrics)
         start = time.perf_counter()
-        with atomic_dir(args.out) as tmp:
-            exported = method.export(model, calib, sample, tmp, batch_sizes, **extra)
-            meta = record(method, train.model, exported, batch_sizes)
-            write_json(tmp / "meta.json", meta)
+        try:
+            with atomic_dir(args.out) as tmp, runtime_refusals(method.runtime):
+                exported = method.export(model, calib, sample, tmp, batch_sizes, **extra)
+                meta = {**record(method, str(spec), exported, batch_sizes), "model_spec": spec.record()}
+                write_json(tmp / "meta.json", meta)
+        except Unsupported as exc:  # recorded, not raised: the benchmark lists it and the gate judges it
+            refused = refusal_record(method.name, spec.record(), str(exc))
+            with atomic_dir(args.out) as tmp:
+                write_json(tmp / "meta.json", refused)
+            write_json(args.metrics, {"export_time_s": round(time.perf_counter() - start, 3), "refused": refused["refused"]})
+            return f"refused, recorded in {args.out}/meta.json: {refused['refused']}"
         write_json(args.metrics, {"export_time_s": round(time.perf_counter() - start, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
         shipped = Path(args.out) / meta["shipped"]
         return f"{method.name} -> {shipped} ({shipped.stat().st_size} bytes)"

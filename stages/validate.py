@@ -6,7 +6,7 @@ import sys
 from edgequant import stage
 from edgequant.files import write_text
 from edgequant.params import naming
-from edgequant.validate import check_pipeline, load_all
+from edgequant.validate import check_pipeline, check_tracked, load_all
 
 # The same bytes whatever the params: stages depend on this file only to run after this check,
 # and a content that changed with the params would re-run all of them.
@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         with naming(args.params):
-            check_pipeline(load_all(args.params))
+            everything = load_all(args.params)
+            check_pipeline(everything)
+            check_tracked(args.params, everything)
         write_text(args.out, VERDICT)
         return f"{args.params} is valid"
 

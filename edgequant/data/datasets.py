@@ -7,6 +7,7 @@ import re
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 MD5 = re.compile(r"[0-9a-f]{32}")
+LOCAL_KINDS = ("folder", "npz")  # the user's own data, imported from download.path (edgequant/data/local.py)
 
 
 @dataclasses.dataclass(frozen=True)

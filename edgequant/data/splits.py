@@ -77,15 +77,43 @@ def draw_subsets(n_train: int, calib_size: int, val_size: int, seed: int) -> tup
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], the input every artifact takes."""
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+    """Prepared images -> the float32 (N, C, H, W) input every artifact takes: uint8 pixels scaled to [0, 1]
+    ((N, H, W), as IDX datasets are prepared, gains its one channel); float images as they are."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
 
 
-def load_prepared(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a prepared split saved by the prepare stage (tensors only: weights_only)."""
+def input_shape(images: torch.Tensor) -> tuple[int, int, int]:
+    """(C, H, W) of one image of a prepared split."""
+    return tuple(images.shape[1:]) if images.dim() == 4 else (1, *images.shape[1:])
+
+
+def class_count(*labels: torch.Tensor) -> int:
+    """Classes the labels index: one more than the largest label (labels count from 0)."""
+    return int(max(int(y.max()) for y in labels if len(y))) + 1
+
+
+IMPORTED = ("train.pt", "test.pt")  # what the download stage writes for a folder or .npz dataset, in the prepared format
+
+
+def load_raw(raw_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training and test images and labels of data/raw: an imported folder or .npz (train.pt, test.pt), else the IDX files."""
+    if all((raw_dir / name).is_file() for name in IMPORTED):
+        train, test = (load_prepared(raw_dir / name, "re-run `dvc repro download`") for name in IMPORTED)
+        return train["images"], train["labels"], test["images"], test["labels"]
+    train_x, train_y = load_split(raw_dir, "train")
+    test_x, test_y = load_split(raw_dir, "t10k")
+    return tuple(torch.from_numpy(a.copy()) for a in (train_x, train_y, test_x, test_y))
+
+
+def load_prepared(path: str | Path, remedy: str = "re-run `dvc repro prepare` (or `dvc checkout prepare`)") -> dict[str, torch.Tensor]:
+    """Load a prepared split saved by the prepare stage (tensors only: weights_only): images uint8 (N, H, W) from IDX
+    files, or (N, C, H, W) uint8 or float32 from an imported folder or .npz, and one label per image."""
     from edgequant.artifacts.read import check_torch_save
 
-    remedy = "re-run `dvc repro prepare` (or `dvc checkout prepare`)"
     data = check_torch_save(Path(path), remedy)
     try:
         split = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -96,7 +124,8 @@ def load_prepared(path: str | Path) -> dict[str, torch.Tensor]:
     images, labels = split["images"], split["labels"]
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise ValueError(f"{path}: not a prepared split (expected images and labels); {remedy}")
-    if images.dtype != torch.uint8 or images.dim() != 3 or len(images) != len(labels):
+    shaped = (images.dtype == torch.uint8 and images.dim() == 3) or (images.dtype in (torch.uint8, torch.float32) and images.dim() == 4)
+    if not shaped or len(images) != len(labels) or labels.dim() != 1 or labels.is_floating_point():
         raise ValueError(f"{path}: images {tuple(images.shape)} {images.dtype} and {len(labels)} labels do not form a split; {remedy}")
     return split
 

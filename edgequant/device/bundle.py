@@ -20,8 +20,12 @@ from edgequant.measure.roofline import ort_gemm_model
 from edgequant.model.layers import net_macs
 from edgequant.model.zoo import common_model
 from edgequant.quantize.catalog import get_method
+from edgequant.quantize.refusal import refusals
 
 RUNTIMES = ("onnxruntime", "executorch-xnnpack")  # what runs on a device without the training stack
+# The input set's float32 bytes: run_bench.py reads at most 64 MiB of inputs, and a deflated record of the
+# archive may stand for at most 16 MiB (edgequant/artifacts/zipcheck.py); 1000 MNIST images are 3.1 MB.
+INPUT_BYTES = 12 << 20
 GEMM_N = 512  # the device's roofline GEMMs: large enough to reach its peak, small enough for a board's memory
 PACKAGE = Path(__file__).resolve().parents[1]
 # What run_bench.py imports beside it in the bundle (standard library only), by the name it has there.
@@ -45,17 +49,31 @@ def copy_artifact(artifacts: Path, name: str, method: str, batch: int, out: Path
     (out / name).write_bytes(data)
 
 
+def input_set(split: dict[str, torch.Tensor], images: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundle's images and labels: `images` test images drawn at random (seeded, kept in the split's order), as many
+    as fit INPUT_BYTES as float32 whatever the image size, so an ordered split (by class, say) still gives every class."""
+    per_image = 4 * int(torch.tensor(split["images"].shape[1:]).prod())
+    count = max(1, min(images, len(split["labels"]), INPUT_BYTES // per_image))
+    drawn = torch.randperm(len(split["labels"]), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return to_input(split["images"][drawn]), split["labels"][drawn]
+
+
 def make_bundle(artifacts: Path, test: Path, methods: list[str], batches: list[int], images: int, out: Path) -> list[str]:
-    """Write the bundle into `out` (replaced whole); returns the methods it holds."""
-    kept = [m for m in methods if get_method(m).runtime in RUNTIMES]
+    """Write the bundle into `out` (replaced whole); returns the methods it holds (a method its runtime refused has nothing to bundle)."""
+    refused = refusals(artifacts, methods, {m: get_method(m).baseline for m in methods})
+    kept = [m for m in methods if get_method(m).runtime in RUNTIMES and m not in refused]
     if not kept:
         raise ValueError(f"none of {methods} runs on {' or '.join(RUNTIMES)}: nothing to bundle")
-    split = load_prepared(test)
-    x, labels = to_input(split["images"][:images]), split["labels"][:images]
+    x, labels = input_set(load_prepared(test), images)
     shipped = {name: shipped_files(artifacts, name, get_method(name).static_shapes, batches) for name in kept}
     with atomic_dir(out) as tmp:
         model = common_model(artifacts, kept)
-        manifest = {"model": model, "macs_per_image": sum(net_macs(model).values()), "methods": {}}
+        manifest = {
+            "model": str(model),
+            "input_shape": list(model.input_shape),
+            "macs_per_image": sum(net_macs(model).values()),
+            "methods": {},
+        }
         for name in kept:
             method, files = get_method(name), shipped[name]
             (tmp / name).mkdir()

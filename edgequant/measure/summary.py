@@ -95,7 +95,7 @@ def summarize(
     macs_per_image = sum(net_macs(model).values())
     threads = sorted({t for _, t in runs})
     metrics: dict = {
-        "model": model,
+        "model": str(model),
         "macs_per_image": macs_per_image,
         "conv_macs_per_image": conv_macs(model),
         "peak": {f"threads_{t}": peaks[t] for t in threads},

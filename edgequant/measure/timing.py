@@ -19,7 +19,7 @@ from edgequant.data.splits import load_prepared, predict, to_input
 from edgequant.measure import roofline
 from edgequant.measure.memory import keep_freed_memory, minor_faults, peak_rss_mib
 from edgequant.measure.ops import profile_torch
-from edgequant.model.zoo import NUM_CLASSES
+from edgequant.model.zoo import model_of
 from edgequant.quantize.catalog import Runner, get_method
 from edgequant.stage import StageError, watch_parent
 
@@ -144,7 +144,7 @@ def check_runs(run: Runner, x: torch.Tensor, request: MethodRequest) -> None:
             f"{request.artifacts}: the artifact does not run on a {tuple(x.shape)} batch ({type(exc).__name__}: "
             f"{(str(exc).strip().splitlines() or [''])[0][:200]}); {remedy}"
         ) from exc
-    expected = (len(x), NUM_CLASSES)
+    expected = (len(x), model_of(Path(request.artifacts)).classes)
     if tuple(out.shape) != expected:
         raise ValueError(
             f"{request.artifacts}: the artifact gives {tuple(out.shape)} logits for {tuple(x.shape)}, not {expected}; {remedy}"

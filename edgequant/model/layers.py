@@ -19,7 +19,7 @@ def capture(
 ) -> dict[str, torch.Tensor]:
     """Outputs of the named sub-modules (default: every Conv2d/Linear, as deployed: see `taps`) on `x`, in execution order."""
     modules = dict(model.named_modules())
-    wanted = taps(model) if names is None else {n: n for n in names}
+    wanted = taps(model, x[:1]) if names is None else {n: n for n in names}
     outputs: dict[str, torch.Tensor] = {}
     handles = [modules[t].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, convert(o))) for n, t in wanted.items()]
     try:
@@ -31,16 +31,36 @@ def capture(
     return outputs
 
 
-def taps(model: nn.Module) -> dict[str, str]:
-    """Each Conv2d/Linear layer -> the module whose output is that layer's as every exporter deploys it:
-    the BatchNorm right after it in a Sequential (folded into the conv's weights and bias), else itself."""
-    tapped = {n: n for n, m in model.named_modules() if isinstance(m, COMPUTE)}
-    for prefix, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module.named_children())
-            for (name, layer), (next_name, following) in zip(children, children[1:], strict=False):
-                if isinstance(layer, COMPUTE) and isinstance(following, nn.BatchNorm2d):
-                    tapped[f"{prefix}.{name}" if prefix else name] = f"{prefix}.{next_name}" if prefix else next_name
+def taps(model: nn.Module, x: torch.Tensor | None = None) -> dict[str, str]:
+    """Each Conv2d/Linear layer -> the module whose output is that layer's as every exporter deploys it: the
+    BatchNorm that takes the conv's output (folded into the conv's weights and bias), else itself.
+
+    Found by running the model once on `x` (default: its example input) with hooks, so a BatchNorm is paired
+    with its conv whatever the module's layout (a Sequential, or attributes a forward calls in turn)."""
+    modules = dict(model.named_modules())
+    tapped = {n: n for n, m in modules.items() if isinstance(m, COMPUTE)}
+    norms = [n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return tapped
+    # id of a conv's output -> (the conv, the output): holding the tensor keeps its id from being reused within the run
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    pairs: dict[str, str] = {}
+
+    def pair(norm: str, inputs: tuple) -> None:  # a forward hook's return value would replace the module's output
+        conv = produced.get(id(inputs[0]), ("",))[0]
+        if conv and conv not in pairs:
+            pairs[conv] = norm
+
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: produced.__setitem__(id(o), (n, o))) for n in tapped]
+    hooks += [modules[n].register_forward_hook(lambda m, i, o, n=n: pair(n, i)) for n in norms]
+    x = model.example_input() if x is None else x
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    tapped.update(pairs)
     return tapped
 
 
@@ -66,16 +86,17 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 
 @functools.cache
-def net_macs(model: str) -> dict[str, int]:
-    """MACs per image of each layer of the registered model `model`, decided once, from the module itself."""
+def net_macs(model) -> dict[str, int]:
+    """MACs per image of each layer of `model` (a registered name or a ModelSpec), decided once, from the module itself
+    on an input of its shape."""
     from edgequant.model.zoo import build_model
 
     net = build_model(model)
     return count_macs(net, net.example_input())
 
 
-def conv_macs(model: str) -> int:
-    """MACs per image in the convolutions of model `model` (found by type, not by name)."""
+def conv_macs(model) -> int:
+    """MACs per image in the convolutions of `model` (a registered name or a ModelSpec; found by type, not by name)."""
     from edgequant.model.zoo import build_model
 
     macs = net_macs(model)

@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from edgequant.data.splits import to_input
-from edgequant.model.zoo import Classifier, build_model
+from edgequant.data.splits import class_count, input_shape, to_input
+from edgequant.model.zoo import Classifier, ModelSpec, build_model, load_state, read_state, spec_from
 from edgequant.params import TrainParams
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -53,10 +53,14 @@ def train(
     torch.use_deterministic_algorithms(True)
     x_train, y_train = to_input(train_images), train_labels.long()
     x_test, y_test = to_input(test_images), test_labels.long()
-    # Normalization statistics come from the training data only, never the test set.
-    model = build_model(
-        params.model, dropout_conv=params.dropout_conv, dropout_fc=params.dropout_fc, mean=x_train.mean().item(), std=x_train.std().item()
-    )
+    spec = spec_from(params.model, params.model_args, input_shape(train_images), class_count(y_train, y_test))
+    model = initial_model(params, spec, x_train)
+    check_on_data(model, spec, x_train[:2])  # once, up front: the model takes the data's images and scores its classes
+    if params.epochs == 0:
+        record = evaluated(model, x_train, y_train, x_test, y_test, params.test_batch_size)
+        if log_epoch is not None:
+            log_epoch(0, record)
+        return model.eval(), [record]
     optimizer = make_optimizer(params, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=params.gamma)
     shuffle = torch.Generator().manual_seed(params.seed)
@@ -99,3 +103,81 @@ def train(
         if log_epoch is not None:
             log_epoch(epoch, record)
     return model.eval(), history
+
+
+def normalization(params: TrainParams, spec: ModelSpec, x_train: torch.Tensor) -> dict:
+    """The input normalization the model keeps: train.mean and train.std, or measured on the training images
+    (never the test set): one value over all pixels for the built-in models, as the classic recipe, else per channel."""
+    channels = spec.input_shape[0]
+    if not spec.imported:
+        if len(params.mean) > 1:
+            raise ValueError(f"train.mean gives {len(params.mean)} values; the built-in model {spec} normalizes with one: give one value")
+        if params.mean:
+            return {"mean": params.mean[0], "std": params.std[0]}
+        return {"mean": x_train.mean().item(), "std": x_train.std().item()}
+    if params.mean and len(params.mean) != channels:
+        raise ValueError(
+            f"train.mean and train.std give {len(params.mean)} values; the images have {channels} channel(s): give one per channel"
+        )
+    if params.mean:
+        return {"mean": list(params.mean), "std": list(params.std)}
+    std = x_train.std(dim=(0, 2, 3))
+    if (std == 0).any():
+        raise ValueError(f"channel {int((std == 0).nonzero()[0])} of the training images is constant: give train.mean and train.std")
+    return {"mean": x_train.mean(dim=(0, 2, 3)).tolist(), "std": std.tolist()}
+
+
+CHECKPOINT_REMEDY = "train.checkpoint must be a state dict: torch.save(model.state_dict(), path)"
+
+
+def initial_model(params: TrainParams, spec: ModelSpec, x_train: torch.Tensor) -> Classifier:
+    """The model training starts from: built for the data's shape, normalized, and loaded from train.checkpoint when
+    one is given (read with weights_only after a scan that runs none of its code: pickled code is refused unread)."""
+    hyper = normalization(params, spec, x_train)
+    if not spec.imported:
+        hyper |= {"dropout_conv": params.dropout_conv, "dropout_fc": params.dropout_fc}
+    model = build_model(spec, **hyper)
+    if params.checkpoint:
+        state = read_state(params.checkpoint, CHECKPOINT_REMEDY)
+        # The network's own state dict; the whole model's (an earlier models/fp32.pt, with its normalization) also loads.
+        whole = not spec.imported or any(str(k).startswith("net.") for k in state)
+        load_state(params.checkpoint, model if whole else model.net, CHECKPOINT_REMEDY, state)
+    return model
+
+
+def check_on_data(model: Classifier, spec: ModelSpec, x: torch.Tensor) -> None:
+    """One forward pass on a few training images, in eval mode (no dropout draw, no BatchNorm update): the model must
+    take the data's images and give one logit per class the labels index. One line when it does not."""
+    shape = "×".join(map(str, spec.input_shape))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything; one line names it
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"train.model {spec} does not run on the data's {shape} (C×H×W) images ({type(exc).__name__}: {text});"
+            " make its input layers take that shape, or give data of the shape it takes"
+        ) from exc
+    expected = (len(x), spec.classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"train.model {spec} gives {got} for {len(x)} images, but the labels have {spec.classes} classes (0..{spec.classes - 1}):"
+            f" it must give {expected}; set its class count (train.model_args) to {spec.classes}"
+        )
+
+
+def evaluated(model: Classifier, x_train, y_train, x_test, y_test, batch_size: int) -> dict[str, float]:
+    """train.epochs 0: the checkpoint as it is, measured on both splits in eval mode, as one record of step 0."""
+    start = time.perf_counter()
+    train_loss, train_acc = evaluate(model, x_train, y_train, batch_size)
+    test_loss, test_acc = evaluate(model, x_test, y_test, batch_size)
+    tqdm.write(f"no training (train.epochs 0): test accuracy {test_acc:.2f} %")
+    return {
+        "epoch": 0,
+        "train_loss": train_loss,
+        "train_accuracy_pct": train_acc,
+        "test_loss": test_loss,
+        "test_accuracy_pct": test_acc,
+        "epoch_time_s": time.perf_counter() - start,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import io
 import json
@@ -57,10 +58,10 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
 
-    @classmethod
-    def example_input(cls, batch: int = 1) -> torch.Tensor:
-        """What exporters trace and loaders warm up with: a batch of blank images of the model's input shape."""
-        return torch.zeros(batch, *cls.INPUT_SHAPE)
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """What exporters trace and loaders warm up with: a batch of blank images of the model's input shape
+        (the class's, or the data's where the model was built for a spec)."""
+        return torch.zeros(batch, *self.INPUT_SHAPE)
 
 
 @register_model("cnn")
@@ -125,30 +126,94 @@ class DwSepNet(Classifier):
         return self.fc(self.dropout(x))
 
 
-def build_model(name: str, **hyper: float) -> Classifier:
-    """An untrained instance of model `name` (hyper: dropout_conv, dropout_fc, mean, std)."""
-    return get_model(name)(**hyper)
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a model whose state dict was saved: the registry name or import path (`file.py:Class`), the
+    constructor's keyword arguments (canonical JSON, so a spec is hashable), the (C, H, W) of one input image and
+    the number of classes it scores. The quantize stage records it in each method's meta.json; loaders, MACs and
+    the bench bundle read it back from there."""
+
+    model: str
+    args: str = "{}"
+    input_shape: tuple[int, int, int] = Classifier.INPUT_SHAPE
+    classes: int = NUM_CLASSES
+
+    def __str__(self) -> str:
+        return self.model
+
+    @property
+    def kwargs(self) -> dict:
+        return json.loads(self.args)
+
+    @property
+    def imported(self) -> bool:
+        return ".py:" in self.model
+
+    def record(self) -> dict:
+        return {"model": self.model, "args": self.kwargs, "input_shape": list(self.input_shape), "classes": self.classes}
+
+    @classmethod
+    def from_record(cls, record: dict) -> ModelSpec:
+        shape = [int(v) for v in record["input_shape"]]
+        if len(shape) != 3 or min(shape) < 1 or int(record["classes"]) < 1:
+            raise ValueError(f"a model spec of input shape {shape} and {record['classes']} classes")
+        return cls(str(record["model"]), canonical(record.get("args") or {}), tuple(shape), int(record["classes"]))
 
 
-def common_model(artifacts: Path, methods: list[str]) -> str:
+def canonical(kwargs: dict) -> str:
+    return json.dumps(kwargs, sort_keys=True, separators=(",", ":"))
+
+
+def spec_for(model: str | ModelSpec) -> ModelSpec:
+    """A ModelSpec as given, or a registered model's own by its name (the input shape and classes its class declares)."""
+    if isinstance(model, ModelSpec):
+        return model
+    if ".py:" in model:
+        raise ValueError(f"model {model}: an imported model is rebuilt from its recorded spec (meta.json), not from its name alone")
+    return ModelSpec(model, "{}", tuple(get_model(model).INPUT_SHAPE), NUM_CLASSES)
+
+
+def spec_from(model: str, model_args: dict, input_shape: tuple[int, ...], classes: int) -> ModelSpec:
+    """The spec of train.model with its train.model_args, for images of `input_shape` (C, H, W) and `classes` classes."""
+    return ModelSpec(model, canonical(model_args), tuple(int(v) for v in input_shape), int(classes))
+
+
+def build_model(model: str | ModelSpec, **hyper) -> Classifier:
+    """An untrained instance of `model`: a registered name (hyper: dropout_conv, dropout_fc, mean, std) or a ModelSpec,
+    whose input shape the instance takes (an imported model: behind `Normalized`, hyper mean and std per channel)."""
+    if isinstance(model, str):
+        return get_model(model)(**hyper)
+    if not model.imported:
+        built = get_model(model.model)(**hyper)
+        built.INPUT_SHAPE = tuple(model.input_shape)
+        return built
+    from edgequant.model.imported import Normalized, construct
+
+    return Normalized(construct(model.model, model.kwargs), model.input_shape, model.model, hyper.get("mean"), hyper.get("std"))
+
+
+def common_model(artifacts: Path, methods: list[str]) -> ModelSpec:
     """The one model every method's directory under `artifacts` was exported from, or a ValueError naming those that differ."""
     models = {m: model_of(Path(artifacts) / m) for m in methods}
     first = models[methods[0]]
     if stale := [m for m in methods if models[m] != first]:
-        raise ValueError(f"{', '.join(stale)} not exported from model {first!r} as {methods[0]} was: re-run `dvc repro quantize`")
+        raise ValueError(f"{', '.join(stale)} not exported from model {str(first)!r} as {methods[0]} was: re-run `dvc repro quantize`")
     return first
 
 
-def model_of(out_dir: Path) -> str:
-    """The model an exported method directory was made from, as the quantize stage recorded it in meta.json."""
+def model_of(out_dir: Path) -> ModelSpec:
+    """The model an exported method directory was made from, as the quantize stage recorded it in meta.json
+    (a record without a spec names a registered model)."""
     try:
-        return str(json.loads((Path(out_dir) / "meta.json").read_text())["model"])
+        meta = json.loads((Path(out_dir) / "meta.json").read_text())
+        return ModelSpec.from_record(meta["model_spec"]) if "model_spec" in meta else spec_for(str(meta["model"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{out_dir}/meta.json does not name its model ({exc}); re-run `dvc repro quantize@{Path(out_dir).name}`") from exc
 
 
-def load_state(path: str, model: nn.Module, remedy: str) -> nn.Module:
-    """Load a state dict saved by edgequant into `model`; `weights_only=True` refuses pickled code.
+def read_state(path: str, remedy: str) -> dict:
+    """The state dict in `path`, read with `weights_only=True` after a scan that runs none of the pickle's code
+    (edgequant.artifacts: pickled code is refused before anything unpickles it).
 
     A damaged or foreign file becomes a ValueError naming the file and `remedy`: torch's own message
     for it suggests `weights_only=False`, which is the one thing not to do with a file of unknown origin.
@@ -162,14 +227,32 @@ def load_state(path: str, model: nn.Module, remedy: str) -> nn.Module:
         raise ValueError(f"{path}: not a readable edgequant model ({type(exc).__name__}: {str(exc).splitlines()[0]}); {remedy}") from exc
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}; {remedy}")
+    return state
+
+
+def load_state(path: str, model: nn.Module, remedy: str, state: dict | None = None) -> nn.Module:
+    """Load the state dict in `path` (or `state`, read from it already) into `model`."""
+    state = read_state(path, remedy) if state is None else state
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        name = getattr(model, "NAME", type(model).__name__)
+        name = getattr(model, "NAME", "") or type(model).__name__
         raise ValueError(f"{path}: weights do not fit model {name!r} (another train.model?): {str(exc).splitlines()[0]}; {remedy}") from exc
     return model.eval()
 
 
-def load_fp32(path: str, name: str) -> Classifier:
-    """The FP32 model `name` the train stage saved."""
-    return load_state(path, build_model(name), "re-run `dvc repro train`")
+def load_fp32(path: str, model: str | ModelSpec) -> Classifier:
+    """The FP32 model (a registered name, or a spec) the train stage saved."""
+    return load_state(path, build_model(model), "re-run `dvc repro train`")
+
+
+def fp32_model(path: str, train, images: torch.Tensor) -> tuple[Classifier, ModelSpec]:
+    """The FP32 model the train stage saved from train.model and train.model_args (`train`: TrainParams), for the
+    shape of the prepared `images`, and its spec, the classes counted from its output (the train stage checked them
+    against the labels)."""
+    shape = tuple(images.shape[1:]) if images.dim() == 4 else (1, *images.shape[1:])
+    spec = spec_from(train.model, train.model_args, shape, NUM_CLASSES)
+    model = load_fp32(path, spec)
+    with torch.no_grad():
+        classes = model(model.example_input(1)).shape[-1]
+    return model, dataclasses.replace(spec, classes=int(classes))

@@ -163,7 +163,7 @@ def gate_verdicts(gate: dict) -> dict[str, str]:
     missed: dict[str, list[str]] = {}
     for c in gate["checks"]:
         missed.setdefault(c["method"], [])
-        what = c["param"].removeprefix("gate.").removeprefix("max_").removeprefix("min_").split("_")[0]
+        what = "refused" if c.get("refused") else c["param"].removeprefix("gate.").removeprefix("max_").removeprefix("min_").split("_")[0]
         if not c["passed"] and what not in missed[c["method"]]:
             missed[c["method"]].append(what)
     return {m: "pass" if not what else "misses " + ", ".join(what) for m, what in missed.items()}
@@ -203,11 +203,13 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
             cells.append(f"{kept} ({search['validation_drop_pp']:+.2f} pp)" if "fp32_layers" in search else "–")
             cells.append(escape(verdicts.get(method, "–")))
         lines.append("| " + " | ".join(cells) + " |")
+    for method, why in metrics.get("refused", {}).items():  # its runtime could not take the model: nothing measured
+        lines.append(f"| {code(method)} | – | {escape(why)} | – | – | – | – | – | {escape(verdicts.get(method, '–'))} |")
     from edgequant.fleet.table import machine_name
 
     p, g, batch = params["train"], params["gate"], params["benchmark"]["throughput_batch"]
     machine = metrics["machine"].get("name") or machine_name(metrics["machine"])  # this checkout's own probe named it
-    epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] > 1)}"
+    epochs = f"{p['epochs']} epoch{'s' * (p['epochs'] != 1)}"
     lines += [
         "",
         f"{code(params['download']['dataset'])} × {code(p['model'])}, {epochs} ({escape(p['optimizer'])}, lr {escape(p['lr'])}):"

@@ -28,23 +28,98 @@ def file_name(batch_size: int) -> str:
     return f"model_b{batch_size}.tflite"
 
 
-def pixel_model(model: Classifier) -> Classifier:
-    """A copy of `model` with its input normalization folded into conv1, which pads nothing, so the fold is exact.
+def first_conv(model: Classifier) -> tuple[str, torch.nn.Conv2d] | None:
+    """The Conv2d that takes the model's normalized input itself, found by running the model once: the first conv
+    called whose input is exactly (x - mean) / std of the model's input x. None where no conv takes it as it is."""
+    modules = dict(model.named_modules())
+    seen: list[tuple[str, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, i, n=n: seen.append((n, i[0]))) for n, m in modules.items() if isinstance(m, torch.nn.Conv2d)
+    ]
+    x = torch.rand(2, *model.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        return None
+    name, taken = seen[0]
+    normalized = (x - model.mean) / model.std
+    return (name, modules[name]) if taken.shape == normalized.shape and torch.equal(taken, normalized) else None
 
-    Why: the PT2E quantizer leaves the subtract and divide in float, so the INT8 file took float pixels
-    and ran two float ops before its first QUANTIZE. With mean 0 and std 1 the converter drops both, and
-    the INT8 file takes int8 pixels, as a microcontroller or an Ethos-U NPU needs.
-    """
-    folded = copy.deepcopy(model).eval()
-    conv = folded.conv1
-    if any(conv.padding):
-        raise ValueError("conv1 pads its input: folding the normalization into it would change the border")
+
+def pads(conv: torch.nn.Conv2d) -> bool:
+    return conv.padding != "valid" and (conv.padding == "same" or any(conv.padding))
+
+
+class ExplicitInput(torch.nn.Module):
+    """`model` with its input normalization as a 1×1 depthwise convolution (weight 1/std, bias -mean/std per channel)
+    before the network: the quantizer makes it an INT8 layer like any other, so the INT8 file still takes int8 pixels."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        channels = model.INPUT_SHAPE[0]
+        mean, std = model.mean.reshape(-1).expand(channels), model.std.reshape(-1).expand(channels)
+        self.input_norm = torch.nn.Conv2d(channels, channels, 1, groups=channels)
+        with torch.no_grad():
+            self.input_norm.weight.copy_((1 / std).view(channels, 1, 1, 1))
+            self.input_norm.bias.copy_(-mean / std)
+        self.model = copy.deepcopy(model).eval()
+        _normalize_nothing(self.model)
+        self.INPUT_SHAPE = model.INPUT_SHAPE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.input_norm(x))
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, *self.INPUT_SHAPE)
+
+
+def _normalize_nothing(model: Classifier) -> None:
+    """Drop the model's own normalization: an imported model skips it; a built-in one gets mean 0 and std 1, which the converter drops."""
+    if hasattr(model, "normalize_input"):
+        model.normalize_input = False
     with torch.no_grad():
-        conv.bias -= (conv.weight * folded.mean / folded.std).sum((1, 2, 3))
-        conv.weight /= folded.std
-        folded.mean.fill_(0.0)
-        folded.std.fill_(1.0)
-    return folded
+        model.mean.fill_(0.0)
+        model.std.fill_(1.0)
+
+
+def pixel_model(model: Classifier) -> tuple[torch.nn.Module, str]:
+    """A copy of `model` that takes pixels with no float op before its first layer, and how its normalization went.
+
+    Why: the PT2E quantizer leaves a subtract and divide in float, so the INT8 file took float pixels and ran two float
+    ops before its first QUANTIZE; an int8 input is what a microcontroller or an Ethos-U NPU needs. Where the first
+    conv takes the normalized input directly, pads nothing and is not grouped, the normalization folds into its
+    weights and bias exactly. Otherwise (a padded conv: the zeros it pads are zeros of the normalized image, which
+    a fold would turn into zeros of the pixels and so change the border) it becomes an explicit 1×1 depthwise
+    convolution at the input, quantized like any layer (`ExplicitInput`).
+    """
+    found = first_conv(model)
+    if found is None:
+        why = "no conv takes the normalized input as it is"
+    elif pads(found[1]):
+        why = f"{found[0]} pads its input, so a fold would change the border"
+    elif found[1].groups != 1:
+        why = f"{found[0]} is grouped"
+    else:
+        why = ""
+    if why:  # in eval mode, as the folded copy: a converter exports the mode it is given
+        return ExplicitInput(model).eval(), f"explicit 1x1 depthwise conv at the input (input_norm): {why}"
+    name = found[0]
+    folded = copy.deepcopy(model).eval()
+    conv = folded.get_submodule(name)
+    mean, std = folded.mean, folded.std
+    if mean.dim():  # one value per channel, against the conv's input channels
+        mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+    with torch.no_grad():
+        if conv.bias is None:
+            conv.bias = torch.nn.Parameter(torch.zeros(conv.out_channels))
+        conv.bias -= (conv.weight * mean / std).sum((1, 2, 3))
+        conv.weight /= std
+    _normalize_nothing(folded)
+    return folded, f"folded into {name}"
 
 
 def _write(
@@ -127,9 +202,9 @@ class LiteRtFP32:
 
     @staticmethod
     def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return Exported(
-            _write(pixel_model(model), model.example_input, out_dir, batch_sizes, "litert_fp32"), settings={"delegate": DELEGATE}
-        )
+        pixels, normalization = pixel_model(model)
+        shipped = _write(pixels, model.example_input, out_dir, batch_sizes, "litert_fp32")
+        return Exported(shipped, settings={"delegate": DELEGATE, "input_normalization": normalization})
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
@@ -149,7 +224,7 @@ class LiteRtInt8:
 
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         batch = torch.export.Dim("batch", min=1, max=4096)
-        pixels = pixel_model(model)
+        pixels, normalization = pixel_model(model)
         graph = torch.export.export(pixels, (model.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
@@ -158,10 +233,19 @@ class LiteRtInt8:
         # Quantize/dequantize pairs stay in the graph: the LiteRT converter turns them into INT8 kernels.
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))  # else the converter warns
         shipped = _write(converted, model.example_input, out_dir, batch_sizes, "litert_int8", QuantConfig(pt2e_quantizer=quantizer))
-        return Exported(shipped, quantized_layer_sqnr(model, converted, sample), {"delegate": DELEGATE})
+        return Exported(shipped, layer_sqnr(model, pixels, converted, sample), {"delegate": DELEGATE, "input_normalization": normalization})
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
+
+
+def layer_sqnr(model: Classifier, pixels: torch.nn.Module, converted: torch.fx.GraphModule, sample: torch.Tensor) -> dict[str, float]:
+    """Per-layer SQNR of the INT8 graph against the FP32 model's layers; an explicit input layer is measured against
+    the pixel model's and left out of the result, which lists the model's own layers."""
+    if not isinstance(pixels, ExplicitInput):
+        return quantized_layer_sqnr(model, converted, sample)
+    measured = quantized_layer_sqnr(pixels, converted, sample)
+    return {name.removeprefix("model."): value for name, value in measured.items() if name != "input_norm"}
 
 
 def profile_litert(tflite: bytes, open_model: Callable[[bytes], object], feed: Callable[[dict], np.ndarray], runs: int) -> dict[str, float]:

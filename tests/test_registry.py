@@ -208,3 +208,63 @@ def test_pt2e_archive_deflates_its_graph_and_stores_tensors(tmp_path):
     assert kinds["model.json"] == zipfile.ZIP_DEFLATED
     assert {kinds[n] for n in kinds if n.startswith("weight_")} == {zipfile.ZIP_STORED}
     assert torch.equal(torch.export.load(tmp_path / "m.pt2").module()(x), module(x))
+
+
+def test_every_variant_table_entry_is_registered_from_its_config():
+    from edgequant.quantize.methods.executorch import XNNPACK_VARIANTS
+    from edgequant.quantize.methods.onnx import QDQ_VARIANTS
+
+    for table in (QDQ_VARIANTS, XNNPACK_VARIANTS):
+        for name, config in table.items():
+            method = get_method(name)
+            assert method.description == config.description and method.export.__self__ is config, name
+            assert method.labelled == (config.aware or getattr(config, "qat", False)), name
+
+
+def test_a_variant_config_that_cannot_be_built_is_refused_when_written():
+    from edgequant.quantize.methods.executorch import XnnpackConfig
+    from edgequant.quantize.methods.onnx import QdqConfig
+
+    with pytest.raises(ValueError, match=r"calibrator 'Histogram' is not one of MinMax, Percentile"):
+        QdqConfig("x", calibrator="Histogram")
+    with pytest.raises(ValueError, match="aware .* and qat .* exclude each other"):
+        XnnpackConfig("x", aware=True, qat=True)
+
+
+def test_a_new_variant_is_one_config_value_and_exports_what_it_says(tmp_path):
+    """A variant added from outside the table: per-tensor weights through ORT's QDQ path show one scale per weight."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from edgequant.model.zoo import build_model
+    from edgequant.quantize.catalog import add_method
+    from edgequant.quantize.methods.onnx import QdqConfig
+
+    config = QdqConfig("per-tensor, percentile", per_channel=False, calibrator="Percentile")
+    base = get_method("onnx_qdq_int8")
+    method = add_method(
+        "test_qdq_per_tensor_percentile",
+        runtime=base.runtime,
+        precision="int8",
+        baseline=base.baseline,
+        description=config.description,
+        export=config.export,
+        load=base.load,
+    )
+    try:
+        torch.manual_seed(0)
+        model = build_model("cnn").eval()
+        calib = torch.rand(16, *model.example_input(1).shape[1:])
+        exported = method.export(model, calib, calib[:4], tmp_path, BATCHES)
+        graph = onnx.load(str(exported.shipped)).graph
+        weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        dequantized = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+        scales = [weights[n.input[1]] for n in dequantized if weights[n.input[0]].dtype.name == "int8"]
+        assert scales and all(s.size == 1 for s in scales)  # per tensor: one scale for each weight
+        assert get_method(method.name) is method and method.name in known_methods()
+    finally:
+        import edgequant.quantize.catalog as catalog
+
+        catalog._METHODS.pop(method.name)
+        catalog._MODULES.pop(method.name)

@@ -79,22 +79,59 @@ def register(
     `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)`)
     becomes the method `name`; its docstring is its description. `requires` names the optional modules
     it imports lazily, so a method can be listed, and its tests skipped, where they are not installed."""
+    _check(name, precision)  # at the decorator, before any class is defined
+
+    def add(cls: type) -> type:
+        add_method(
+            name,
+            runtime=runtime,
+            precision=precision,
+            baseline=baseline,
+            description=(cls.__doc__ or "").strip(),
+            export=cls.export,
+            load=cls.load,
+            profile=getattr(cls, "profile", None),
+            static_shapes=static_shapes,
+            requires=requires,
+            models=models,
+            labelled=labelled,
+        )
+        return cls
+
+    return add
+
+
+def add_method(
+    name: str,
+    *,
+    runtime: str,
+    precision: str,
+    baseline: str,
+    description: str,
+    export: Callable[..., Exported],
+    load: Callable[[Path, int, int], Runner],
+    profile: Callable[[Path, int, int, torch.Tensor, int], dict[str, float]] | None = None,
+    static_shapes: bool = False,
+    requires: tuple[str, ...] = (),
+    models: tuple[str, ...] | None = None,
+    labelled: bool = False,
+) -> Method:
+    """Register the method `name` from its functions: what `register` does for a class, and what a table of variants
+    (a config value per name, its bound `export`) does for each entry."""
+    _check(name, precision)
+    if name in _METHODS:
+        raise ValueError(f"quantization method {name!r} is registered twice")
+    method = Method(name, runtime, precision, baseline, static_shapes, description, export, load, profile, requires, models, labelled)
+    _METHODS[name] = method
+    _MODULES[name] = export.__module__
+    return method
+
+
+def _check(name: str, precision: str) -> None:
     if not NAME.fullmatch(name):
         raise ValueError(f"quantization method name {name!r} must be lower-case letters, digits and '_' (it names a directory)")
     if precision not in ("fp32", "int8"):
         raise ValueError(f"quantization method {name!r}: precision must be 'fp32' or 'int8', got {precision!r}")
-
-    def add(cls: type) -> type:
-        if name in _METHODS:
-            raise ValueError(f"quantization method {name!r} is registered twice")
-        description, profile = (cls.__doc__ or "").strip(), getattr(cls, "profile", None)
-        _METHODS[name] = Method(
-            name, runtime, precision, baseline, static_shapes, description, cls.export, cls.load, profile, requires, models, labelled
-        )
-        _MODULES[name] = cls.__module__
-        return cls
-
-    return add
 
 
 def record(method: Method, model: str, exported: Exported, batch_sizes: tuple[int, ...]) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from edgequant.data.splits import predict
 from edgequant.files import atomic_path
 from edgequant.model.layers import layer_outputs
 from edgequant.model.zoo import Classifier
-from edgequant.quantize.catalog import Exported, Labelled, register
+from edgequant.quantize.catalog import Exported, Labelled, add_method, register
 from edgequant.quantize.methods.pt2e import calibrate_and_convert, drop_unused_attributes, export_static, quantized_layer_sqnr
 from edgequant.quantize.search import Trial, keep_fp32, logits_of, score, summary
 
@@ -99,19 +100,6 @@ def _quantizer(per_channel: bool = True, fp32_layers: tuple[str, ...] = (), qat:
     return quantizer
 
 
-@register("executorch_xnnpack_int8", runtime="executorch-xnnpack", precision="int8", baseline="executorch_xnnpack_fp32", static_shapes=True)
-class ExecuTorchInt8:
-    """ExecuTorch .pte, static INT8 (XNNPACKQuantizer, per-channel, calibrated): ARM NEON / x86 INT8 kernels."""
-
-    @staticmethod
-    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        converted = calibrate_and_convert(model, calib, _quantizer())
-        return Exported(_write_pte(converted, model.example_input, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
-
-    load = staticmethod(_load_pte)
-    profile = staticmethod(_profile_pte)
-
-
 def _xnnpack_logits(
     module: torch.nn.Module, example_input: Callable[[int], torch.Tensor], x: torch.Tensor, batch: int = 500
 ) -> torch.Tensor:
@@ -153,45 +141,24 @@ def _export_aware(
     return Exported(shipped, quantized_layer_sqnr(model, converted, sample), settings)
 
 
-@register(
-    "executorch_xnnpack_int8_per_tensor_aware",
-    runtime="executorch-xnnpack",
-    precision="int8",
-    baseline="executorch_xnnpack_fp32",
-    static_shapes=True,
-    labelled=True,
-)
-class ExecuTorchInt8PerTensorAware:
-    """ExecuTorch/XNNPACK INT8 per tensor, its most sensitive layers kept FP32 until the validation drop's 95 % upper bound is in budget."""
-
-    @staticmethod
-    def export(
-        model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], labelled: Labelled
-    ) -> Exported:
-        return _export_aware(model, calib, sample, out_dir, batch_sizes, labelled, per_channel=False)
-
-    load = staticmethod(_load_pte)
-    profile = staticmethod(_profile_pte)
-
-
 QAT_LR = 1e-4  # Adam: a fine-tune of an already trained model, small steps
 
 
-def train_qat(model: Classifier, labelled: Labelled, calib: torch.Tensor) -> torch.fx.GraphModule:
+def train_qat(model: Classifier, labelled: Labelled, calib: torch.Tensor, per_channel: bool = True) -> torch.fx.GraphModule:
     """PT2E quantization-aware training: fake-quantize with XNNPACK's QAT config, fine-tune on the labelled
     calibration images for `labelled.qat_epochs` passes, and convert. Seeded, so the bytes repeat."""
     with torch.random.fork_rng():  # seeded here, without resetting the caller's generator
         torch.manual_seed(0)
-        return _fine_tune_and_convert(model, labelled, calib)
+        return _fine_tune_and_convert(model, labelled, calib, per_channel)
 
 
-def _fine_tune_and_convert(model: Classifier, labelled: Labelled, calib: torch.Tensor) -> torch.fx.GraphModule:
+def _fine_tune_and_convert(model: Classifier, labelled: Labelled, calib: torch.Tensor, per_channel: bool) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     batch = torch.export.Dim("batch", min=2, max=4096)
     graph = torch.export.export(copy.deepcopy(model).train(), (model.example_input(2),), dynamic_shapes={"x": {0: batch}}).module()
-    prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
+    prepared = prepare_qat_pt2e(graph, _quantizer(per_channel, qat=True))
     optimizer = torch.optim.Adam(prepared.parameters(), lr=QAT_LR)
     move_exported_model_to_train(prepared)
     generator = torch.Generator().manual_seed(0)
@@ -208,31 +175,94 @@ def _fine_tune_and_convert(model: Classifier, labelled: Labelled, calib: torch.T
     return converted
 
 
-@register(
-    "executorch_xnnpack_qat",
-    runtime="executorch-xnnpack",
-    precision="int8",
-    baseline="executorch_xnnpack_fp32",
-    static_shapes=True,
-    labelled=True,
-)
-class ExecuTorchQat:
-    """ExecuTorch .pte, INT8 from quantization-aware training (PT2E QAT, XNNPACK per-channel QAT config) on the calibration images."""
+def _export_ptq(
+    model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], per_channel: bool
+) -> Exported:
+    converted = calibrate_and_convert(model, calib, _quantizer(per_channel))
+    return Exported(_write_pte(converted, model.example_input, out_dir, batch_sizes), quantized_layer_sqnr(model, converted, sample))
 
-    @staticmethod
+
+def _export_qat(
+    model: Classifier,
+    calib: torch.Tensor,
+    sample: torch.Tensor,
+    out_dir: Path,
+    batch_sizes: tuple[int, ...],
+    labelled: Labelled,
+    per_channel: bool,
+) -> Exported:
+    converted = train_qat(model, labelled, calib, per_channel)
+    settings = {
+        "weights": f"int8 {'per-channel' if per_channel else 'per-tensor'}",
+        "fine_tune": f"{labelled.qat_epochs} passes over {len(calib)} calibration images, Adam lr {QAT_LR}",
+    }
+    shipped = _write_pte(converted, model.example_input, out_dir, batch_sizes)
+    return Exported(shipped, quantized_layer_sqnr(model, converted, sample), settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class XnnpackConfig:
+    """One INT8 variant of XNNPACK's symmetric quantizer, lowered to an ExecuTorch .pte per batch size, as a value:
+    a new variant is one entry in XNNPACK_VARIANTS plus its name in params.yaml."""
+
+    description: str
+    per_channel: bool = True  # one weight scale per output channel; False: one per tensor
+    aware: bool = False  # keep the most sensitive layers FP32 until the validation drop's 95 % upper bound is within budget
+    qat: bool = False  # fine-tune with fake quantization on the labelled calibration images before converting
+
+    def __post_init__(self) -> None:
+        if self.aware and self.qat:
+            raise ValueError("XnnpackConfig: aware (a search over PTQ configurations) and qat (one fine-tuned model) exclude each other")
+
+    @property
+    def labelled(self) -> bool:
+        return self.aware or self.qat
+
     def export(
-        model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], labelled: Labelled
+        self,
+        model: Classifier,
+        calib: torch.Tensor,
+        sample: torch.Tensor,
+        out_dir: Path,
+        batch_sizes: tuple[int, ...],
+        labelled: Labelled | None = None,
     ) -> Exported:
-        converted = train_qat(model, labelled, calib)
-        settings = {
-            "weights": "int8 per-channel",
-            "fine_tune": f"{labelled.qat_epochs} passes over {len(calib)} calibration images, Adam lr {QAT_LR}",
-        }
-        shipped = _write_pte(converted, model.example_input, out_dir, batch_sizes)
-        return Exported(shipped, quantized_layer_sqnr(model, converted, sample), settings)
+        if self.aware:
+            return _export_aware(model, calib, sample, out_dir, batch_sizes, labelled, self.per_channel)
+        if self.qat:
+            return _export_qat(model, calib, sample, out_dir, batch_sizes, labelled, self.per_channel)
+        return _export_ptq(model, calib, sample, out_dir, batch_sizes, self.per_channel)
 
-    load = staticmethod(_load_pte)
-    profile = staticmethod(_profile_pte)
+
+XNNPACK_VARIANTS = {
+    "executorch_xnnpack_int8": XnnpackConfig(
+        "ExecuTorch .pte, static INT8 (XNNPACKQuantizer, per-channel, calibrated): ARM NEON / x86 INT8 kernels."
+    ),
+    "executorch_xnnpack_int8_per_tensor_aware": XnnpackConfig(
+        "ExecuTorch/XNNPACK INT8 per tensor, its most sensitive layers kept FP32 until the validation drop's 95 % upper bound"
+        " is within budget.",
+        per_channel=False,
+        aware=True,
+    ),
+    "executorch_xnnpack_qat": XnnpackConfig(
+        "ExecuTorch .pte, INT8 from quantization-aware training (PT2E QAT, XNNPACK per-channel QAT config) on the calibration images.",
+        qat=True,
+    ),
+}
+
+for _name, _config in XNNPACK_VARIANTS.items():
+    add_method(
+        _name,
+        runtime="executorch-xnnpack",
+        precision="int8",
+        baseline="executorch_xnnpack_fp32",
+        description=_config.description,
+        export=_config.export,
+        load=_load_pte,
+        profile=_profile_pte,
+        static_shapes=True,
+        labelled=_config.labelled,
+    )
 
 
 def profile_executorch(pte: bytes, x: torch.Tensor, runs: int) -> dict[str, float]:

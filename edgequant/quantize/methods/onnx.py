@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections import defaultdict
@@ -16,7 +17,7 @@ from edgequant.data.splits import batches, predict
 from edgequant.files import atomic_path
 from edgequant.model.layers import layer_outputs, sqnr_db
 from edgequant.model.zoo import Classifier
-from edgequant.quantize.catalog import Exported, Labelled, register
+from edgequant.quantize.catalog import Exported, Labelled, add_method, register
 from edgequant.quantize.search import Trial, keep_fp32, logits_of, score, summary
 
 INPUT = "pixels"
@@ -255,63 +256,73 @@ def _quantize_qdq_aware(
     return Exported(shipped, onnx_layer_sqnr(model, shipped, sample), settings)
 
 
+CALIBRATORS = ("MinMax", "Percentile", "Entropy", "Distribution")  # onnxruntime.quantization.CalibrationMethod names
+
+
+@dataclasses.dataclass(frozen=True)
+class QdqConfig:
+    """One static QDQ INT8 variant of ONNX Runtime's quantize_static, as a value: a new variant is one entry
+    in QDQ_VARIANTS plus its name in params.yaml. Weights are int8 with a 7-bit range, activations uint8 per tensor."""
+
+    description: str
+    per_channel: bool = True  # one weight scale per output channel; False: one per tensor
+    calibrator: str = "MinMax"  # how activation ranges are read from the calibration images
+    aware: bool = False  # keep the most sensitive layers FP32 until the validation drop's 95 % upper bound is within budget
+
+    def __post_init__(self) -> None:
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"QdqConfig.calibrator {self.calibrator!r} is not one of {', '.join(CALIBRATORS)}")
+
+    def export(
+        self,
+        model: Classifier,
+        calib: torch.Tensor,
+        sample: torch.Tensor,
+        out_dir: Path,
+        batch_sizes: tuple[int, ...],
+        labelled: Labelled | None = None,
+    ) -> Exported:
+        if self.aware:
+            return _quantize_qdq_aware(model, calib, sample, out_dir, labelled, self.per_channel, self.calibrator)
+        return _quantize_qdq(model, calib, sample, out_dir, self.per_channel, self.calibrator)
+
+
 # ONNX Runtime runs u8 x s8 products on x86 without VNNI with vpmaddubsw, which sums pairs into a
 # saturating int16: 2 x 255 x 127 overflows it. Its documented remedy is reduce_range, 7-bit weights
 # (2 x 255 x 63 fits). Measured on the tiny test model: under an emulated AVX2 CPU (qemu -cpu Haswell)
 # full-range weights give logits 0.74x too small (SQNR 11.8 dB), 7-bit ones 42.3 dB; on a VNNI CPU,
 # which cannot saturate, 7 bits cost 2 dB (44.3 -> 42.3). One artifact must run right on every x86.
-@register("onnx_qdq_int8", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
-class OnnxQdqInt8:
-    """ONNX static INT8 in QDQ format (per-channel 7-bit-range weights, MinMax-calibrated): ORT on any x86 or Arm, NPU toolchains."""
+# No entropy variant: through quantize_static, ORT 1.32's entropy calibrator searches 128 bins for 128
+# quantized bins, a single candidate (the full range), and wrote activation scales identical to MinMax.
+QDQ_VARIANTS = {
+    "onnx_qdq_int8": QdqConfig(
+        "ONNX static INT8 in QDQ format (per-channel 7-bit-range weights, MinMax-calibrated): ORT on any x86 or Arm, NPU toolchains."
+    ),
+    "onnx_qdq_int8_per_tensor": QdqConfig(
+        "onnx_qdq_int8 with one weight scale per tensor: what per-tensor-only NPUs and older toolchains get.", per_channel=False
+    ),
+    "onnx_qdq_int8_percentile": QdqConfig(
+        "onnx_qdq_int8 with activation ranges at ORT's default percentile (99.999 %) instead of MinMax.", calibrator="Percentile"
+    ),
+    "onnx_qdq_int8_per_tensor_aware": QdqConfig(
+        "onnx_qdq_int8_per_tensor keeping its most sensitive layers in FP32 until the validation drop's 95 % upper bound is within budget.",
+        per_channel=False,
+        aware=True,
+    ),
+}
 
-    @staticmethod
-    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="MinMax")
-
-    load = staticmethod(_load)
-    profile = staticmethod(_profile)
-
-
-@register("onnx_qdq_int8_per_tensor", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
-class OnnxQdqInt8PerTensor:
-    """onnx_qdq_int8 with one weight scale per tensor: what per-tensor-only NPUs and older toolchains get."""
-
-    @staticmethod
-    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return _quantize_qdq(model, calib, sample, out_dir, per_channel=False, calibrator="MinMax")
-
-    load = staticmethod(_load)
-    profile = staticmethod(_profile)
-
-
-@register("onnx_qdq_int8_percentile", runtime="onnxruntime", precision="int8", baseline="onnx_fp32")
-class OnnxQdqInt8Percentile:
-    """onnx_qdq_int8 with activation ranges at ORT's default percentile (99.999 %) instead of MinMax.
-
-    No entropy twin: through quantize_static, ORT 1.32's entropy calibrator searches 128 bins for 128
-    quantized bins, a single candidate (the full range), and wrote activation scales identical to MinMax.
-    """
-
-    @staticmethod
-    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
-        return _quantize_qdq(model, calib, sample, out_dir, per_channel=True, calibrator="Percentile")
-
-    load = staticmethod(_load)
-    profile = staticmethod(_profile)
-
-
-@register("onnx_qdq_int8_per_tensor_aware", runtime="onnxruntime", precision="int8", baseline="onnx_fp32", labelled=True)
-class OnnxQdqInt8PerTensorAware:
-    """onnx_qdq_int8_per_tensor keeping its most sensitive layers in FP32 until the validation drop's 95 % upper bound is within budget."""
-
-    @staticmethod
-    def export(
-        model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...], labelled: Labelled
-    ) -> Exported:
-        return _quantize_qdq_aware(model, calib, sample, out_dir, labelled, per_channel=False, calibrator="MinMax")
-
-    load = staticmethod(_load)
-    profile = staticmethod(_profile)
+for _name, _config in QDQ_VARIANTS.items():
+    add_method(
+        _name,
+        runtime="onnxruntime",
+        precision="int8",
+        baseline="onnx_fp32",
+        description=_config.description,
+        export=_config.export,
+        load=_load,
+        profile=_profile,
+        labelled=_config.aware,
+    )
 
 
 def profile_onnx(profiled_session: Callable[[str], object], x: torch.Tensor, runs: int) -> dict[str, float]:

@@ -3,6 +3,7 @@ image folder with a model from a module outside the package runs end to end unde
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import zipfile
@@ -17,6 +18,7 @@ from edgequant.data.local import import_folder, import_npz
 from edgequant.model.imported import construct
 from edgequant.model.train import train
 from edgequant.params import ParamsError
+from edgequant.quantize.catalog import get_method, known_methods
 from edgequant.validate import load_all
 
 from .conftest import ROOT, TINY, make_env, sh, stages_run, tiny_train_params
@@ -235,11 +237,24 @@ def test_the_example_data_stages_code_deps_are_its_import_closure():
 
 # --- end to end: an RGB image folder and a model from outside the package, through `dvc repro`
 
-RGB_METHODS = ["fp32", "onnx_fp32", "onnx_qdq_int8", "litert_fp32", "litert_int8"]  # litert_int8: the npu stage's input
+
+def any_model_methods() -> list[str]:
+    """Every registered method that takes any model (the rest restate one built-in architecture: `models=`)."""
+    return [name for name in known_methods() if get_method(name).models is None]
+
+
+def tree_digest(root: Path) -> str:
+    """One SHA-256 over every file under `root` (path and bytes), caches left out."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @pytest.mark.slow
 def test_an_rgb_image_folder_and_an_outside_model_run_end_to_end_under_dvc_repro(tmp_path):
+    """Through every method that takes any model, with nothing under edgequant/ or stages/ written."""
+    methods = any_model_methods()
     work = tmp_path / "repo"
     work.mkdir()
     env = make_env(tmp_path)
@@ -263,7 +278,7 @@ def test_an_rgb_image_folder_and_an_outside_model_run_end_to_end_under_dvc_repro
             "lr": 0.01,
             "test_batch_size": 12,
         },
-        "quantize": {"methods": RGB_METHODS, "qat_epochs": 1},
+        "quantize": {"methods": methods, "qat_epochs": 1},
         "benchmark": {**TINY["benchmark"], "throughput_batch": 4, "profile_runs": 0},
         # A 4-filter network weighs less than its quantization parameters (INT8/FP32 ONNX size measured 1.47): the gate
         # records its verdict on tiny data and enforces none.
@@ -281,18 +296,20 @@ def test_an_rgb_image_folder_and_an_outside_model_run_end_to_end_under_dvc_repro
     assert "usermodels/tinynet.py" in derived["train"]["deps"] and "userdata/rgb" in derived["download"]["deps"]
     sh(["git", "add", "-A"], work, env)
     sh(["git", "commit", "-qm", "an RGB workload"], work, env)
+    package = {name: tree_digest(work / name) for name in ("edgequant", "stages")}
 
     ran = stages_run(sh(["dvc", "repro", f"{folder}/dvc.yaml"], work, env))
     assert {f"{folder}/dvc.yaml:{s}" for s in ("validate", "download", "prepare", "train", "benchmark", "gate", "npu", "plot")} <= ran
     out = work / folder
     metrics = json.loads((out / "metrics/benchmark.json").read_text())
-    assert set(metrics["methods"]) | set(metrics.get("refused", {})) == set(RGB_METHODS)
+    assert set(metrics["methods"]) | set(metrics.get("refused", {})) == set(methods)
+    assert {"executorch_xnnpack_int8", "openvino_int8", "pt2e_x86", "onnx_qdq_int8_per_tensor_aware"} <= set(metrics["methods"])
     assert "onnx_qdq_int8" in metrics["methods"] and 0 <= metrics["methods"]["onnx_qdq_int8"]["accuracy_pct"] <= 100
     meta = json.loads((out / "models/quantized/onnx_qdq_int8/meta.json").read_text())
     assert meta["model_spec"]["input_shape"] == [3, SIDE, SIDE] and meta["model_spec"]["classes"] == CLASSES
     gate = json.loads((out / "metrics/gate.json").read_text())
     assert {c["method"] for c in gate["checks"]} == {"onnx_qdq_int8"} and isinstance(gate["passed"], bool)
-    assert not (work / "edgequant").joinpath("model", "tinynet.py").exists()  # the package was not edited
+    assert {name: tree_digest(work / name) for name in package} == package  # the package was not edited
 
     # A renamed image changes no content: nothing after the download stage re-runs.
     first = sorted((work / "userdata/rgb/train/class_0").glob("*.png"))[0]

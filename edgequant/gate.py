@@ -17,12 +17,21 @@ class Check:
     at_least: bool  # the limit is a minimum (speed-up) rather than a maximum (accuracy drop, size)
     note: str = ""  # what else a reader needs to judge the value (for accuracy: is the drop noise?)
     refused: str = ""  # the runtime refused the model (edgequant/quantize/refusal.py): nothing to ship, so the check fails
+    # The measured value's 95 % interval over the benchmark's repeats (edgequant/measure/intervals.py); a minimum is then
+    # met by the interval's low end, so a candidate passes only where it is credibly fast enough. None: a single run.
+    ci95_low: float | None = None
+    ci95_high: float | None = None
+
+    @property
+    def judged(self) -> float | None:
+        """The value held to the limit: the interval's low end for a minimum where there is an interval, else the value."""
+        return self.ci95_low if self.at_least and self.ci95_low is not None and self.measured is not None else self.measured
 
     @property
     def passed(self) -> bool:
-        if self.measured is None or self.refused:
+        if self.judged is None or self.refused:
             return False
-        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
+        return self.judged >= self.limit if self.at_least else self.judged <= self.limit
 
     def describe(self) -> str:
         if self.refused:
@@ -32,6 +41,10 @@ class Check:
         bound = ">=" if self.at_least else "<="
         value = "missing from the benchmark's metrics" if self.measured is None else f"{self.measured:.4g}"
         note = f" [{self.note}]" if self.note else ""
+        if self.measured is not None and self.ci95_low is not None and self.ci95_high is not None:
+            value += f" (95 % interval {self.ci95_low:.4g}–{self.ci95_high:.4g})"
+            limit = f"its low end {bound} {self.limit:g}" if self.at_least else f"limit {bound} {self.limit:g}"
+            return f"{verdict}: {self.method}: {self.what} {value}, {limit} ({self.param}){note}"
         return f"{verdict}: {self.method}: {self.what} {value}, limit {bound} {self.limit:g} ({self.param}){note}"
 
 
@@ -103,10 +116,22 @@ def check(metrics: dict, gate: GateParams) -> list[Check]:
         size = _value(measured, name, "size_ratio_vs_runtime_fp32")
         checks.append(Check(name, "size vs own-runtime fp32", size, gate.max_size_ratio, "gate.max_size_ratio", False))
         for key in threads:
-            speedup = _value(measured, name, key, "throughput_speedup_vs_runtime_fp32")
-            what = f"throughput speed-up vs own-runtime fp32 at {key.removeprefix('threads_')} thread(s)"
-            checks.append(Check(name, what, speedup, gate.min_speedup, "gate.min_speedup", True))
+            checks.append(speedup_check(measured, name, key, gate.min_speedup))
     return checks
+
+
+def speedup_check(measured: dict, name: str, key: str, limit: float) -> Check:
+    """The batch speed-up over the method's own-runtime FP32 at one thread count, held to the limit by its interval's
+    low end; a record without an interval (a single run, or metrics made before the repeats) by the value itself.
+    Half an interval is no interval: the check fails and says so, rather than quietly judging the point."""
+    metric = "throughput_speedup_vs_runtime_fp32"
+    value = _value(measured, name, key, metric)
+    low, high = (_value(measured, name, key, f"{metric}_ci95_{end}") for end in ("low", "high"))
+    what = f"throughput speed-up vs own-runtime fp32 at {key.removeprefix('threads_')} thread(s)"
+    if (low is None) != (high is None):
+        note = f"its 95 % interval lacks its {'low' if low is None else 'high'} end; re-run the benchmark"
+        return Check(name, what, None, limit, "gate.min_speedup", True, note)
+    return Check(name, what, value, limit, "gate.min_speedup", True, ci95_low=low, ci95_high=high)
 
 
 def shippable(checks: list[Check]) -> list[str]:

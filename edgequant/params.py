@@ -27,6 +27,7 @@ MAX_GEMM_SIZE = 8192  # three 8192² FP32 matrices are 0.8 GB; 80000 asked for 2
 INT_RANGE = (-(2**31), 2**31 - 1)
 MAX_THREADS = 1024  # torch and OpenMP would try to start that many workers
 MAX_RUNS = 1_000_000  # timed calls per measurement: the latencies are kept in memory, 8 bytes each
+MAX_REPEATS = 100  # benchmark.repeats: each repeat starts one process per (method, threads), 24 at the committed params
 MAX_RUN_TIME_S = 600.0  # per throughput measurement: a benchmark worker is stopped after 600 s (edgequant/measure/processes.py)
 # A params file is a few hundred bytes of plain values. DVC reads it whole (its dvc.yaml templating loads
 # params.yaml), expanding every YAML alias: 600 bytes of nested aliases took gigabytes in `dvc status`.
@@ -248,6 +249,9 @@ class BenchmarkParams:
     peak_gemm_size: int  # square GEMM used to measure this CPU's FP32 and INT8 peak
     keep_freed_memory: bool  # glibc keeps freed blocks for reuse (as jemalloc would) instead of unmapping them
     profile_runs: int  # profiled batch calls per method at the smallest thread count (0: no per-operator profile)
+    # Interleaved rounds of every (method, threads) measurement, each in a process of its own; figures are their medians
+    # (edgequant/measure/intervals.py). 1, for files written before it: one run, as they were sized for, and no interval.
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         _require(len(self.threads) > 0, "benchmark.threads is empty: list at least one thread count, e.g. [1]")
@@ -260,6 +264,15 @@ class BenchmarkParams:
             _require(getattr(self, name) >= 0, f"benchmark.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("warmup_runs", "latency_runs", "profile_runs"):
             _require(getattr(self, name) <= MAX_RUNS, f"benchmark.{name} must be <= {MAX_RUNS}, got {getattr(self, name)}")
+        _require(
+            1 <= self.repeats <= MAX_REPEATS,
+            f"benchmark.repeats must be in [1, {MAX_REPEATS}] (6 or more give a 95 % interval), got {self.repeats}",
+        )
+        _require(
+            self.repeats * self.latency_runs <= MAX_RUNS,
+            f"benchmark.repeats x latency_runs must be <= {MAX_RUNS} (every repeat's latencies are pooled in memory),"
+            f" got {self.repeats} x {self.latency_runs}",
+        )
         _require(
             0 < self.min_run_time_s <= MAX_RUN_TIME_S,
             f"benchmark.min_run_time_s must be in (0, {MAX_RUN_TIME_S}], got {self.min_run_time_s}",

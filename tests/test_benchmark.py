@@ -28,6 +28,7 @@ def test_latency_percentiles_are_those_of_the_timed_calls_only(monkeypatch):
     r = measure_latency(run, torch.ones(4), warmup=3, runs=100)
     assert calls["n"] == 103
     # numpy's linear percentiles of 1..100: p50 = 50.5, p90 = 90.1, p99 = 99.01; the mean is 50.5
+    assert r.pop("latency_ms_calls") == pytest.approx(durations_ms)  # every timed call, for pooling over the repeats
     assert r == pytest.approx({"latency_ms_p50": 50.5, "latency_ms_p90": 90.1, "latency_ms_p99": 99.01, "latency_ms_mean": 50.5})
 
 
@@ -113,9 +114,9 @@ def test_machine_info_keeps_the_probe_and_reports_the_capability_torch_runs_at(s
 
 def test_accuracy_counts_agreement_drop_and_logit_sqnr_against_fp32():
     sizes = {"fp32": 4000, "dynamic_int8": 1000}
-    runs = {
-        ("fp32", 1): {"latency_ms_p50": 2.0, "latency_ms_p90": 3, "latency_ms_p99": 4, "throughput_ips": 100.0},
-        ("dynamic_int8", 1): {"latency_ms_p50": 1.0, "latency_ms_p90": 2, "latency_ms_p99": 3, "throughput_ips": 400.0},
+    runs = {  # one repeat each
+        ("fp32", 1): [{"latency_ms_p50": 2.0, "latency_ms_p90": 3, "latency_ms_p99": 4, "throughput_ips": 100.0}],
+        ("dynamic_int8", 1): [{"latency_ms_p50": 1.0, "latency_ms_p90": 2, "latency_ms_p99": 3, "throughput_ips": 400.0}],
     }
     labels = torch.tensor([0, 1, 2, 3])
     logits = {"fp32": torch.ones(4, 10), "dynamic_int8": torch.full((4, 10), 1.1)}  # 10 % off everywhere: 20 dB
@@ -135,6 +136,7 @@ def test_accuracy_counts_agreement_drop_and_logit_sqnr_against_fp32():
     assert d["threads_1"]["peak_fraction"] == pytest.approx(sum(net_macs("cnn").values()) * 400 / 1e9 / 40)
     assert d["baseline"] == "fp32" and d["threads_1"]["throughput_speedup_vs_runtime_fp32"] == 4.0
     assert len(rows) == 2 and rows[1]["threads"] == 1 and rows[1]["baseline"] == "fp32" and "threads_1" not in rows[1]
+    assert metrics["repeats"] == 1 and metrics["interval_coverage_pct"] is None and "throughput_ips_ci95_low" not in d["threads_1"]
 
 
 def test_flips_and_mcnemar():

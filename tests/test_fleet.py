@@ -95,6 +95,44 @@ def test_a_record_from_before_the_probe_is_named_and_its_single_engine_peak_not_
     assert row["peak_fraction"] is None and "n/a¹" in table.markdown([row])
 
 
+def measured(record: dict, method: str, ips: tuple[float, float], p50: tuple[float, float]) -> dict:
+    """A method's throughput and p50 intervals over the benchmark's repeats, added to a record."""
+    run = record["methods"][method]["threads_1"]
+    run.update(throughput_ips_ci95_low=ips[0], throughput_ips_ci95_high=ips[1])
+    run.update(latency_ms_p50_ci95_low=p50[0], latency_ms_p50_ci95_high=p50[1])
+    return record
+
+
+def test_candidates_whose_intervals_overlap_the_best_ones_are_named_as_a_tie():
+    """XNNPACK 13,000 img/s [12,500–13,500] and ORT 12,800 [12,200–13,300] cannot be told apart; their p50s can
+    (0.100 [0.095–0.105] ms against 0.120 [0.115–0.130]): a tie for throughput, one name for latency."""
+    record = measured(metrics(VNNI, 13000, 12800), "executorch_xnnpack_int8", (12500, 13500), (0.095, 0.105))
+    row = table.summarize(entry(measured(record, "onnx_qdq_int8", (12200, 13300), (0.115, 0.13))), GATE)
+    assert (row["ship_throughput"], row["ship_throughput_tied"]) == ("executorch_xnnpack_int8", ["onnx_qdq_int8"])
+    assert (row["ship_latency"], row["ship_latency_tied"]) == ("executorch_xnnpack_int8", [])
+    text = table.markdown([row])
+    assert "| `executorch_xnnpack_int8` ≈ `onnx_qdq_int8` | `executorch_xnnpack_int8` |" in text and "²" not in text
+    apart = measured(metrics(VNNI, 13000, 12800), "executorch_xnnpack_int8", (12900, 13500), (0.095, 0.105))
+    row = table.summarize(entry(measured(apart, "onnx_qdq_int8", (12200, 12850), (0.115, 0.13))), GATE)
+    assert row["ship_throughput_tied"] == [] and "| `executorch_xnnpack_int8` | `executorch_xnnpack_int8` |" in table.markdown([row])
+
+
+def test_a_record_without_intervals_names_one_candidate_marked_as_one_run():
+    row = table.summarize(entry(metrics(VNNI, 13000, 12999)), GATE)  # 1 img/s apart, but one run shows no tie
+    text = table.markdown([row])
+    assert row["ship_throughput_tied"] == [] and row["intervals"] is False
+    assert "| `executorch_xnnpack_int8`² | `executorch_xnnpack_int8`² |" in text and table.SINGLE_RUN in text.splitlines()
+
+
+@pytest.mark.parametrize("machine", ["amd-epyc-avx512-vnni", "intel-xeon-amx"])
+def test_a_committed_machine_measured_before_the_repeats_is_read_and_shown_as_one_run(machine):
+    from edgequant.params import load
+
+    row = table.summarize(table.load(ROOT / "machines" / machine), load(GateParams, "gate", ROOT / "params.yaml"))
+    assert row["intervals"] is False and row["ship_throughput_tied"] == row["ship_latency_tied"] == []
+    assert f"| {table.code(row['ship_throughput'])}² |" in table.markdown([row])
+
+
 def test_markdown_states_the_rule_and_one_row_per_machine():
     rows = [table.summarize(entry(metrics(f, a, b)), GATE) for f, a, b in ((VNNI, 13000, 11000), (AVX2, 3200, 5400))]
     text = table.markdown(rows)
@@ -224,6 +262,12 @@ BAD_RECORDS = {
     "a path as method name": (mutate(lambda r: r["methods"].__setitem__("../x", r["methods"]["fp32"])), "'../x' is not a method name"),
     "a thread count of zero": (mutate(lambda r: r["peak"].__setitem__("threads_0", r["peak"]["threads_1"])), "peak.threads_0"),
     "nested 200,000 deep": (lambda: deep(metrics(AVX2, 3200, 5400)), "nested more than 16 levels deep"),
+    "a figure outside its interval": (
+        mutate(lambda r: r["methods"]["onnx_qdq_int8"]["threads_1"].update(throughput_ips_ci95_low=5500, throughput_ips_ci95_high=5600)),
+        "methods.onnx_qdq_int8.threads_1.throughput_ips 5400 is not within its interval [5500, 5600]",
+    ),
+    "half an interval": (ort("latency_ms_p50_ci95_low", 0.1), "methods.onnx_qdq_int8.threads_1.latency_ms_p50_ci95_high is missing"),
+    "a string for repeats": (mutate(lambda r: r.__setitem__("repeats", "6")), "repeats must be a whole number from 1 to 100"),
 }
 
 

@@ -159,3 +159,32 @@ def test_an_any_gate_fails_when_no_candidate_passes_every_check():
 def test_an_unknown_require_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match=r"gate.require must be one of all, any, got 'most'"):
         GateParams(["onnx_qdq_int8"], 0.1, 2.0, 0.27, True, "most")
+
+
+def with_interval(low: float, high: float, point: float = 2.5) -> dict:
+    """The speed-up at 1 thread as the benchmark writes it after its repeats: the median and its 95 % interval."""
+    m = metrics(speedups=(point, 3.0))
+    m["methods"]["onnx_qdq_int8"]["threads_1"].update(
+        throughput_speedup_vs_runtime_fp32_ci95_low=low, throughput_speedup_vs_runtime_fp32_ci95_high=high
+    )
+    return m
+
+
+def test_a_speedup_passes_only_when_its_intervals_low_end_meets_the_limit():
+    """Median 2.5 against a limit of 2: credibly fast enough when the repeats' interval starts at 2.1, not at 1.8."""
+    low_ok, low_short = check(with_interval(2.1, 2.9), GATE)[2], check(with_interval(1.8, 2.9), GATE)[2]
+    assert low_ok.passed and not low_short.passed
+    assert low_short.describe() == (
+        "FAIL: onnx_qdq_int8: throughput speed-up vs own-runtime fp32 at 1 thread(s) 2.5 (95 % interval 1.8–2.9),"
+        " its low end >= 2 (gate.min_speedup)"
+    )
+    recorded = report([low_short])["checks"][0]
+    assert (recorded["measured"], recorded["ci95_low"], recorded["ci95_high"]) == (2.5, 1.8, 2.9)
+
+
+def test_a_record_without_an_interval_is_judged_on_its_value_and_half_an_interval_fails():
+    assert check(metrics(speedups=(2.5, 3.0)), GATE)[2].passed  # a single run, or metrics from before the repeats
+    m = with_interval(2.1, 2.9)
+    del m["methods"]["onnx_qdq_int8"]["threads_1"]["throughput_speedup_vs_runtime_fp32_ci95_high"]
+    half = check(m, GATE)[2]
+    assert not half.passed and "its 95 % interval lacks its high end; re-run the benchmark" in half.describe()

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from edgequant.measure.machine import name_of, slug
+from edgequant.params import MAX_REPEATS
 from edgequant.params import NAME as METHOD_NAME
 
 MAX_FILE_BYTES = 4 * 2**20  # the largest real record is 23 KB (12 methods, 2 thread counts)
@@ -29,6 +30,14 @@ MAX_GMACS = 1e6
 MAX_RATIO = 1e6  # a speed-up, size ratio or fraction of peak
 MAX_LATENCY_MS = 1e7
 PRECISIONS = ("fp32", "int8")
+# The figures a record may give a 95 % interval (edgequant/measure/intervals.py), with their largest value; throughput's
+# is the record's own (MAX_GMACS over its MACs per image).
+INTERVALS = {
+    "throughput_ips": None,
+    "latency_ms_p50": MAX_LATENCY_MS,
+    "throughput_speedup_vs_fp32_eager": MAX_RATIO,
+    "throughput_speedup_vs_runtime_fp32": MAX_RATIO,
+}
 MACHINE_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 FILE_SUFFIXES = (".json", ".csv", ".md", ".txt")  # records, tables and their notes; nothing executable or binary
@@ -207,7 +216,24 @@ def check_method(name: object, method: object, threads: list[str], macs: int, wh
         number(run.get("latency_ms_p50"), where, "methods", name, t, "latency_ms_p50", high=MAX_LATENCY_MS, positive=True)
         for key in ("throughput_speedup_vs_fp32_eager", "throughput_speedup_vs_runtime_fp32", "peak_fraction"):
             optional(run.get(key), where, "methods", name, t, key)
+        for key, high in INTERVALS.items():
+            check_interval(run, key, where, ("methods", name, t), MAX_GMACS * 1e9 / macs if key == "throughput_ips" else high)
     return method["precision"]
+
+
+def check_interval(run: dict, key: str, where: str, keys: tuple, high: float) -> None:
+    """A figure's 95 % interval, where the record has one (a run of one repeat, or one made before the repeats, has
+    none): both ends, in range, around the figure; the fleet names ties by it."""
+    low_key, high_key = f"{key}_ci95_low", f"{key}_ci95_high"
+    if low_key not in run and high_key not in run:
+        return
+    for end in (low_key, high_key):
+        if end not in run:
+            raise RecordError(f"{where}: {field(*keys, end)} is missing; an interval has both ends")
+        number(run[end], where, *keys, end, high=high, positive=True)
+    value = number(run.get(key), where, *keys, key, high=high, positive=True)
+    if not run[low_key] <= value <= run[high_key]:
+        raise RecordError(f"{where}: {field(*keys, key)} {value:g} is not within its interval [{run[low_key]:g}, {run[high_key]:g}]")
 
 
 def check_benchmark(metrics: object, where: str) -> str:
@@ -229,6 +255,9 @@ def check_benchmark(metrics: object, where: str) -> str:
     methods = table(metrics.get("methods"), where, "methods")
     if not 0 < len(methods) <= MAX_METHODS:
         raise RecordError(f"{where}: methods must hold 1 to {MAX_METHODS} methods, got {len(methods)}")
+    repeats = metrics.get("repeats")
+    if repeats is not None and (not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= MAX_REPEATS):
+        raise RecordError(f"{where}: repeats must be a whole number from 1 to {MAX_REPEATS}, got {shown(repeats)}")
     precisions = {check_method(m, r, threads, macs, where) for m, r in methods.items()}
     if "int8" not in precisions:
         raise RecordError(f'{where}: methods has no INT8 method (precision "int8"); the fleet compares INT8 methods')

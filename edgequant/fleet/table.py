@@ -17,9 +17,11 @@ from edgequant.report.markdown import code, escape
 
 SHIP_RULE = (
     "Ship the release candidate (`gate.methods`) that passes every gate check on that machine and has the highest batch "
-    "throughput at 1 thread; for batch-1 latency, the candidate that passes with the lowest p50. Ranked on that machine's "
-    "own measurements only."
+    "throughput at 1 thread; for batch-1 latency, the candidate that passes with the lowest p50. Every passing candidate "
+    "whose 95 % interval overlaps the best one's is named with it (`best` ≈ `tied`): the repeats cannot tell them apart. "
+    "Ranked on that machine's own measurements only."
 )
+SINGLE_RUN = "² measured without a 95 % interval (one run, or fewer than 6 repeats): a tie cannot be seen, so one name is shown."
 # This checkout's run as `make machine` keeps it in machines/<name>/ (each under its own file name): the machine's
 # measurements and what they were measured on. The gate's verdict is left out: the fleet judges each machine anew.
 RUN_FILES = (
@@ -108,11 +110,45 @@ def summarize(entry: dict, gate: GateParams) -> dict:
         # A roofline measured with torch._int_mm alone (records made before the engine-best peak) reads
         # 0.5 GMAC/s without VNNI: a fraction of it means nothing, so it is not shown.
         "peak_fraction": best["peak_fraction"] if "int8_engine" in peak else None,
-        "ship_throughput": max(candidates, key=lambda m: methods[m][t]["throughput_ips"]) if candidates else None,
-        "ship_latency": min(candidates, key=lambda m: methods[m][t]["latency_ms_p50"]) if candidates else None,
+        **ship("throughput", tied(candidates, {m: methods[m][t] for m in candidates}, "throughput_ips", highest=True)),
+        **ship("latency", tied(candidates, {m: methods[m][t] for m in candidates}, "latency_ms_p50", highest=False)),
+        "intervals": all(interval(methods[m][t], key) for m in candidates for key in ("throughput_ips", "latency_ms_p50")),
         "threads": int(t.removeprefix("threads_")),
         "source": entry["source"],
     }
+
+
+def interval(run: dict, key: str) -> tuple[float, float] | None:
+    """A figure's 95 % interval over the benchmark's repeats, or None for a record of one run (no interval)."""
+    low, high = run.get(f"{key}_ci95_low"), run.get(f"{key}_ci95_high")
+    return (low, high) if low is not None and high is not None else None
+
+
+def tied(candidates: list[str], runs: dict[str, dict], key: str, highest: bool) -> list[str]:
+    """The best candidate by `key`, then every other whose interval overlaps the best one's, best first then by value.
+    A record without intervals names the best alone: one run shows no tie."""
+    if not candidates:
+        return []
+    ranked = sorted(candidates, key=lambda m: runs[m][key], reverse=highest)
+    best = interval(runs[ranked[0]], key)
+    if best is None:
+        return ranked[:1]
+    overlap = [m for m in ranked[1:] if (other := interval(runs[m], key)) and other[0] <= best[1] and best[0] <= other[1]]
+    return [ranked[0], *overlap]
+
+
+def ship(column: str, names: list[str]) -> dict:
+    """A ship column: the best candidate (None when none passes) and the candidates tied with it."""
+    return {f"ship_{column}": names[0] if names else None, f"ship_{column}_tied": names[1:]}
+
+
+def ship_cell(row: dict, column: str) -> str:
+    """A tie as "`a` ≈ `b`", a clear winner as one name, marked ² where the record has no interval to show a tie."""
+    best = row[f"ship_{column}"]
+    if not best:
+        return "none passes the gate"
+    names = " ≈ ".join(code(m) for m in [best, *row.get(f"ship_{column}_tied", [])])
+    return names if row.get("intervals") else f"{names}²"
 
 
 def markdown(rows: list[dict], skipped: list[str] = ()) -> str:
@@ -125,12 +161,13 @@ def markdown(rows: list[dict], skipped: list[str] = ()) -> str:
         eager, own = r["speedup_vs_fp32_eager"], r["speedup_vs_runtime_fp32"]  # None on a device with no PyTorch (the bench bundle)
         cells = [code(r["machine"]), escape(r["int8_dot"]), code(r["fastest_int8"]), f"{eager:.1f}×" if eager is not None else "–"]
         cells += [f"{own:.1f}×" if own is not None else "–", peak, code(r["lowest_latency_int8"])]
-        cells += [code(r["ship_throughput"]) if r["ship_throughput"] else "none passes the gate"]
-        cells += [code(r["ship_latency"]) if r["ship_latency"] else "none passes the gate"]
+        cells += [ship_cell(r, "throughput"), ship_cell(r, "latency")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"At {rows[0]['threads']} thread, batch 256 (latency: batch 1). Rule: {SHIP_RULE}"]
     if any(r["peak_fraction"] is None for r in rows):
         lines.append("¹ recorded before the engine-best roofline: its INT8 peak was `torch._int_mm` alone (no fast path without VNNI).")
+    if any(not r.get("intervals") and (r["ship_throughput"] or r["ship_latency"]) for r in rows):
+        lines.append(SINGLE_RUN)
     lines += [f"Not shown: {escape(line)}" for line in skipped]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -78,12 +79,18 @@ def clamp_threads(requested: list[int]) -> list[int]:
 
 
 def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], artifacts: Path, test_path: str):
-    """The CPU peak per thread count, then every (method, threads) run; predictions and logits once per method."""
+    """The CPU peak per thread count, then `p.repeats` rounds of every (method, threads) run, each round in the same
+    order (A B C ... A B C ...), each run in a process of its own: a slow minute of the machine falls on one round of
+    every method rather than on every repeat of one. Predictions, logits, the per-operator profile and the page-fault
+    count are taken in the first round only. Returns each pair's repeats in round order (edgequant/measure/intervals.py)."""
     context = start_method()
     peaks = {t: measure(context, PeakRequest(t, p.peak_gemm_size, p.min_run_time_s)) for t in threads}
-    runs, predictions, logits, ops = {}, {}, {}, {}
+    runs: dict[tuple[str, int], list[dict]] = {}
+    predictions, logits, ops = {}, {}, {}
     jobs = [(m, t) for t in threads for m in methods]
-    for m, t in tqdm(jobs, desc="benchmark", unit="run", disable=None):
+    schedule = [(r, m, t) for r in range(p.repeats) for m, t in jobs]
+    for r, m, t in tqdm(schedule, desc="benchmark", unit="run", disable=None):
+        first = r == 0
         # Accuracy does not depend on threads: predict once, at the largest count (fastest).
         # The per-operator profile is taken once, at the smallest count: the edge-device case.
         request = MethodRequest(
@@ -97,15 +104,19 @@ def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], arti
             p.latency_runs,
             p.min_run_time_s,
             p.keep_freed_memory,
-            predict=t == threads[-1],
-            profile_runs=p.profile_runs if t == threads[0] else 0,
+            predict=first and t == threads[-1],
+            profile_runs=p.profile_runs if first and t == threads[0] else 0,
+            count_faults=first,
         )
         start = time.perf_counter()
-        r = runs[(m, t)] = measure(context, request)
-        if "predictions" in r:
-            predictions[m], logits[m] = torch.tensor(r.pop("predictions")), torch.tensor(r.pop("logits"))
-        if "ops_ms" in r:
-            ops[m] = r.pop("ops_ms")
-        speed = f"p50 {r['latency_ms_p50']:.3f} ms, {r['throughput_ips']:.0f} img/s"
-        tqdm.write(f"  {m:<26} {t} thr: {speed}, peak {r['peak_rss_mib']:.0f} MiB ({time.perf_counter() - start:.1f} s)")
+        result = measure(context, request)
+        if "predictions" in result:
+            predictions[m], logits[m] = torch.tensor(result.pop("predictions")), torch.tensor(result.pop("logits"))
+        if "ops_ms" in result:
+            ops[m] = result.pop("ops_ms")
+        result["latency_ms_calls"] = np.asarray(result["latency_ms_calls"])  # 8 bytes a call, kept until every round is in
+        runs.setdefault((m, t), []).append(result)
+        speed = f"p50 {result['latency_ms_p50']:.3f} ms, {result['throughput_ips']:.0f} img/s"
+        where = f"{t} thr, {r + 1}/{p.repeats}"
+        tqdm.write(f"  {m:<26} {where}: {speed}, peak {result['peak_rss_mib']:.0f} MiB ({time.perf_counter() - start:.1f} s)")
     return peaks, runs, predictions, logits, ops

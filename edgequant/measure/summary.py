@@ -6,8 +6,16 @@ import math
 
 import torch
 
+from edgequant.measure.intervals import combine, interval_coverage, paired
 from edgequant.model.layers import conv_layers, conv_macs, net_macs, sqnr_db
 from edgequant.quantize.catalog import get_method
+
+# Per (method, threads), in this order: each median's interval beside it, where the repeats give one.
+FIGURES = tuple(
+    f"{key}{end}"
+    for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips")
+    for end in ("", "_ci95_low", "_ci95_high")
+)
 
 
 def accuracy(
@@ -81,23 +89,33 @@ def flips(fp32_right: torch.Tensor, right: torch.Tensor) -> dict[str, float]:
 def summarize(
     methods: list[str],
     sizes: dict[str, int],
-    runs: dict[tuple[str, int], dict],
+    runs: dict[tuple[str, int], list[dict]],
     peaks: dict[int, dict[str, float]],
     accuracy: dict[str, dict[str, float]],
     model: str,
 ) -> tuple[dict, list[dict]]:
     """Combine everything into nested metrics (DVC flattens to `method.threads_1.latency_ms_p50`) and CSV rows.
 
-    Every ratio compares numbers measured in the same run on the same machine: INT8 against
-    the FP32 of its own runtime (`Method.baseline`, which params validation guarantees was
-    measured), and every method against FP32 eager PyTorch.
+    `runs` holds each (method, threads) pair's repeats in round order (edgequant/measure/processes.py): every
+    figure is their median, with a 95 % interval where the repeats give one (edgequant/measure/intervals.py).
+    Every ratio compares numbers measured in the same run on the same machine, round by round: INT8 against
+    the FP32 of its own runtime (`Method.baseline`, which params validation guarantees was measured), and
+    every method against FP32 eager PyTorch.
     """
+    repeats = {len(r) for r in runs.values()}
+    if len(repeats) != 1:
+        raise ValueError(f"the measurements hold {sorted(repeats)} repeats; every (method, threads) pair is measured in every round")
+    k = repeats.pop()
+    combined = {key: combine(r) for key, r in runs.items()}
     macs_per_image = sum(net_macs(model).values())
     threads = sorted({t for _, t in runs})
+    covered = interval_coverage(k)
     metrics: dict = {
         "model": str(model),
         "macs_per_image": macs_per_image,
         "conv_macs_per_image": conv_macs(model),
+        "repeats": k,
+        "interval_coverage_pct": None if covered is None else round(100 * covered, 3),
         "peak": {f"threads_{t}": peaks[t] for t in threads},
         "methods": {},
     }
@@ -115,20 +133,21 @@ def summarize(
             **accuracy[name],
         }
         for t in threads:
-            r = runs[(name, t)]
-            fp32, base = runs[("fp32", t)], runs[(method.baseline, t)]
+            r = combined[(name, t)]
+            ips, p50 = r["rounds"]["throughput_ips"], r["rounds"]["latency_ms_p50"]
+            fp32, base = combined[("fp32", t)]["rounds"], combined[(method.baseline, t)]["rounds"]
             gmacs = macs_per_image * r["throughput_ips"] / 1e9
             peak = peaks[t]["int8_gmacs" if method.precision == "int8" else "fp32_gmacs"]
             per_thread = {
-                **{k: r[k] for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips")},
-                "peak_rss_mib": r.get("peak_rss_mib"),
-                "minor_faults_per_batch": r.get("minor_faults_per_batch"),
+                **{key: r[key] for key in FIGURES if key in r},
+                "peak_rss_mib": r["peak_rss_mib"],
+                "minor_faults_per_batch": r["minor_faults_per_batch"],
                 "gmacs": gmacs,
                 "peak_fraction": gmacs / peak,
-                "throughput_speedup_vs_fp32_eager": r["throughput_ips"] / fp32["throughput_ips"],
-                "latency_speedup_vs_fp32_eager": fp32["latency_ms_p50"] / r["latency_ms_p50"],
-                "throughput_speedup_vs_runtime_fp32": r["throughput_ips"] / base["throughput_ips"],
-                "latency_speedup_vs_runtime_fp32": base["latency_ms_p50"] / r["latency_ms_p50"],
+                **paired("throughput_speedup_vs_fp32_eager", ips, fp32["throughput_ips"]),
+                **paired("latency_speedup_vs_fp32_eager", fp32["latency_ms_p50"], p50),
+                **paired("throughput_speedup_vs_runtime_fp32", ips, base["throughput_ips"]),
+                **paired("latency_speedup_vs_runtime_fp32", base["latency_ms_p50"], p50),
             }
             entry[f"threads_{t}"] = per_thread
             rows.append({"method": name, "threads": t, **{k: v for k, v in entry.items() if not k.startswith("threads_")}, **per_thread})

@@ -56,6 +56,7 @@ class MethodRequest:
     keep_freed_memory: bool
     predict: bool  # top-1 class of every test image (once per method: accuracy does not depend on threads)
     profile_runs: int  # 0: no per-operator profile
+    count_faults: bool = True  # page faults per batch: a count, not a time, so taken in the first repeat only
 
     @property
     def what(self) -> str:
@@ -110,10 +111,11 @@ def measure_latency(run: Runner, x: torch.Tensor, warmup: int, runs: int) -> dic
         "latency_ms_p90": float(p90),
         "latency_ms_p99": float(p99),
         "latency_ms_mean": float(times.mean()),
+        "latency_ms_calls": times.tolist(),  # the repeats' calls are pooled for the tail (edgequant/measure/intervals.py)
     }
 
 
-def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, threads: int) -> dict[str, float]:
+def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, threads: int, count_faults: bool = True) -> dict[str, float]:
     """Images per second at batch len(x), from torch.utils.benchmark's blocked median, and page faults per batch.
 
     Faults are counted because they explain speed: a runtime that allocates its activations afresh on
@@ -122,15 +124,13 @@ def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, thre
     """
     timer = tbench.Timer(stmt="run(x)", globals={"run": run, "x": x}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time_s)
-    calls, before = 5, minor_faults()
-    for _ in range(calls):
-        run(x)
-    return {
-        "throughput_ips": len(x) / m.median,
-        "batch_ms_median": m.median * 1e3,
-        "batch_ms_iqr": m.iqr * 1e3,
-        "minor_faults_per_batch": (minor_faults() - before) / calls,
-    }
+    result = {"throughput_ips": len(x) / m.median, "batch_ms_median": m.median * 1e3, "batch_ms_iqr": m.iqr * 1e3}
+    if count_faults:
+        calls, before = 5, minor_faults()
+        for _ in range(calls):
+            run(x)
+        result["minor_faults_per_batch"] = (minor_faults() - before) / calls
+    return result
 
 
 def check_runs(run: Runner, x: torch.Tensor, request: MethodRequest) -> None:
@@ -170,7 +170,7 @@ def measure_method(request: MethodRequest) -> dict:
         run = method.load(out_dir, tp_bs, threads)
     batch = x[:tp_bs].contiguous()
     check_runs(run, batch, request)
-    result.update(measure_throughput(run, batch, request.min_run_time_s, threads))
+    result.update(measure_throughput(run, batch, request.min_run_time_s, threads, request.count_faults))
     if request.profile_runs:
         runs = request.profile_runs
         result["ops_ms"] = method.profile(out_dir, tp_bs, threads, batch, runs) if method.profile else profile_torch(run, batch, runs)

@@ -60,6 +60,25 @@ def npu_table(npu: dict) -> str:
     return "\n".join(lines)
 
 
+def spread(r: dict, key: str, fmt: str, unit: str = "") -> str:
+    """A figure, with its 95 % interval over the benchmark's repeats in brackets where the record has one:
+    "4368 [4301–4420]"; a record of one run (or one made before the repeats) shows the figure alone."""
+    value = f"{r[key]:{fmt}}{unit}"
+    low, high = r.get(f"{key}_ci95_low"), r.get(f"{key}_ci95_high")
+    return value if low is None or high is None else f"{value} [{low:{fmt}}–{high:{fmt}}]"
+
+
+def interval_note(metrics: dict) -> str:
+    """What the brackets are, for a run that has them (edgequant/measure/intervals.py); empty otherwise."""
+    covered = metrics.get("interval_coverage_pct")
+    if covered is None:
+        return ""
+    return (
+        f" In brackets: the 95 % interval of the median over {metrics['repeats']} interleaved repeats"
+        f" (order statistics, {covered:.1f} % coverage)."
+    )
+
+
 def thread_counts(metrics: dict) -> list[int]:
     """The thread counts the benchmark measured, smallest first."""
     return sorted(int(k.removeprefix("threads_")) for k in metrics["peak"])
@@ -79,12 +98,11 @@ def markdown_table(metrics: dict) -> str:
         cells += [f"{m['accuracy_pct']:.2f}", f"{m['agreement_with_fp32_pct']:.2f}", "–" if sqnr is None or sqnr >= 200 else f"{sqnr:.1f}"]
         for t in threads:
             r = m[f"threads_{t}"]
-            own = r["throughput_speedup_vs_runtime_fp32"]
             cells += [
-                f"{r['latency_ms_p50']:.3f}",
-                f"{r['throughput_ips']:.0f}",
+                spread(r, "latency_ms_p50", ".3f"),
+                spread(r, "throughput_ips", ".0f"),
                 f"{r['throughput_speedup_vs_fp32_eager']:.1f}×",
-                f"{own:.1f}×",
+                spread(r, "throughput_speedup_vs_runtime_fp32", ".1f", "×"),
             ]
         cells.append(f"{m[f'threads_{threads[0]}']['peak_fraction'] * 100:.0f} % ({m['precision']})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -98,7 +116,8 @@ def markdown_table(metrics: dict) -> str:
     isa = machine["isa"]
     where = f"{code(machine['name'])} ({escape(machine['cpu'])}; torch {escape(isa['torch_cpu_capability'])}"
     where += f", oneDNN {escape(isa['onednn'])}, INT8 dot: {escape(isa['int8_dot'])})"
-    lines += ["", f"Measured peaks, the best GEMM engine of each precision: {peaks}. Machine: {where}.", "", ceiling(metrics)]
+    lines += ["", f"Measured peaks, the best GEMM engine of each precision: {peaks}. Machine: {where}.{interval_note(metrics)}"]
+    lines += ["", ceiling(metrics)]
     return "\n".join(lines)
 
 
@@ -112,12 +131,12 @@ def summary_table(metrics: dict, benchmark: dict) -> str:
     for name, m in metrics["methods"].items():
         r = m[f"threads_{t}"]
         cells = [code(name), escape(m["runtime"]), f"{m['size_ratio_vs_runtime_fp32'] * 100:.1f} %", f"{m['accuracy_pct']:.2f}"]
-        cells += [f"{r['throughput_ips']:.0f}", f"{r['throughput_speedup_vs_fp32_eager']:.1f}×"]
-        cells += [f"{r['throughput_speedup_vs_runtime_fp32']:.1f}×", f"{r['latency_ms_p50']:.3f}"]
+        cells += [spread(r, "throughput_ips", ".0f"), f"{r['throughput_speedup_vs_fp32_eager']:.1f}×"]
+        cells += [spread(r, "throughput_speedup_vs_runtime_fp32", ".1f", "×"), spread(r, "latency_ms_p50", ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     machine, isa = metrics["machine"], metrics["machine"]["isa"]
     where = f"{code(machine['name'])} ({escape(machine['cpu'])}, {escape(machine['cores'])} cores; INT8 dot: {escape(isa['int8_dot'])})"
-    lines += ["", f"{t} thread{'s' * (t != 1)}, on {where}."]
+    lines += ["", f"{t} thread{'s' * (t != 1)}, on {where}.{interval_note(metrics)}"]
     return "\n".join(lines)
 
 
@@ -197,7 +216,7 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
             drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"
             interval = f"[{r['accuracy_drop_pp_ci95_low']:+.2f}, {r['accuracy_drop_pp_ci95_high']:+.2f}]"
             cells += [f"{drop} {interval}", f"{r['flips_lost']} / {r['flips_gained']}", f"{r['mcnemar_p']:.3g}"]
-            cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", f"{r[t]['throughput_speedup_vs_runtime_fp32']:.2f}×"]
+            cells += [f"{r['size_ratio_vs_runtime_fp32']:.2f}", spread(r[t], "throughput_speedup_vs_runtime_fp32", ".2f", "×")]
             search = settings.get(method) or {}
             kept = ", ".join(code(layer) for layer in search.get("fp32_layers", [])) or "none"
             cells.append(f"{kept} ({search['validation_drop_pp']:+.2f} pp)" if "fp32_layers" in search else "–")
@@ -218,7 +237,7 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
         f" Speed: batch {escape(batch)}, {t.split('_')[1]} thread{'s' * (t != 'threads_1')}, on {code(machine)}."
         f" Gate: `gate.methods` against {escape(g['max_accuracy_drop_pp'])} pp, speed-up ≥ {escape(g['min_speedup'])},"
         f" size ≤ {escape(g['max_size_ratio'])}"
-        f" ({'enforced' if g['enforce'] else 'recorded, not enforced'})."
+        f" ({'enforced' if g['enforce'] else 'recorded, not enforced'}).{interval_note(metrics)}"
         f" From {code(f'workloads/{name}/')} (`params.yaml`, `metrics/benchmark.json`, `metrics/settings.json`, `metrics/gate.json`).",
     ]
     return "\n".join(lines)

@@ -168,6 +168,14 @@ def test_a_missed_agreement_gets_its_measured_cause_in_one_line(case, threads, e
     assert got["why"] is None or "\n" not in got["why"]
 
 
+def test_a_failing_tool_fails_the_stage_naming_its_command_and_output():
+    from edgequant.stage import StageError
+
+    broken = tools.Tool("fake", "fake", "none", lambda exe, c, s, b, out: ["sh", "-c", "echo refused the model >&2; exit 3"], parse_litert)
+    with pytest.raises(StageError, match=r"(?s)sh -c .* failed \(exit code 3\):\nrefused the model"):
+        vendor.run_tool(broken, "fake", cell("litert"), 0.1, 10.0)
+
+
 def test_cold_start_figures_subtract_the_python_baseline():
     base = coldstart.summarize([{"process_wall_ms": 100.0, "peak_rss_mib": 30.0, "rss_mib": 29.0}] * 3)
     records = [{"import_ms": v, "process_wall_ms": 100.0 + v, "peak_rss_mib": 30.0 + v, "rss_mib": 29.0 + v} for v in (5.0, 1.0, 9.0)]

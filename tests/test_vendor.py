@@ -17,6 +17,7 @@ from edgequant.params import ParamsError
 SAMPLES = Path(__file__).parent / "vendor_samples"
 SCIPY_CASE = ([1000, 1020, 990, 1010, 1005, 995], [1000] * 6, (1.0032849874, 0.9920318798, 1.0146657446))  # scipy.stats.t
 TIGHT = 1e-9
+CORES = 2  # the machine the cause cases are judged on
 T_ROUNDING = 1e-5  # the table holds t to 3 decimals (2.571 for scipy's 2.5706)
 
 
@@ -155,14 +156,19 @@ def runs(harness_ms: float, tool_ms: float, tool_call_ms: float, io_ms=None, cor
         ({"harness_ms": 100, "tool_ms": 90, "tool_call_ms": 89, "io_ms": 9.5}, 1, "input/output copies: "),
         ({"harness_ms": 100, "tool_ms": 80, "tool_call_ms": 99}, 1, "the tool's statistic: "),
         ({"harness_ms": 100, "tool_ms": 50, "tool_call_ms": 50, "cores": 1.02}, 2, "threads: the harness's timed loop kept 1.02 cores"),
-        ({"harness_ms": 100, "tool_ms": 50, "tool_call_ms": 50, "others": 0.9}, 2, "a shared machine: other processes kept 0.90"),
-        ({"harness_ms": 100, "tool_ms": 100, "tool_call_ms": 100, "jitter": 0.2}, 1, "noise: the ratio"),
+        (
+            {"harness_ms": 100, "tool_ms": 50, "tool_call_ms": 50, "others": 0.9},
+            2,
+            "a shared machine: other processes kept 0.90 of 2 cores",
+        ),
+        ({"harness_ms": 100, "tool_ms": 100, "tool_call_ms": 100, "jitter": 0.2}, 1, "noise: the medians differ by 0.0% only"),
+        ({"harness_ms": 100, "tool_ms": 100, "tool_call_ms": 100, "jitter": 0.2, "others": 1.0}, 1, "noise: "),  # a free core left
         ({"harness_ms": 100, "tool_ms": 70, "tool_call_ms": 70, "io_ms": 1.0}, 1, "not explained: harness 100.00 ms"),
     ],
 )
 def test_a_missed_agreement_gets_its_measured_cause_in_one_line(case, threads, expected):
     harness, tool = runs(**case)
-    got = vendor.summarize_cell(cell(threads=threads), harness, tool)
+    got = vendor.summarize_cell(cell(threads=threads), harness, tool, CORES)
     assert got["agrees_within_5pct"] is (expected is None)
     assert (got["why"] is None) if expected is None else got["why"].startswith(expected), got["why"]
     assert got["why"] is None or "\n" not in got["why"]

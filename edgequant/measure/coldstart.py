@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgequant.stage import StageError
 
-CHILD_TIMEOUT_S = 600  # pt2e_x86 compiles with inductor on its first call
+CHILD_TIMEOUT_S = 600  # pt2e_x86 compiles with inductor in its load (8-13 s on 2 busy cores)
 SEED = 0
 BASELINE = "python_baseline"
 

@@ -27,7 +27,7 @@ WORKER_TIMEOUT_S = 600
 TOOL_TIMEOUT_S = 600
 IO_REPEATS = 20  # timed repeats of a runner's input and output conversion alone
 MAX_COLD_START_REPEATS = 100
-BUSY_CORES = 0.25  # other processes' CPU use during a run, in cores, above which the machine counts as shared
+BUSY_CORES = 0.25  # other processes' CPU use (cores) that, beside a run's own threads, makes the machine oversubscribed
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...; all but idle and iowait is work.
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 HARNESS_STATISTIC = "batch / blocked median of torch.utils.benchmark (perf_counter), as metrics/benchmark.json"
@@ -188,13 +188,14 @@ def run_pairs(cells: list[Cell], tools: dict, pairs: int, request_of, context, p
     return runs
 
 
-def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict) -> str:
+def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, cores: int) -> str:
     """One line on why harness and tool disagree, from what the runs measured; "not explained" where they cannot tell.
-    The causes are tried in order: settings, the runner's own copies, the tool's statistic, a shared machine, threads."""
+    The causes are tried in order: settings, the runner's own copies, the tool's statistic, an oversubscribed machine
+    (other processes and the run's threads wanted more than its `cores`), threads, noise."""
     harness_ms = statistics.median(1e3 * cell.batch / r["throughput_ips"] for r in harness)
     tool_ms = statistics.median(1e3 * cell.batch / r["tool_ips"] for r in tool)
     tool_call_ms = statistics.median(r["tool_call_ms_median"] for r in tool)
-    cores = statistics.median(r["cores_busy"] for r in harness)
+    got = statistics.median(r["cores_busy"] for r in harness)
     others = max(statistics.median(r["other_cores_busy"] for r in harness), statistics.median(r["other_cores_busy"] for r in tool))
     io = [r["io_ms"] for r in harness if r["io_ms"] is not None]
     io_ms = statistics.median(io) if io else None
@@ -213,21 +214,21 @@ def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict) -
             f"the tool's statistic: its figure is {tool_ms:.2f} ms per batch ({get_statistic(cell)}), its own median call"
             f" {tool_call_ms:.2f} ms, which the harness's {harness_ms:.2f} ms median matches"
         )
-    if others >= BUSY_CORES:
+    if others + cell.threads > cores + BUSY_CORES:
         return (
-            f"a shared machine: other processes kept {others:.2f} cores busy during the runs (/proc/stat); the per-pair ratios"
-            f" spread {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f} and the harness's loop got {cores:.2f} cores"
+            f"a shared machine: other processes kept {others:.2f} of {cores} cores busy during the runs (/proc/stat); the per-pair"
+            f" ratios spread {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f} and the harness's loop got {got:.2f} cores"
         )
-    if cell.threads > 1 and cores < cell.threads - 0.5 and harness_ms > tool_ms:
-        return f"threads: the harness's timed loop kept {cores:.2f} cores busy (CPU time / wall) with {cell.threads} threads asked for"
+    if cell.threads > 1 and got < cell.threads - 0.5 and harness_ms > tool_ms:
+        return f"threads: the harness's timed loop kept {got:.2f} cores busy (CPU time / wall) with {cell.threads} threads asked for"
     if not apart:
         return (
-            f"noise: the ratio {interval['ratio']:.3f} is within 5 % but its interval is not with {interval['pairs']} pairs"
-            f" (per-pair {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f})"
+            f"noise: the medians differ by {abs(tool_ms / harness_ms - 1):.1%} only, but the per-pair ratios spread"
+            f" {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f}: too wide for {interval['pairs']} pairs to place it within 5 %"
         )
     io_text = f"{io_ms:.2f} ms" if io_ms is not None else "not measured"
     return (
-        f"not explained: harness {harness_ms:.2f} ms per batch ({cores:.2f} cores busy), tool {tool_ms:.2f} ms"
+        f"not explained: harness {harness_ms:.2f} ms per batch ({got:.2f} cores busy), tool {tool_ms:.2f} ms"
         f" (its median call {tool_call_ms:.2f} ms), input/output {io_text}"
     )
 
@@ -238,8 +239,8 @@ def get_statistic(cell: Cell) -> str:
     return get_tool(cell.runtime).statistic
 
 
-def summarize_cell(cell: Cell, harness: list[dict], tool: list[dict]) -> dict:
-    """A cell's medians, per-pair figures, ratio interval and verdict (and its cause where it misses)."""
+def summarize_cell(cell: Cell, harness: list[dict], tool: list[dict], cores: int) -> dict:
+    """A cell's medians, per-pair figures, ratio interval and verdict (and its cause where it misses); `cores`: the machine's."""
     harness_ips = [r["throughput_ips"] for r in harness]
     tool_ips = [r["tool_ips"] for r in tool]
     interval = ratio_interval(harness_ips, tool_ips)
@@ -251,7 +252,7 @@ def summarize_cell(cell: Cell, harness: list[dict], tool: list[dict]) -> dict:
         "tool_ips": statistics.median(tool_ips),
         **interval,
         "agrees_within_5pct": within,
-        "why": None if within else explain(cell, harness, tool, interval),
+        "why": None if within else explain(cell, harness, tool, interval, cores),
         "harness_ips_runs": harness_ips,
         "tool_ips_runs": tool_ips,
         "tool_call_ms_median": statistics.median(r["tool_call_ms_median"] for r in tool),

@@ -99,7 +99,9 @@ def measure_vendor(
             cold = measure_cold_starts(jobs, vendor.cold_start_repeats, Path(tmp), progress)
     ratios: dict[str, dict] = {}
     for cell, sides in runs.items():
-        ratios.setdefault(cell.method, {})[f"threads_{cell.threads}"] = summarize_cell(cell, sides["harness"], sides["tool"])
+        ratios.setdefault(cell.method, {})[f"threads_{cell.threads}"] = summarize_cell(
+            cell, sides["harness"], sides["tool"], os.cpu_count() or 1
+        )
     baseline = summarize(cold.pop(BASELINE))
     return {
         "tools": {runtime: tool.version() if tool.find() else None for runtime, tool in TOOLS.items()},

@@ -106,3 +106,31 @@ def test_a_json_error_writing_the_record_fails_the_stage_and_keeps_the_artifact(
     with pytest.raises(TypeError, match="not JSON serializable"):
         run_quantize(tmp_path)
     assert (tmp_path / "out" / "meta.json").read_text() == good and "refused" not in json.loads(good)
+
+
+# Zeta of a learned value: training needs its derivative in the first argument, which autograd does not have.
+ZETA_HEAD_MODEL = """
+import torch
+from torch import nn
+
+
+class ZetaHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 3)
+
+    def forward(self, x):
+        return torch.special.zeta(self.fc(x.mean(dim=(1, 2, 3)).unsqueeze(1)).abs() + 2.0, torch.ones(1))
+"""
+
+
+def test_qat_on_an_operator_autograd_cannot_differentiate_is_a_refusal_naming_the_runtime(tmp_path):
+    from edgequant.quantize.catalog import Labelled, get_method
+
+    (tmp_path / "zetahead.py").write_text(ZETA_HEAD_MODEL)
+    model = Normalized(construct("zetahead.py:ZetaHead", {}, root=tmp_path), (1, 6, 6), "zetahead.py:ZetaHead").eval()
+    x = torch.rand(8, 1, 6, 6)
+    labelled = Labelled(torch.arange(8) % 3, x, torch.arange(8) % 3, 100.0, 1)
+    with pytest.raises(Unsupported) as exc, runtime_refusals("executorch-xnnpack"):
+        get_method("executorch_xnnpack_qat").export(model, x, x, tmp_path, (1,), labelled=labelled)
+    assert str(exc.value).startswith("executorch-xnnpack: QAT cannot train the model (") and "zeta" in str(exc.value)

@@ -132,9 +132,10 @@ def check_repo_path(path: str, key: str) -> None:
     dependency, and one outside the repository would be neither tracked nor shared."""
     pure = PurePosixPath(path)
     _require(
-        not pure.is_absolute() and ".." not in pure.parts and "\\" not in path and REPO_PATH.fullmatch(path) is not None,
+        not pure.is_absolute() and ".." not in pure.parts and "\\" not in path,
         f"{key} {path!r} must be a path inside the repository, relative to its root (e.g. examples/models/resnet8.py)",
     )
+    _require(REPO_PATH.fullmatch(path) is not None, f"{key} {path!r}: {REPO_PATH_RULE}; rename the file or folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +202,7 @@ OPTIMIZERS = ("adadelta", "adam")
 MAX_CHANNELS = 3
 # A path as dvc.yaml may name it: plain characters, no shell or YAML syntax (it reaches derived stage deps).
 REPO_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
+REPO_PATH_RULE = "a path of letters, digits, '_', '.', '-' and '/' only (no spaces), up to 255 characters, not starting with '-'"
 
 
 def is_import_path(model: str) -> bool:

@@ -25,7 +25,7 @@ def user_deps(params: dict, root: Path = Path(".")) -> dict[str, list[str]]:
     train, download = params.get("train") or {}, params.get("download") or {}
     deps: dict[str, list[str]] = {}
     model, checkpoint, data = train.get("model"), train.get("checkpoint"), download.get("path")
-    with naming_errors("train.model"):
+    with naming_errors():
         if isinstance(model, str) and is_import_path(model):
             file = model.rpartition(":")[0]
             check_repo_path(file, "train.model")
@@ -43,7 +43,8 @@ def user_deps(params: dict, root: Path = Path(".")) -> dict[str, list[str]]:
 
 
 @contextlib.contextmanager
-def naming_errors(key: str):
+def naming_errors():
+    """A ParamsError as the ValueError of a file's dependencies, without the params file's name (the caller names it)."""
     try:
         yield
     except ParamsError as exc:
@@ -61,7 +62,7 @@ def module_files(file: str, root: Path = Path(".")) -> list[str]:
         found.append(current)
         package = PurePosixPath(current).parent
         try:
-            tree = ast.parse((root / current).read_text())
+            tree = ast.parse((root / current).read_bytes())  # bytes: the file's own coding declaration decides
         except SyntaxError as exc:
             raise ValueError(f"{current}: not valid Python ({exc.msg}, line {exc.lineno})") from exc
         for node in ast.walk(tree):

@@ -53,7 +53,18 @@ def write_split(images: np.ndarray, labels: np.ndarray, folder: Path) -> int:
     return len(images)
 
 
+def check_replaceable(out: Path) -> None:
+    """`out` is absent, or a folder holding train/ and test/ at most: replacing it whole must lose nothing else."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ValueError(f"{out}: a file or a link, not a folder; --out names the image folder to write (replaced whole)")
+    if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in ("train", "test") or not p.is_dir())):
+        raise ValueError(
+            f"{out}: holds {', '.join(other)}, which replacing the folder would delete; give a new folder or one of train/, test/"
+        )
+
+
 def export(out: Path, train_per_class: int | None, test_per_class: int | None) -> dict[str, int]:
+    check_replaceable(out)
     dataset = DATASETS["fashion_mnist"]
     written = {}
     with tempfile.TemporaryDirectory() as raw, atomic_dir(out) as tmp:

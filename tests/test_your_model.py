@@ -150,7 +150,8 @@ def test_a_state_dict_checkpoint_with_no_epochs_is_evaluated_as_it_is(tmp_path, 
     write_model(tmp_path)
     monkeypatch.chdir(tmp_path)
     torch.save(construct("usermodels/tinynet.py:TinyNet", {}).state_dict(), tmp_path / "start.pt")
-    model, history = train_on(tmp_path, monkeypatch, {}, checkpoint="start.pt", epochs=0)
+    # The network's state dict alone: the normalization it was trained with is given (train.mean and train.std).
+    model, history = train_on(tmp_path, monkeypatch, {}, checkpoint="start.pt", epochs=0, mean=[0.5] * 3, std=[0.25] * 3)
     assert [h["epoch"] for h in history] == [0] and model.INPUT_SHAPE == (3, SIDE, SIDE)
 
 

@@ -4,7 +4,8 @@ An image folder holds `train/` and `test/`, each with one subfolder per class (t
 holding PNG or JPEG files, read through Pillow. An .npz holds `x_train`, `y_train`, `x_test`, `y_test`: images
 N×C×H×W or N×H×W×C (or N×H×W, one channel), uint8 or float, and integer labels. Either way every image has
 the same size and 1 or 3 channels, and the import gives what the prepare stage reads: images N×C×H×W (uint8
-as they were, floats as float32) and int64 labels.
+as they were, floats as float32) and int64 labels. Every file read is a regular file, not a link, and every path
+resolves inside the repository: a link to /dev/zero or out of the checkout would be data DVC neither tracks nor bounds.
 
 Images of a folder are ordered by the SHA-256 of their file's bytes, not by name: renaming a file leaves the
 import byte-identical, so nothing after the download stage re-runs, and the split mixes its classes in an order
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +32,7 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 CHANNELS = (1, 3)
+MAX_CLASSES = 1 << 16  # class indices of an .npz: far above any classifier here, and each class gets a name in memory
 # Every prepared split is read back whole through edgequant.artifacts (at most MAX_ARTIFACT_BYTES per file);
 # the import refuses what could not be read back, with room for the archive's own records.
 MAX_SPLIT_BYTES = MAX_ARTIFACT_BYTES - (1 << 20)
@@ -42,21 +47,41 @@ class DataError(ValueError):
     """The user's data cannot be imported as it is: one line naming the file and the fix."""
 
 
-def import_dataset(kind: str, path: Path) -> dict[str, dict]:
-    """{"train": {...}, "test": {...}, "classes": [...]} for the data at `path`: each split's "images" (numpy
-    N×C×H×W) and "labels" (int64), and the class names (folder names, or "0".."K-1" for arrays)."""
+def import_dataset(kind: str, path: Path, repo: Path = Path(".")) -> dict[str, dict]:
+    """{"train": {...}, "test": {...}, "classes": [...]} for the data at `path` in the repository `repo` (where stages
+    run): each split's "images" (numpy N×C×H×W), "labels" (int64), and class names (folder names, or "0".."K-1")."""
     if kind == "folder":
-        return import_folder(path)
+        return import_folder(path, repo)
     if kind == "npz":
-        return import_npz(path)
+        return import_npz(path, repo)
     raise DataError(f"unknown local dataset kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def check_inside(path: Path, repo: Path) -> None:
+    """`path` resolves inside `repo`: a link out of the checkout is data no one else has."""
+    if not path.resolve().is_relative_to(repo.resolve()):
+        raise DataError(f"{path}: resolves to {path.resolve()}, outside the repository {repo.resolve()}; copy the data into it")
+
+
+def open_regular(path: Path, what: str) -> io.BufferedReader:
+    """`path` opened for reading: a regular file, not a link (opened with O_NOFOLLOW, so none is swapped in between)."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        raise DataError(f"{path}: a symbolic link; {what} must be a regular file: copy the file in place of the link")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a folder, FIFO, socket or device); {what} must be a regular file")
+    f = open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")  # noqa: SIM115 - the caller closes it
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since lstat
+        f.close()
+        raise DataError(f"{path}: not a regular file; {what} must be a regular file")
+    return f
 
 
 # --- image folders
 
 
-def class_folders(split_dir: Path) -> list[Path]:
-    """The class subfolders of `split_dir`, sorted by name (a class's label is its index here)."""
+def class_folders(split_dir: Path, repo: Path) -> list[Path]:
+    """The class subfolders of `split_dir`, sorted by name (a class's label is its index here), each inside `repo`."""
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: no such folder; an image folder holds train/ and test/, each with one subfolder per class")
     entries = [p for p in sorted(split_dir.iterdir()) if not p.name.startswith(".")]
@@ -65,6 +90,8 @@ def class_folders(split_dir: Path) -> list[Path]:
         raise DataError(f"{files[0]}: a file beside the class folders of {split_dir}; put each image in its class's subfolder")
     if not entries:
         raise DataError(f"{split_dir}: no class folders; put each class's images in a subfolder named after the class")
+    for folder in (split_dir, *entries):
+        check_inside(folder, repo)
     return entries
 
 
@@ -86,9 +113,10 @@ def decode(path: Path) -> tuple[np.ndarray, bytes]:
     """The pixels of one image file as uint8 H×W×C, and the file's bytes; a one-line DataError for anything unreadable."""
     from PIL import Image, UnidentifiedImageError
 
-    if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
-        raise DataError(f"{path}: {path.stat().st_size} bytes, more than an image file here may hold ({MAX_IMAGE_FILE_BYTES})")
-    data = path.read_bytes()
+    with open_regular(path, "an image") as f:
+        data = f.read(MAX_IMAGE_FILE_BYTES + 1)  # no more: a file past the limit is refused unread
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise DataError(f"{path}: more than the {MAX_IMAGE_FILE_BYTES} bytes an image file here may hold; use a smaller image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -112,9 +140,9 @@ def _describe(shape: tuple[int, ...]) -> str:
     return f"{w}×{h} {'RGB' if c == 3 else 'grey'}"
 
 
-def read_split(split_dir: Path, classes: list[str]) -> dict[str, np.ndarray]:
+def read_split(split_dir: Path, classes: list[str], repo: Path) -> dict[str, np.ndarray]:
     """Every image of one split folder, ordered by content, with its class index; one size and channel count for all."""
-    found = [p.name for p in class_folders(split_dir)]
+    found = [p.name for p in class_folders(split_dir, repo)]
     if found != classes:
         extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
         what = f"has class folders {extra} that train/ lacks" if extra else f"lacks the class folders {missing} of train/"
@@ -139,11 +167,14 @@ def read_split(split_dir: Path, classes: list[str]) -> dict[str, np.ndarray]:
     return {"images": np.ascontiguousarray(images), "labels": np.array([item[1] for item in items], dtype=np.int64)}
 
 
-def import_folder(root: Path) -> dict[str, dict]:
+def import_folder(root: Path, repo: Path | None = None) -> dict[str, dict]:
+    """The image folder `root`; every path in it resolves inside `repo` (by default `root` itself)."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (download.path names a folder holding train/ and test/)")
-    classes = [p.name for p in class_folders(root / "train")]
-    train, test = read_split(root / "train", classes), read_split(root / "test", classes)
+    repo = root if repo is None else repo
+    check_inside(root, repo)
+    classes = [p.name for p in class_folders(root / "train", repo)]
+    train, test = read_split(root / "train", classes, repo), read_split(root / "test", classes, repo)
     check_same_shape(train["images"], test["images"], root)
     return {"train": train, "test": test, "classes": classes}
 
@@ -151,24 +182,29 @@ def import_folder(root: Path) -> dict[str, dict]:
 # --- .npz arrays
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path, repo: Path) -> dict[str, np.ndarray]:
     """The four arrays of an .npz, each header checked against the bytes present before numpy allocates it, and
     no pickled object arrays (np.load would need allow_pickle)."""
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise DataError(f"{path}: no such file (download.path names an .npz holding {', '.join(NPZ_KEYS)})")
+    check_inside(path, repo)
+    file = open_regular(path, "an .npz")
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError) as exc:
+        file.close()
         raise DataError(f"{path}: not an .npz archive ({exc}); save it with numpy.savez or numpy.savez_compressed") from exc
-    with archive:
-        names = [n.removesuffix(".npy") for n in archive.namelist()]
+    with file, archive:
+        members = {n.removesuffix(".npy"): n for n in archive.namelist()}  # numpy.savez adds .npy; a member may lack it
+        members |= {n: n for n in archive.namelist() if n in NPZ_KEYS}  # as numpy.load: the exact name first
+        names = list(members)
         missing = [k for k in NPZ_KEYS if k not in names]
         if missing:
             raise DataError(
                 f"{path}: no {', '.join(missing)} (it holds {', '.join(names) or 'nothing'}); an .npz for edgequant holds"
                 f" {', '.join(NPZ_KEYS)}: numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
             )
-        return {key: _read_member(archive, f"{key}.npy", path) for key in NPZ_KEYS}
+        return {key: _read_member(archive, members[key], path) for key in NPZ_KEYS}
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
@@ -183,7 +219,9 @@ def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
             raise DataError(f"{path}: {name} is not a .npy array ({exc})") from exc
         if dtype.hasobject:
             raise DataError(f"{path}: {name} holds Python objects (pickled); store images and labels as numeric arrays")
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if any(d < 0 for d in shape):
+            raise DataError(f"{path}: {name} declares shape {shape}, a negative dimension: a damaged or forged archive")
+        size = math.prod(shape) * dtype.itemsize  # Python integers: a product past int64 cannot wrap under the cap
         if size > MAX_SPLIT_BYTES:
             raise DataError(f"{path}: {name} declares {size >> 20} MiB; edgequant reads at most {MAX_SPLIT_BYTES >> 20} MiB per split")
         data = f.read(size + 1)
@@ -196,6 +234,8 @@ def to_nchw(x: np.ndarray, where: str) -> np.ndarray:
     """N×C×H×W from N×C×H×W, N×H×W×C or N×H×W, with C 1 or 3."""
     if x.ndim == 3:
         return x[:, None]
+    if x.ndim == 4 and x.shape[1] in CHANNELS and x.shape[3] in CHANNELS:
+        raise DataError(f"{where}: images of shape {x.shape} read both as N×C×H×W and as N×H×W×C; give N×C×H×W, W not 1 or 3")
     if x.ndim == 4 and x.shape[1] in CHANNELS:
         return x
     if x.ndim == 4 and x.shape[3] in CHANNELS:
@@ -226,6 +266,8 @@ def check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: {n} images but {len(y)} labels")
     if y.min() < 0:
         raise DataError(f"{where}: label {y.min()}; class indices start at 0")
+    if y.max() >= MAX_CLASSES:  # compared before the cast: a uint64 past int64 would wrap to a negative index
+        raise DataError(f"{where}: label {y.max()}; class indices are 0..{MAX_CLASSES - 1} at most, one per class")
     return y.astype(np.int64)
 
 
@@ -234,14 +276,17 @@ def check_same_shape(train: np.ndarray, test: np.ndarray, where: Path) -> None:
         raise DataError(f"{where}: training images are {train.shape[1:]} (C×H×W) but test images {test.shape[1:]}: give both one shape")
 
 
-def import_npz(path: Path) -> dict[str, dict]:
-    arrays = read_npz(path)
+def import_npz(path: Path, repo: Path | None = None) -> dict[str, dict]:
+    """The .npz `path`, a regular file resolving inside `repo` (by default its own folder)."""
+    arrays = read_npz(path, path.parent if repo is None else repo)
     splits = {}
     for split in SPLITS:
         where = f"{path}: x_{split}"
         images = check_images(to_nchw(arrays[f"x_{split}"], where), where)
         splits[split] = {"images": images, "labels": check_labels(arrays[f"y_{split}"], len(images), f"{path}: y_{split}")}
     check_same_shape(splits["train"]["images"], splits["test"]["images"], path)
+    if unseen := sorted(set(splits["test"]["labels"].tolist()) - set(splits["train"]["labels"].tolist())):
+        raise DataError(f"{path}: y_test holds classes {unseen} that y_train lacks; a model cannot learn them: add their training images")
     classes = int(max(splits["train"]["labels"].max(), splits["test"]["labels"].max())) + 1
     return {**splits, "classes": [str(k) for k in range(classes)]}
 

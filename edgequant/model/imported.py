@@ -7,6 +7,7 @@ feeds plain [0, 1] pixels whatever the model. Every failure is one line naming t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 import sys
@@ -37,13 +38,36 @@ def split_import_path(model: str) -> tuple[str, str]:
     return file, name
 
 
-def module_name(file: str) -> str:
+def module_name(file: str, root: Path = Path(".")) -> str:
     """The name the file is imported under: its dotted path where every part is an identifier (so the module's
-    absolute and relative imports of its neighbours work), else a name of its own."""
+    absolute and relative imports of its neighbours work) and no other module has it (copy.py must not replace the
+    standard library's copy), else a name of its own."""
     parts = PurePosixPath(file).with_suffix("").parts
-    if all(IDENTIFIER.fullmatch(p) for p in parts):
+    path = root / file
+    if all(IDENTIFIER.fullmatch(p) for p in parts) and not taken(".".join(parts), path, root):
         return ".".join(parts)
-    return "edgequant_model_" + re.sub(r"\W", "_", file.removesuffix(".py"))
+    own = "edgequant_model_" + re.sub(r"\W", "_", file.removesuffix(".py"))
+    return own if not taken(own, path, root) else f"{own}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+
+
+def taken(name: str, path: Path, root: Path) -> bool:
+    """Whether `name` is another module's: loaded from another file, or its top-level name the standard library's or
+    found outside the repository `root` (an installed package)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() != path.resolve():
+        return True
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return True
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return True
+    if spec is None:
+        return False
+    if spec.origin in (None, "namespace"):  # a namespace package: taken unless the repository's folder is one of its places
+        return not any(Path(p).resolve().is_relative_to(root.resolve()) for p in spec.submodule_search_locations or [])
+    return not Path(spec.origin).resolve().is_relative_to(root.resolve())
 
 
 def _where(exc: BaseException, path: Path) -> str:
@@ -64,7 +88,7 @@ def import_module(file: str, model: str, root: Path = Path(".")):
     path = root / file
     if not path.is_file():
         raise ValueError(f"train.model {model}: no such file {file} (paths are relative to the repository root)")
-    name = module_name(file)
+    name = module_name(file, root)
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
         return loaded

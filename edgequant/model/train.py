@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from edgequant.data.splits import class_count, input_shape, to_input
-from edgequant.model.zoo import Classifier, ModelSpec, build_model, load_state, read_state, spec_from
+from edgequant.model.zoo import NUM_CLASSES, Classifier, ModelSpec, build_model, load_state, read_state, spec_from
 from edgequant.params import TrainParams
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -128,6 +128,7 @@ def normalization(params: TrainParams, spec: ModelSpec, x_train: torch.Tensor) -
 
 
 CHECKPOINT_REMEDY = "train.checkpoint must be a state dict: torch.save(model.state_dict(), path)"
+WRAPPER_KEYS = {"mean", "std"}  # the state dict keys of an imported model's own buffers (Normalized); its network's are net.*
 
 
 def initial_model(params: TrainParams, spec: ModelSpec, x_train: torch.Tensor) -> Classifier:
@@ -139,8 +140,14 @@ def initial_model(params: TrainParams, spec: ModelSpec, x_train: torch.Tensor) -
     model = build_model(spec, **hyper)
     if params.checkpoint:
         state = read_state(params.checkpoint, CHECKPOINT_REMEDY)
-        # The network's own state dict; the whole model's (an earlier models/fp32.pt, with its normalization) also loads.
-        whole = not spec.imported or any(str(k).startswith("net.") for k in state)
+        # The network's own state dict; the whole model's (an earlier models/fp32.pt, with its normalization) also loads:
+        # told apart by the wrapper's keys, not by a prefix "net." that a network's own submodule may carry.
+        whole = not spec.imported or (state.keys() >= WRAPPER_KEYS and all(k in WRAPPER_KEYS or str(k).startswith("net.") for k in state))
+        if not whole and params.epochs == 0 and not params.mean:
+            raise ValueError(
+                f"{params.checkpoint}: a state dict of the network alone carries no input normalization, and train.epochs 0"
+                " adapts none: give train.mean and train.std, the values the network was trained with"
+            )
         load_state(params.checkpoint, model if whole else model.net, CHECKPOINT_REMEDY, state)
     return model
 
@@ -161,9 +168,14 @@ def check_on_data(model: Classifier, spec: ModelSpec, x: torch.Tensor) -> None:
     expected = (len(x), spec.classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        fix = (
+            f"set its class count (train.model_args) to {spec.classes}"
+            if spec.imported
+            else f"a built-in model scores {NUM_CLASSES} classes: give labels 0..{NUM_CLASSES - 1}, or a model of your own (file.py:Class)"
+        )
         raise ValueError(
             f"train.model {spec} gives {got} for {len(x)} images, but the labels have {spec.classes} classes (0..{spec.classes - 1}):"
-            f" it must give {expected}; set its class count (train.model_args) to {spec.classes}"
+            f" it must give {expected}; {fix}"
         )
 
 

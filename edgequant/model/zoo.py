@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 NUM_CLASSES = 10
+MAX_DETAIL = 400  # characters of torch's account of a state dict that does not fit: its heading and first finding
 
 
 _MODELS: dict[str, type[nn.Module]] = {}
@@ -237,7 +238,9 @@ def load_state(path: str, model: nn.Module, remedy: str, state: dict | None = No
         model.load_state_dict(state)
     except RuntimeError as exc:
         name = getattr(model, "NAME", "") or type(model).__name__
-        raise ValueError(f"{path}: weights do not fit model {name!r} (another train.model?): {str(exc).splitlines()[0]}; {remedy}") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # a heading, then which key or shape
+        detail = " ".join(lines[:2])[:MAX_DETAIL]
+        raise ValueError(f"{path}: weights do not fit model {name!r} (another train.model?): {detail}; {remedy}") from exc
     return model.eval()
 
 

@@ -6,22 +6,36 @@ runtime takes it. Stages measure and only the gate judges, so that method's quan
 methods it measured, and the gate fails a gated method that was refused: a candidate that cannot be built cannot
 ship, and a release must drop it from `gate.methods` by choice, not pass without it unnoticed.
 
-Which failures are the runtime's: an exception raised inside a third-party package (the converter, torch.export,
-the user's model under tracing). One raised by edgequant's own code is a defect or a refused input and stops the
-stage as before; so do a full disk (OSError) and memory exhaustion.
+Which failures are the runtime's: those raised in a runtime's own package (RUNTIME_PACKAGES: its converter,
+quantizer or interpreter, or torch's exporters) or in the user's model files, never in edgequant's code. The frames
+on the stack when it was raised decide (`verdict`): edgequant's code that a runtime called (a forward it traces, a
+hook) and that failed is edgequant's defect, as is anything edgequant raised itself (an input it refuses, a missing
+runtime); so is an exception any of whose causes is. Those stop the stage as before, and so do a full disk (OSError),
+memory exhaustion, and an exception that passed through no runtime or model code. Only the export call is wrapped:
+recording a good export is edgequant's alone, and a failure there must not replace the artifact with a refusal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import json
 import re
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1]  # edgequant/
-OPERATOR = re.compile(r"\b(aten(?:::|\.)[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)")
+PACKAGES = tuple(Path(__file__).resolve().parents[2] / name for name in ("edgequant", "stages"))  # edgequant's own code
+# The third-party code whose failure on a model is a runtime's refusal of it: each runtime's converter, quantizer and
+# interpreter, and torch's exporters (torch.export, the dynamo tracer beneath it, torch.onnx, inductor, eager quantization).
+# Torch's core (its ops, fx, fake tensors) is none of them: a failure there counts for the code that called it.
+RUNTIME_PACKAGES = (
+    "onnxruntime", "onnx", "onnxscript", "openvino", "nncf", "ai_edge_litert", "litert_torch", "tensorflow", "executorch", "torchao",
+    "torch.export", "torch._export", "torch._dynamo", "torch.onnx", "torch._inductor", "torch.ao.quantization",
+)  # fmt: skip
+OPERATOR = re.compile(r"\b((?:aten|prims)(?:::|\.)[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the ONNX exporter colours its messages for a terminal
 MAX_REASON = 300  # characters of the runtime's own message kept in the one line
 
 
@@ -29,30 +43,87 @@ class Unsupported(ValueError):
     """A runtime's converter cannot take the model; the message is one line without the method's name."""
 
 
-def raised_by_edgequant(exc: BaseException) -> bool:
-    """Whether the innermost frame of `exc`'s traceback is edgequant's own code."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE)
+@functools.cache
+def runtime_dirs() -> tuple[Path, ...]:
+    """The folders of the RUNTIME_PACKAGES installed here."""
+    found = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # a parent package that fails to import: none of its frames can be on a stack
+            continue
+        if spec is not None:  # None: not installed
+            found += [Path(p).resolve() for p in spec.submodule_search_locations or []]
+    return tuple(found)
+
+
+def owner(filename: str, model_files: frozenset[Path]) -> str | None:
+    """Whose code a frame's file is: "edgequant", "runtime", "model" (the user's model files), or None (any other)."""
+    path = Path(filename).resolve()
+    if path in model_files:
+        return "model"
+    if any(path.is_relative_to(d) for d in PACKAGES):
+        return "edgequant"
+    return "runtime" if any(path.is_relative_to(d) for d in runtime_dirs()) else None
+
+
+def verdict(owners: list[str | None]) -> str | None:
+    """Whose failure it is, from the owners of the frames on the stack when it was raised (outermost first): the
+    innermost frame of edgequant or the model decides. The model's: a "refusal". Edgequant's: "edgequant" where a
+    runtime frame lies above it (the runtime called edgequant's code, a forward or a hook, and that failed) or none
+    lies below it (edgequant raised it); a "refusal" where edgequant called the runtime and it failed in its own code.
+    With neither, a "refusal" when a runtime frame is there, else None."""
+    runtime = [i for i, o in enumerate(owners) if o == "runtime"]
+    decides = [i for i, o in enumerate(owners) if o in ("edgequant", "model")]
+    if not decides:
+        return "refusal" if runtime else None
+    last = decides[-1]
+    if owners[last] == "model":
+        return "refusal"
+    return "edgequant" if any(i < last for i in runtime) or not any(i > last for i in runtime) else "refusal"
+
+
+def is_refusal(exc: BaseException, model_files: Iterable[str | Path] = ()) -> bool:
+    """Whether `exc` is a runtime's refusal of the model: no exception of its chain (`chain`) is edgequant's, and one
+    is a refusal (`verdict`). A cause is judged on the frames above the handler that caught it as well as its own."""
+    files = frozenset(Path(f).resolve() for f in model_files)
+    stack: list[str | None] = []
+    verdicts = []
+    for link in chain(exc):
+        stack += [owner(frame.filename, files) for frame in traceback.extract_tb(link.__traceback__)]
+        verdicts.append(verdict(stack))
+    return "edgequant" not in verdicts and "refusal" in verdicts
+
+
+def chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first, as a traceback prints them."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
 def reason(exc: BaseException) -> str:
-    """One line: the operator the runtime named, when it named one, and the first line of its message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    """One line: the operator the runtime named (in its message or those of its causes), when it named one, and the
+    first line of its message (terminal colours dropped)."""
+    lines = [line.strip() for line in ANSI.sub("", str(exc)).splitlines() if line.strip()]
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    operator = OPERATOR.search(str(exc))
+    operator = next((found for e in chain(exc) if (found := OPERATOR.search(str(e)))), None)
     head = f"operator {operator.group(1)} unsupported" if operator else "the model is unsupported"
     return f"{head} ({text[:MAX_REASON]})"
 
 
 @contextlib.contextmanager
-def runtime_refusals(runtime: str) -> Iterator[None]:
-    """Turn an exception a third-party package raised into Unsupported naming `runtime`; re-raise anything else."""
+def runtime_refusals(runtime: str, model_files: Iterable[str | Path] = ()) -> Iterator[None]:
+    """Turn a runtime's refusal of the model (`is_refusal`; `model_files`: the user's model module and the modules of
+    the repository it imports) into Unsupported naming `runtime`; re-raise anything else."""
     try:
         yield
     except (MemoryError, OSError, RecursionError):
         raise
-    except Exception as exc:  # noqa: BLE001 - every runtime raises its own classes; only those raised outside edgequant are refusals
-        if isinstance(exc, Unsupported) or raised_by_edgequant(exc):
+    except Exception as exc:  # noqa: BLE001 - every runtime raises its own classes; only those is_refusal finds are refusals
+        if isinstance(exc, Unsupported) or not is_refusal(exc, model_files):
             raise
         raise Unsupported(f"{runtime}: {reason(exc)}") from exc
 

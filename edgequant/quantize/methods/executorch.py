@@ -18,6 +18,7 @@ from edgequant.model.layers import layer_outputs
 from edgequant.model.zoo import Classifier
 from edgequant.quantize.catalog import Exported, Labelled, add_method, register
 from edgequant.quantize.methods.pt2e import calibrate_and_convert, drop_unused_attributes, export_static, quantized_layer_sqnr
+from edgequant.quantize.refusal import Unsupported
 from edgequant.quantize.search import Trial, keep_fp32, logits_of, score, summary
 
 
@@ -167,7 +168,11 @@ def _fine_tune_and_convert(model: Classifier, labelled: Labelled, calib: torch.T
         for i in range(0, len(order) - 1, 64):  # a last batch of one image would break BatchNorm's batch statistics
             idx = order[i : i + 64]
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(prepared(calib[idx]), labelled.calib_labels[idx]).backward()
+            loss = torch.nn.functional.cross_entropy(prepared(calib[idx]), labelled.calib_labels[idx])
+            try:
+                loss.backward()
+            except NotImplementedError as exc:  # autograd has no derivative for one of the model's operators: QAT cannot train it
+                raise Unsupported(f"executorch-xnnpack: QAT cannot train the model ({str(exc).strip().splitlines()[0]})") from exc
             optimizer.step()
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)

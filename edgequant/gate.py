@@ -17,34 +17,43 @@ class Check:
     at_least: bool  # the limit is a minimum (speed-up) rather than a maximum (accuracy drop, size)
     note: str = ""  # what else a reader needs to judge the value (for accuracy: is the drop noise?)
     refused: str = ""  # the runtime refused the model (edgequant/quantize/refusal.py): nothing to ship, so the check fails
-    # The measured value's 95 % interval over the benchmark's repeats (edgequant/measure/intervals.py); a minimum is then
-    # met by the interval's low end, so a candidate passes only where it is credibly fast enough. None: a single run.
+    # The measured value's 95 % interval over the benchmark's repeats (edgequant/measure/intervals.py). A minimum then fails
+    # only where the whole interval lies below it: with 6 repeats on a shared 2-core machine the interval of a 1.6x
+    # speed-up reached down to 1.16-1.19, and holding its low end to 1.3 changed the verdict from one run to the next
+    # (docs/machines.md). An interval that straddles the limit is "within noise" and passes, saying so. None: a single run.
     ci95_low: float | None = None
     ci95_high: float | None = None
 
     @property
-    def judged(self) -> float | None:
-        """The value held to the limit: the interval's low end for a minimum where there is an interval, else the value."""
-        return self.ci95_low if self.at_least and self.ci95_low is not None and self.measured is not None else self.measured
+    def interval(self) -> tuple[float, float] | None:
+        return (self.ci95_low, self.ci95_high) if self.ci95_low is not None and self.ci95_high is not None else None
+
+    @property
+    def within_noise(self) -> bool:
+        """A minimum whose interval straddles the limit: the repeats cannot tell whether it is met."""
+        return self.at_least and self.interval is not None and self.measured is not None and self.ci95_low < self.limit <= self.ci95_high
 
     @property
     def passed(self) -> bool:
-        if self.judged is None or self.refused:
+        if self.measured is None or self.refused:
             return False
-        return self.judged >= self.limit if self.at_least else self.judged <= self.limit
+        if self.at_least and self.interval is not None:
+            return self.ci95_high >= self.limit  # fails only where the interval shows it below the limit
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
 
     def describe(self) -> str:
         if self.refused:
             what = f"refused by its runtime, nothing to ship ({self.refused})"
             return f"FAIL: {self.method}: {what}; drop it from {self.param} or change the model"
-        verdict = "ok" if self.passed else "FAIL"
+        verdict = ("ok (within noise)" if self.within_noise else "ok") if self.passed else "FAIL"
         bound = ">=" if self.at_least else "<="
         value = "missing from the benchmark's metrics" if self.measured is None else f"{self.measured:.4g}"
         note = f" [{self.note}]" if self.note else ""
-        if self.measured is not None and self.ci95_low is not None and self.ci95_high is not None:
+        if self.measured is not None and self.interval is not None:
             value += f" (95 % interval {self.ci95_low:.4g}–{self.ci95_high:.4g})"
-            limit = f"its low end {bound} {self.limit:g}" if self.at_least else f"limit {bound} {self.limit:g}"
-            return f"{verdict}: {self.method}: {self.what} {value}, {limit} ({self.param}){note}"
+            if self.at_least:
+                where = "straddles" if self.within_noise else ("lies above" if self.passed else "lies below")
+                return f"{verdict}: {self.method}: {self.what} {value}, the interval {where} {self.limit:g} ({self.param}){note}"
         return f"{verdict}: {self.method}: {self.what} {value}, limit {bound} {self.limit:g} ({self.param}){note}"
 
 
@@ -121,8 +130,8 @@ def check(metrics: dict, gate: GateParams) -> list[Check]:
 
 
 def speedup_check(measured: dict, name: str, key: str, limit: float) -> Check:
-    """The batch speed-up over the method's own-runtime FP32 at one thread count, held to the limit by its interval's
-    low end; a record without an interval (a single run, or metrics made before the repeats) by the value itself.
+    """The batch speed-up over the method's own-runtime FP32 at one thread count: it fails where its interval lies below
+    the limit; a record without an interval (a single run, or metrics made before the repeats) is held by its value.
     Half an interval is no interval: the check fails and says so, rather than quietly judging the point."""
     metric = "throughput_speedup_vs_runtime_fp32"
     value = _value(measured, name, key, metric)
@@ -150,5 +159,5 @@ def report(checks: list[Check], require: str = "all") -> dict:
         "require": require,
         "shippable": ships,
         "failures": sum(not c.passed for c in checks),
-        "checks": [{**dataclasses.asdict(c), "passed": c.passed} for c in checks],
+        "checks": [{**dataclasses.asdict(c), "passed": c.passed, "within_noise": c.within_noise} for c in checks],
     }

@@ -312,6 +312,10 @@ def fleet(tiny_origin, tmp_path_factory):
         for key, value in (("endpointurl", s3.endpoint), ("region", REGION), ("verify", "true")):
             sh(["dvc", "remote", "modify", "s3", key, value], lead, env)
         sh(["dvc", "remote", "remove", "storage"], lead, env)
+        if any(key in tiny_origin.env for key in CAPS):
+            # The suite runs under an ISA cap: the shared origin was measured as the capped machine. The lead measures
+            # main again as the uncapped one, the machine the plain worker is, so the capped worker stays another.
+            sh(["dvc", "repro"], lead, env)
         sh(["git", "commit", "-qam", "share results through S3"], lead, env)
         sh(["git", "init", "-q", "--bare", "-b", "main", str(bare)], base, env)
         sh(["git", "remote", "add", "origin", str(bare)], lead, env)

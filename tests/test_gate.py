@@ -170,16 +170,20 @@ def with_interval(low: float, high: float, point: float = 2.5) -> dict:
     return m
 
 
-def test_a_speedup_passes_only_when_its_intervals_low_end_meets_the_limit():
-    """Median 2.5 against a limit of 2: credibly fast enough when the repeats' interval starts at 2.1, not at 1.8."""
-    low_ok, low_short = check(with_interval(2.1, 2.9), GATE)[2], check(with_interval(1.8, 2.9), GATE)[2]
-    assert low_ok.passed and not low_short.passed
-    assert low_short.describe() == (
-        "FAIL: onnx_qdq_int8: throughput speed-up vs own-runtime fp32 at 1 thread(s) 2.5 (95 % interval 1.8–2.9),"
-        " its low end >= 2 (gate.min_speedup)"
+def test_a_speedup_fails_only_where_its_whole_interval_lies_below_the_limit():
+    """Median 2.5 against a limit of 2: above it from 2.1 up, within noise from 1.8 (the verdict the repeats cannot
+    settle passes, saying so), below it only when the whole interval is under 2, whatever the median."""
+    above, straddling = check(with_interval(2.1, 2.9), GATE)[2], check(with_interval(1.8, 2.9), GATE)[2]
+    assert above.passed and not above.within_noise
+    assert straddling.passed and straddling.within_noise
+    assert straddling.describe() == (
+        "ok (within noise): onnx_qdq_int8: throughput speed-up vs own-runtime fp32 at 1 thread(s) 2.5 (95 % interval 1.8–2.9),"
+        " the interval straddles 2 (gate.min_speedup)"
     )
-    recorded = report([low_short])["checks"][0]
-    assert (recorded["measured"], recorded["ci95_low"], recorded["ci95_high"]) == (2.5, 1.8, 2.9)
+    below = check(with_interval(1.5, 1.9), GATE)[2]  # the median (2.5) meets the limit; the interval shows it does not
+    assert not below.passed and "the interval lies below 2" in below.describe()
+    recorded = report([straddling])["checks"][0]
+    assert (recorded["measured"], recorded["ci95_low"], recorded["ci95_high"], recorded["within_noise"]) == (2.5, 1.8, 2.9, True)
 
 
 def test_a_record_without_an_interval_is_judged_on_its_value_and_half_an_interval_fails():

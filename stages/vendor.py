@@ -9,7 +9,6 @@ from edgequant import stage
 from edgequant.data.splits import load_prepared
 from edgequant.files import require_free_space, write_json, write_text
 from edgequant.measure.processes import clamp_threads
-from edgequant.measure.vendor import load_vendor_params
 from edgequant.measure.vendorplan import measure_vendor
 from edgequant.quantize.catalog import get_method
 from edgequant.quantize.refusal import refusals
@@ -30,12 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         require_free_space(args.out, args.md)
         everything = load_all(args.params)
-        vendor = load_vendor_params(args.params)
         p, listed = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
         refused = refusals(artifacts, listed, {m: get_method(m).baseline for m in listed})
         p.check_batches(len(load_prepared(args.test)["labels"]), args.test)
-        metrics = measure_vendor(vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
+        metrics = measure_vendor(everything.vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
         metrics["run_time_s"] = time.perf_counter() - start
         write_json(args.out, metrics)
         write_text(args.md, vendor_markdown(metrics))

@@ -12,7 +12,7 @@ import pytest
 from edgequant.measure import coldstart, ratio, tools, vendor
 from edgequant.measure.ratio import agrees, alternation, ratio_interval, t975
 from edgequant.measure.tools import Cell, parse_litert, parse_openvino
-from edgequant.params import ParamsError
+from edgequant.params import MAX_PAIRS, ParamsError, VendorParams, parse
 
 SAMPLES = Path(__file__).parent / "vendor_samples"
 SCIPY_CASE = ([1000, 1020, 990, 1010, 1005, 995], [1000] * 6, (1.0032849874, 0.9920318798, 1.0146657446))  # scipy.stats.t
@@ -101,7 +101,7 @@ def test_the_tools_get_the_harness_settings(tmp_path):
 def plan(methods: list[str], listed: list[str], refused: dict | None = None, tmp: Path = Path("/nonexistent")):
     from edgequant.measure.vendorplan import plan_cells
 
-    return plan_cells(vendor.VendorParams(methods=methods), listed, refused or {}, tmp, [1], 256, tmp)
+    return plan_cells(VendorParams(methods=methods), listed, refused or {}, tmp, [1], 256, tmp)
 
 
 def test_methods_not_listed_refused_or_without_their_tool_are_skipped_with_the_reason(monkeypatch):
@@ -126,17 +126,13 @@ def test_a_method_without_a_vendor_tool_is_refused_naming_the_key():
         plan(["onnx_fp32"], ["fp32", "onnx_fp32"])
 
 
-def test_vendor_params_default_without_a_section_and_are_checked(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("benchmark: {}\n")
-    assert vendor.load_vendor_params(path) == vendor.VendorParams()
-    path.write_text("vendor: {pairs: 1}\n")
+def test_vendor_params_have_defaults_and_refuse_bad_values_naming_the_key():
+    assert parse(VendorParams, {}, "vendor") == VendorParams()
     with pytest.raises(ParamsError, match=r"params.yaml: vendor.pairs must be in \[2, 31\]"):
-        vendor.load_vendor_params(path)
-    path.write_text("vendor: {pair: 6}\n")
+        parse(VendorParams, {"pairs": 1}, "vendor")
     with pytest.raises(ParamsError, match="unknown key 'vendor.pair'. Did you mean 'vendor.pairs'"):
-        vendor.load_vendor_params(path)
-    assert ratio.MAX_PAIRS == 31
+        parse(VendorParams, {"pair": 6}, "vendor")
+    assert len(ratio.T975) + 1 == MAX_PAIRS  # every allowed pair count has its t quantile
 
 
 def runs(harness_ms: float, tool_ms: float, tool_call_ms: float, io_ms=None, cores=1.0, others=0.0, match=True, n=6, jitter=0.0):
@@ -208,7 +204,7 @@ def test_the_stage_measures_tiny_artifacts_beside_both_tools_and_cold_starts_the
     methods = ["fp32", "onnx_fp32", "litert_fp32", "litert_int8", "openvino_fp32", "openvino_int8"]
     root = write_artifacts(tiny_model, tmp_path_factory.mktemp("vendor"), methods)
     bench = BenchmarkParams([1], 1, 16, 1, 5, 0.05, 64, False, 0)
-    params = vendor.VendorParams(pairs=2, methods=["openvino_int8", "litert_int8", "litert_fp32"], cold_start_repeats=1)
+    params = VendorParams(pairs=2, methods=["openvino_int8", "litert_int8", "litert_fp32"], cold_start_repeats=1)
     listed = [m for m in methods if m != "litert_fp32"]  # one method the stage must skip
     got = json.loads(json.dumps(measure_vendor(params, bench, listed, {}, root / "quantized", str(root / "test.pt"), [1])))
     assert set(got["ratios"]) == {"openvino_int8", "litert_int8"} and got["skipped"] == {"litert_fp32": "not in quantize.methods"}

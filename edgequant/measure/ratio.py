@@ -12,13 +12,12 @@ import math
 import statistics
 
 # Student's t, two-sided 95 % (the 0.975 quantile), by degrees of freedom 1..30: scipy is not a dependency,
-# and the pair count is bounded so that df never exceeds the table (vendor.pairs <= MAX_PAIRS).
+# and vendor.pairs <= MAX_PAIRS (edgequant/params.py) keeps df within the table (tests/test_vendor.py checks that the two agree).
 T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
-MAX_PAIRS = len(T975) + 1
 AGREEMENT = 0.05  # harness and tool agree when the whole interval lies within ±5 % of 1
 
 

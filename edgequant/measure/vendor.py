@@ -18,45 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgequant.measure.ratio import AGREEMENT, MAX_PAIRS, agrees, alternation, ratio_interval
+from edgequant.measure.ratio import AGREEMENT, agrees, alternation, ratio_interval
 from edgequant.measure.tools import Cell, Tool
-from edgequant.params import ParamsError, check_names, naming, parse, read_yaml
 from edgequant.stage import StageError, watch_parent
 
 WORKER_TIMEOUT_S = 600
 TOOL_TIMEOUT_S = 600
 IO_REPEATS = 20  # timed repeats of a runner's input and output conversion alone
-MAX_COLD_START_REPEATS = 100
 BUSY_CORES = 0.25  # other processes' CPU use (cores) that, beside a run's own threads, makes the machine oversubscribed
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...; all but idle and iowait is work.
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 HARNESS_STATISTIC = "batch / blocked median of torch.utils.benchmark (perf_counter), as metrics/benchmark.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class VendorParams:
-    """params.yaml's `vendor` section: every field has its default, so a file without the section runs as below."""
-
-    pairs: int = 6  # harness/tool pairs per (method, threads); [min, max] of 6 ratios holds their median at 96.9 %
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["openvino_fp32", "openvino_int8", "litert_fp32", "litert_int8"])
-    cold_start_repeats: int = 5  # fresh processes per method (and for the numpy-only baseline)
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.pairs <= MAX_PAIRS:
-            raise ParamsError(f"params.yaml: vendor.pairs must be in [2, {MAX_PAIRS}] (an interval needs 2), got {self.pairs}")
-        if not 1 <= self.cold_start_repeats <= MAX_COLD_START_REPEATS:
-            raise ParamsError(
-                f"params.yaml: vendor.cold_start_repeats must be in [1, {MAX_COLD_START_REPEATS}], got {self.cold_start_repeats}"
-            )
-        if len(set(self.methods)) != len(self.methods):
-            raise ParamsError(f"params.yaml: vendor.methods has duplicates: {self.methods}")
-        check_names(self.methods, "vendor.methods")
-
-
-def load_vendor_params(path: str | Path) -> VendorParams:
-    """The `vendor` section of `path`, or every default where the file has none."""
-    with naming(path):
-        return parse(VendorParams, read_yaml(path).get("vendor", {}), "vendor")
 
 
 def machine_busy_s() -> float:

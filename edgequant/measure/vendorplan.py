@@ -13,8 +13,8 @@ from tqdm import tqdm
 from edgequant.measure.coldstart import BASELINE, RAW, measure_cold_starts, summarize
 from edgequant.measure.ratio import AGREEMENT
 from edgequant.measure.tools import TOOLS, Cell, checked_copy
-from edgequant.measure.vendor import HARNESS_STATISTIC, HarnessRequest, VendorParams, run_pairs, summarize_cell
-from edgequant.params import BenchmarkParams, ParamsError
+from edgequant.measure.vendor import HARNESS_STATISTIC, HarnessRequest, run_pairs, summarize_cell
+from edgequant.params import BenchmarkParams, ParamsError, VendorParams
 from edgequant.quantize.catalog import get_method, missing_modules
 
 

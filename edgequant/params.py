@@ -27,6 +27,8 @@ MAX_GEMM_SIZE = 8192  # three 8192² FP32 matrices are 0.8 GB; 80000 asked for 2
 INT_RANGE = (-(2**31), 2**31 - 1)
 MAX_THREADS = 1024  # torch and OpenMP would try to start that many workers
 MAX_RUNS = 1_000_000  # timed calls per measurement: the latencies are kept in memory, 8 bytes each
+MAX_PAIRS = 31  # vendor.pairs: the t quantiles of edgequant/measure/ratio.py go to 30 degrees of freedom
+MAX_COLD_START_REPEATS = 100  # vendor.cold_start_repeats: one fresh interpreter each
 MAX_REPEATS = 100  # benchmark.repeats: each repeat starts one process per (method, threads), 24 at the committed params
 MAX_RUN_TIME_S = 600.0  # per throughput measurement: a benchmark worker is stopped after 600 s (edgequant/measure/processes.py)
 # A params file is a few hundred bytes of plain values. DVC reads it whole (its dvc.yaml templating loads
@@ -317,6 +319,24 @@ class GateParams:
         check_names(self.methods, "gate.methods")
 
 
+@dataclasses.dataclass(frozen=True)
+class VendorParams:
+    """The `vendor` stage: the harness beside the runtimes' own tools, and cold start (edgequant/measure/vendor.py)."""
+
+    pairs: int = 6  # harness/tool pairs per (method, threads); [min, max] of 6 ratios holds their median at 96.9 %
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["openvino_fp32", "openvino_int8", "litert_fp32", "litert_int8"])
+    cold_start_repeats: int = 5  # fresh processes per method (and for the numpy-only baseline)
+
+    def __post_init__(self) -> None:
+        _require(2 <= self.pairs <= MAX_PAIRS, f"vendor.pairs must be in [2, {MAX_PAIRS}] (an interval needs 2), got {self.pairs}")
+        _require(
+            1 <= self.cold_start_repeats <= MAX_COLD_START_REPEATS,
+            f"vendor.cold_start_repeats must be in [1, {MAX_COLD_START_REPEATS}], got {self.cold_start_repeats}",
+        )
+        _require(len(set(self.methods)) == len(self.methods), f"vendor.methods has duplicates: {self.methods}")
+        check_names(self.methods, "vendor.methods")
+
+
 SECTIONS = {
     "download": DownloadParams,
     "prepare": PrepareParams,
@@ -324,6 +344,7 @@ SECTIONS = {
     "quantize": QuantizeParams,
     "benchmark": BenchmarkParams,
     "gate": GateParams,
+    "vendor": VendorParams,
 }
 
 

@@ -21,6 +21,7 @@ from edgequant.params import (
     PrepareParams,
     QuantizeParams,
     TrainParams,
+    VendorParams,
     is_import_path,
     naming,
     parse,
@@ -37,10 +38,11 @@ class Params:
     quantize: QuantizeParams
     benchmark: BenchmarkParams
     gate: GateParams
+    vendor: VendorParams
 
     def __post_init__(self) -> None:
         check_model(self.train)  # the user's data and checkpoint may be another stage's outputs: their readers check them
-        for key in ("quantize", "gate"):
+        for key in ("quantize", "gate", "vendor"):
             for name in getattr(self, key).methods:
                 known(get_method, name, f"{key}.methods")
         for name in self.quantize.methods:

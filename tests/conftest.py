@@ -159,6 +159,8 @@ TINY = {
     },
     # Loose limits: tiny data says nothing about speed; test_team.py tightens them to see the gate fail.
     "gate": {"methods": ["onnx_qdq_int8"], "max_accuracy_drop_pp": 100.0, "min_speedup": 0.01, "max_size_ratio": 0.3, "enforce": True},
+    # One tool pair-set and one cold start each: the stage runs end to end; tests/test_vendor.py measures it properly.
+    "vendor": {"pairs": 2, "methods": ["litert_int8"], "cold_start_repeats": 1},
 }
 
 

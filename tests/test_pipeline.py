@@ -40,7 +40,7 @@ def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
 @pytest.mark.slow
 def test_new_calibration_size_reruns_quantize_but_not_train(tiny_origin):
     # prepare writes three files, so only calib.pt changes and train's inputs stay the same.
-    expected = {"validate", "prepare", "benchmark", "gate", "npu", "bundle", "fleet", "plot"}
+    expected = {"validate", "prepare", "benchmark", "gate", "npu", "bundle", "fleet", "plot", "vendor"}
     expected |= {f"quantize@{m}" for m in TINY["quantize"]["methods"]}
     assert stages_run(tiny_origin.branch_run) == expected, tiny_origin.branch_run
 

@@ -1,0 +1,237 @@
+"""The harness beside the runtimes' own benchmark tools: alternating paired runs, the harness/tool ratio with its
+95 % interval, and, where the two disagree by more than 5 %, the cause as far as the runs measure it.
+
+Each run is a fresh process: the tool is one by nature, and the harness's is a worker forked from the benchmark's
+preloaded server that loads the method with `Method.load` and times it with `measure_throughput`, as the
+benchmark stage does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from edgequant.measure.ratio import AGREEMENT, agrees, alternation, ratio_interval
+from edgequant.measure.tools import Cell, Tool
+from edgequant.stage import StageError, watch_parent
+
+WORKER_TIMEOUT_S = 600
+TOOL_TIMEOUT_S = 600
+IO_REPEATS = 20  # timed repeats of a runner's input and output conversion alone
+BUSY_CORES = 0.25  # other processes' CPU use (cores) that, beside a run's own threads, makes the machine oversubscribed
+# /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...; all but idle and iowait is work.
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+HARNESS_STATISTIC = "batch / blocked median of torch.utils.benchmark (perf_counter), as metrics/benchmark.json"
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on the machine has spent working since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return sum(int(fields[i]) for i in BUSY_FIELDS if i < len(fields)) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclasses.dataclass(frozen=True)
+class HarnessRequest:
+    method: str
+    threads: int
+    artifacts: str  # the method's directory under models/quantized
+    test: str
+    batch: int
+    min_run_time_s: float
+    keep_freed_memory: bool
+
+    @property
+    def what(self) -> str:
+        return f"the harness on {self.method} with {self.threads} thread(s)"
+
+
+def litert_io_ms(run, x) -> float:
+    """What the LiteRT runner does besides invoke(): quantize the batch, copy it in, copy the logits out and
+    dequantize them. litert-benchmark fills its input buffer once and times the call alone."""
+    from edgequant.quantize.methods.litert import dequantize_output, quantize_input
+
+    runner = run.interpreter
+    source, sink = runner.get_input_details()[0], runner.get_output_details()[0]
+    times = []
+    for _ in range(IO_REPEATS):
+        start = time.perf_counter()
+        runner.set_tensor(source["index"], quantize_input(x.numpy(), source))
+        dequantize_output(runner.get_tensor(sink["index"]), sink)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+# runtime -> the per-call input/output cost of its runner, measured alone; OpenVINO's runner shares its input
+# (share_inputs=True) and copies a (batch, classes) output, so there is nothing of a batch's size to measure.
+IO_COST = {"litert": litert_io_ms}
+
+
+def harness_run(request: HarnessRequest) -> dict:
+    """Load as the benchmark loads and time as it times, with the cores the timed loop kept busy (CPU time / wall)."""
+    import torch
+
+    from edgequant.data.splits import load_prepared, to_input
+    from edgequant.measure.memory import keep_freed_memory
+    from edgequant.measure.timing import measure_throughput
+    from edgequant.quantize.catalog import get_method
+
+    method = get_method(request.method)
+    if request.keep_freed_memory:
+        keep_freed_memory()
+    torch.set_num_threads(request.threads)
+    x = to_input(load_prepared(request.test)["images"])[: request.batch].contiguous()
+    run = method.load(Path(request.artifacts), request.batch, request.threads)
+    run(x)
+    cpu, busy, wall = time.process_time(), machine_busy_s(), time.perf_counter()
+    result = measure_throughput(run, x, request.min_run_time_s, request.threads, count_faults=False)
+    wall, cpu, busy = time.perf_counter() - wall, time.process_time() - cpu, machine_busy_s() - busy
+    result["cores_busy"] = cpu / wall
+    result["other_cores_busy"] = max(0.0, busy - cpu) / wall  # other processes, over the timed loop
+    io = IO_COST.get(method.runtime)
+    result["io_ms"] = io(run, x) if io else None
+    return result
+
+
+def write_harness_run(request: HarnessRequest, result_path: str, log_path: str) -> None:
+    """A worker process's entry point: the runtimes' banners go to `log_path`, the result to `result_path`."""
+    watch_parent()
+    log = open(log_path, "w")  # noqa: SIM115 - this process's stdout and stderr until it exits
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    Path(result_path).write_text(json.dumps(harness_run(request)))
+
+
+def measure_harness(context, request: HarnessRequest) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        result, log = Path(tmp) / "result.json", Path(tmp) / "log.txt"
+        worker = context.Process(target=write_harness_run, args=(request, str(result), str(log)), name=request.what)
+        worker.start()
+        worker.join(WORKER_TIMEOUT_S)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+            raise StageError(f"measuring {request.what} took over {WORKER_TIMEOUT_S} s; stopped")
+        if worker.exitcode != 0:
+            output = log.read_text()[-3000:] if log.exists() else "(no log)"
+            raise StageError(f"measuring {request.what} failed (exit code {worker.exitcode}):\n{output}")
+        return json.loads(result.read_text())
+
+
+def run_tool(tool: Tool, exe: str, cell: Cell, min_run_time_s: float, batch_ms: float) -> dict:
+    """One run of the runtime's tool in a process of its own, parsed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = tool.command(exe, cell, min_run_time_s, batch_ms, Path(tmp))
+        cpu, busy, wall = children_cpu_s(), machine_busy_s(), time.perf_counter()
+        try:
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise StageError(f"{tool.script} on {cell.method} with {cell.threads} thread(s) took over {TOOL_TIMEOUT_S} s; stopped") from exc
+        console = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise StageError(f"{' '.join(command)} failed (exit code {done.returncode}):\n{console[-3000:]}")
+        wall, cpu, busy = time.perf_counter() - wall, children_cpu_s() - cpu, machine_busy_s() - busy
+        # over the tool's whole process, its start included: its timed loop alone is not visible from outside
+        return {**tool.parse(cell, Path(tmp), console), "other_cores_busy": max(0.0, busy - cpu) / wall}
+
+
+def run_pairs(cells: list[Cell], tools: dict, pairs: int, request_of, context, progress) -> dict[Cell, dict[str, list[dict]]]:
+    """Every (pair, cell, side) in `alternation` order; `tools` maps runtime -> (Tool, executable)."""
+    runs: dict[Cell, dict[str, list[dict]]] = {cell: {"harness": [], "tool": []} for cell in cells}
+    for _, cell, side in alternation(pairs, cells):
+        if side == "harness":
+            runs[cell]["harness"].append(measure_harness(context, request_of(cell)))
+        else:
+            tool, exe = tools[cell.runtime]
+            batch_ms = 1e3 * cell.batch / runs[cell]["harness"][-1]["throughput_ips"]
+            runs[cell]["tool"].append(run_tool(tool, exe, cell, request_of(cell).min_run_time_s, batch_ms))
+        progress.update(1)
+    return runs
+
+
+def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, cores: int) -> str:
+    """One line on why harness and tool disagree, from what the runs measured; "not explained" where they cannot tell.
+    The causes are tried in order: settings, the runner's own copies, the tool's statistic, an oversubscribed machine
+    (other processes and the run's threads wanted more than its `cores`), threads, noise."""
+    harness_ms = statistics.median(1e3 * cell.batch / r["throughput_ips"] for r in harness)
+    tool_ms = statistics.median(1e3 * cell.batch / r["tool_ips"] for r in tool)
+    tool_call_ms = statistics.median(r["tool_call_ms_median"] for r in tool)
+    got = statistics.median(r["cores_busy"] for r in harness)
+    others = max(statistics.median(r["other_cores_busy"] for r in harness), statistics.median(r["other_cores_busy"] for r in tool))
+    io = [r["io_ms"] for r in harness if r["io_ms"] is not None]
+    io_ms = statistics.median(io) if io else None
+    apart = abs(harness_ms / tool_ms - 1) > AGREEMENT  # the medians differ, not only the interval is wide
+    if not all(r["config_match"] for r in tool):
+        return (
+            f"settings: the tool reported {tool[0]['tool_config']}, not {cell.threads} thread(s) at batch {cell.batch} as the harness ran"
+        )
+    if apart and io_ms is not None and abs(harness_ms - io_ms - tool_ms) <= AGREEMENT * tool_ms:
+        return (
+            f"input/output copies: the harness's runner converts the batch in and out, {io_ms:.2f} ms of its {harness_ms:.2f} ms"
+            f" call (timed alone), which the tool does once; without them the ratio is {tool_ms / (harness_ms - io_ms):.3f}"
+        )
+    if apart and abs(tool_call_ms / harness_ms - 1) <= AGREEMENT:
+        return (
+            f"the tool's statistic: its figure is {tool_ms:.2f} ms per batch ({get_statistic(cell)}), its own median call"
+            f" {tool_call_ms:.2f} ms, which the harness's {harness_ms:.2f} ms median matches"
+        )
+    if others + cell.threads > cores + BUSY_CORES:
+        return (
+            f"a shared machine: other processes kept {others:.2f} of {cores} cores busy during the runs (/proc/stat); the per-pair"
+            f" ratios spread {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f} and the harness's loop got {got:.2f} cores"
+        )
+    if cell.threads > 1 and got < cell.threads - 0.5 and harness_ms > tool_ms:
+        return f"threads: the harness's timed loop kept {got:.2f} cores busy (CPU time / wall) with {cell.threads} threads asked for"
+    if not apart:
+        return (
+            f"noise: the medians differ by {abs(tool_ms / harness_ms - 1):.1%} only, but the per-pair ratios spread"
+            f" {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f}: too wide for {interval['pairs']} pairs to place it within 5 %"
+        )
+    io_text = f"{io_ms:.2f} ms" if io_ms is not None else "not measured"
+    return (
+        f"not explained: harness {harness_ms:.2f} ms per batch ({got:.2f} cores busy), tool {tool_ms:.2f} ms"
+        f" (its median call {tool_call_ms:.2f} ms), input/output {io_text}"
+    )
+
+
+def get_statistic(cell: Cell) -> str:
+    from edgequant.measure.tools import get_tool
+
+    return get_tool(cell.runtime).statistic
+
+
+def summarize_cell(cell: Cell, harness: list[dict], tool: list[dict], cores: int) -> dict:
+    """A cell's medians, per-pair figures, ratio interval and verdict (and its cause where it misses); `cores`: the machine's."""
+    harness_ips = [r["throughput_ips"] for r in harness]
+    tool_ips = [r["tool_ips"] for r in tool]
+    interval = ratio_interval(harness_ips, tool_ips)
+    within = agrees(interval)
+    io = [r["io_ms"] for r in harness if r["io_ms"] is not None]
+    return {
+        "batch": cell.batch,
+        "harness_ips": statistics.median(harness_ips),
+        "tool_ips": statistics.median(tool_ips),
+        **interval,
+        "agrees_within_5pct": within,
+        "why": None if within else explain(cell, harness, tool, interval, cores),
+        "harness_ips_runs": harness_ips,
+        "tool_ips_runs": tool_ips,
+        "tool_call_ms_median": statistics.median(r["tool_call_ms_median"] for r in tool),
+        "harness_cores_busy": statistics.median(r["cores_busy"] for r in harness),
+        "harness_io_ms": statistics.median(io) if io else None,
+        "other_cores_busy_harness": statistics.median(r["other_cores_busy"] for r in harness),
+        "other_cores_busy_tool": statistics.median(r["other_cores_busy"] for r in tool),
+        "config_match": all(r["config_match"] for r in tool),
+        "tool_config": tool[-1]["tool_config"],
+    }

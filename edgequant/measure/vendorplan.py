@@ -1,0 +1,127 @@
+"""What the vendor stage runs and what it writes: the (method, threads) cells beside a tool, the methods skipped with
+the reason, the cold-start processes, and metrics/vendor.json's record of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgequant.measure.coldstart import BASELINE, RAW, measure_cold_starts, summarize
+from edgequant.measure.ratio import AGREEMENT
+from edgequant.measure.tools import TOOLS, Cell, checked_copy
+from edgequant.measure.vendor import HARNESS_STATISTIC, HarnessRequest, run_pairs, summarize_cell
+from edgequant.params import BenchmarkParams, ParamsError, VendorParams
+from edgequant.quantize.catalog import get_method, missing_modules
+
+
+def plan_cells(
+    vendor: VendorParams, listed: list[str], refused: dict[str, str], artifacts: Path, threads: list[int], batch: int, tmp: Path
+) -> tuple[list[Cell], dict[str, str], dict]:
+    """The cells to pair, {method: why it is skipped}, and {runtime: (Tool, executable)} of the tools found."""
+    from edgequant.model.zoo import model_of
+
+    cells, skipped, tools = [], {}, {}
+    for name in vendor.methods:
+        runtime = get_method(name).runtime  # an unknown name: the registry's refusal lists the known ones
+        if runtime not in TOOLS:
+            raise ParamsError(f"params.yaml: vendor.methods lists {name}, a {runtime} method; tools exist for {', '.join(TOOLS)} methods")
+        tool = TOOLS[runtime]
+        exe = tool.find()
+        if name not in listed:
+            skipped[name] = "not in quantize.methods"
+        elif name in refused:
+            skipped[name] = f"refused at export: {refused[name]}"
+        elif exe is None:
+            skipped[name] = f"{tool.script} is not installed (it ships with the {tool.package} package)"
+        else:
+            tools[runtime] = (tool, exe)
+            model = checked_copy(runtime, artifacts / name, batch, tmp / "tools" / name)
+            shape = tuple(model_of(artifacts / name).input_shape)
+            cells += [Cell(name, runtime, t, batch, shape, model) for t in threads]
+    return cells, skipped, tools
+
+
+def plan_cold_starts(
+    methods: list[str], artifacts: Path, threads: int, batch: int, tmp: Path
+) -> tuple[dict[str, list[str]], dict[str, str], dict[str, str]]:
+    """{name: coldstart options} for the baseline and each method, how each method loads there, and {method: why
+    it is skipped} for a method whose runtime this environment cannot import."""
+    jobs, loads_with, skipped = {BASELINE: []}, {}, {}
+    common = ["--threads", str(threads), "--batch", str(batch)]
+    for name in methods:
+        runtime = get_method(name).runtime
+        if missing := missing_modules(get_method(name)):
+            skipped[name] = f"its runtime is not installed ({', '.join(missing)} missing)"
+            continue
+        if runtime in RAW:
+            model = checked_copy(runtime, artifacts / name, batch, tmp / "cold" / name)
+            config = {}
+            if runtime == "openvino":
+                from edgequant.quantize.methods.openvino import PLUGIN_CONFIG
+
+                config = {**PLUGIN_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": False}
+            jobs[name] = ["--runtime", runtime, "--model", str(model.resolve()), "--config", json.dumps(config), *common]
+            loads_with[name] = f"{RAW[runtime][0]} alone (no torch)"
+        else:
+            jobs[name] = ["--method", name, "--artifacts", str((artifacts / name).resolve()), *common]
+            loads_with[name] = "the harness's loader: torch and edgequant's registry are imported first"
+    return jobs, loads_with, skipped
+
+
+def measure_vendor(
+    vendor: VendorParams,
+    bench: BenchmarkParams,
+    listed: list[str],
+    refused: dict[str, str],
+    artifacts: Path,
+    test: str,
+    threads: list[int],
+) -> dict:
+    """Every harness/tool pair, then every cold start; the record metrics/vendor.json holds."""
+    from edgequant.measure.processes import start_method
+
+    def request_of(cell: Cell) -> HarnessRequest:
+        return HarnessRequest(
+            cell.method, cell.threads, str(artifacts / cell.method), test, cell.batch, bench.min_run_time_s, bench.keep_freed_memory
+        )
+
+    cold_methods = [m for m in listed if m not in refused]
+    with tempfile.TemporaryDirectory() as tmp:
+        cells, skipped, tools = plan_cells(vendor, listed, refused, artifacts, threads, bench.throughput_batch, Path(tmp))
+        jobs, loads_with, cold_skipped = plan_cold_starts(cold_methods, artifacts, threads[0], bench.latency_batch, Path(tmp))
+        total = 2 * vendor.pairs * len(cells) + vendor.cold_start_repeats * len(jobs)
+        with tqdm(total=total, desc="vendor", unit="run", disable=None) as progress:
+            runs = run_pairs(cells, tools, vendor.pairs, request_of, start_method(), progress)
+            cold = measure_cold_starts(jobs, vendor.cold_start_repeats, Path(tmp), progress)
+    ratios: dict[str, dict] = {}
+    for cell, sides in runs.items():
+        ratios.setdefault(cell.method, {})[f"threads_{cell.threads}"] = summarize_cell(
+            cell, sides["harness"], sides["tool"], os.cpu_count() or 1
+        )
+    baseline = summarize(cold.pop(BASELINE))
+    return {
+        "tools": {runtime: tool.version() if tool.find() else None for runtime, tool in TOOLS.items()},
+        "settings": {
+            "batch": bench.throughput_batch,
+            "threads": threads,
+            "cores": os.cpu_count(),
+            "pairs": vendor.pairs,
+            "min_run_time_s": bench.min_run_time_s,
+            "harness_statistic": HARNESS_STATISTIC,
+            "tool_statistic": {runtime: tool.statistic for runtime, tool in TOOLS.items()},
+            "agreement": f"the ratio's 95 % interval within [{1 - AGREEMENT:.2f}, {1 + AGREEMENT:.2f}]",
+        },
+        "ratios": ratios,
+        "skipped": skipped,
+        "cold_start": {
+            "threads": threads[0],
+            "batch": bench.latency_batch,
+            BASELINE: baseline,
+            "methods": {m: {"loads_with": loads_with[m], **summarize(records, baseline)} for m, records in cold.items()},
+            "skipped": cold_skipped,
+        },
+    }

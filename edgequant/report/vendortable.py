@@ -1,0 +1,59 @@
+"""metrics/vendor.json as Markdown (plots/vendor.md): the harness beside each runtime's tool, and cold start per method."""
+
+from __future__ import annotations
+
+from edgequant.report.markdown import code, escape
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def ratio_table(vendor: dict) -> str:
+    head = ["method", "threads", "harness img/s", "tool img/s", "harness / tool [95 % CI]", "within 5 %", "why"]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for method, by_threads in vendor["ratios"].items():
+        for key, r in by_threads.items():
+            ratio = f"{r['ratio']:.3f} [{r['ratio_ci95_low']:.3f}, {r['ratio_ci95_high']:.3f}]"
+            why = escape(r["why"]) if r["why"] else ""
+            lines.append(_row([code(method), key.removeprefix("threads_"), f"{r['harness_ips']:,.0f}", f"{r['tool_ips']:,.0f}", ratio,
+                               "yes" if r["agrees_within_5pct"] else "no", why]))  # fmt: skip
+    for method, reason in vendor["skipped"].items():
+        lines.append(_row([code(method), "", "", "", "", "skipped", escape(reason)]))
+    s = vendor["settings"]
+    lines += [
+        "",
+        f"Batch {s['batch']}, {s['pairs']} alternating pairs per row, each run a fresh process. Harness: {escape(s['harness_statistic'])}.",
+    ]
+    lines += [
+        f"Tool {code(rt)}: {escape(stat)} ({escape(vendor['tools'][rt] or 'not installed')})." for rt, stat in s["tool_statistic"].items()
+    ]
+    return "\n".join(lines)
+
+
+def _span(record: dict, key: str, digits: int = 0) -> str:
+    if f"{key}_median" not in record:
+        return ""
+    return f"{record[f'{key}_median']:,.{digits}f} [{record[f'{key}_min']:,.{digits}f}, {record[f'{key}_max']:,.{digits}f}]"
+
+
+def cold_start_table(vendor: dict) -> str:
+    cold = vendor["cold_start"]
+    head = ["method", "import ms", "load ms", "first inference ms", "second inference ms", "cold start ms", "peak RSS over python MiB"]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for method, r in cold["methods"].items():
+        cells = [_span(r, k) for k in ("import_ms", "load_ms", "first_inference_ms")]
+        cells += [_span(r, "second_inference_ms", 2), _span(r, "cold_start_ms"), _span(r, "peak_rss_mib_over_python")]
+        lines.append(_row([code(method), *cells]))
+    base = cold["python_baseline"]
+    lines += ["", f"Medians [min, max] of {base['repeats']} fresh processes each, batch {cold['batch']}, {cold['threads']} thread(s)."]
+    lines += [f"The numpy-only baseline process: {_span(base, 'process_wall_ms')} ms, peak RSS {_span(base, 'peak_rss_mib')} MiB."]
+    lines += [f"Skipped: {code(m)}: {escape(why)}." for m, why in cold.get("skipped", {}).items()]
+    lines += ["How each loads: " + "; ".join(f"{code(m)}: {escape(r['loads_with'])}" for m, r in cold["methods"].items()) + "."]
+    return "\n".join(lines)
+
+
+def vendor_markdown(vendor: dict) -> str:
+    return "\n".join(
+        ["## Beside the runtimes' own tools", "", ratio_table(vendor), "", "## Cold start and memory", "", cold_start_table(vendor), ""]
+    )

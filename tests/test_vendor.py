@@ -1,0 +1,224 @@
+"""The vendor stage: the harness/tool ratio and its interval, the tools' commands and outputs (saved samples), the
+alternation, the methods skipped with a reason, the one-line causes, cold-start summaries; one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from edgequant.measure import coldstart, ratio, tools, vendor
+from edgequant.measure.ratio import agrees, alternation, ratio_interval, t975
+from edgequant.measure.tools import Cell, parse_litert, parse_openvino
+from edgequant.params import MAX_PAIRS, ParamsError, VendorParams, parse
+
+SAMPLES = Path(__file__).parent / "vendor_samples"
+SCIPY_CASE = ([1000, 1020, 990, 1010, 1005, 995], [1000] * 6, (1.0032849874, 0.9920318798, 1.0146657446))  # scipy.stats.t
+TIGHT = 1e-9
+CORES = 2  # the machine the cause cases are judged on
+T_ROUNDING = 1e-5  # the table holds t to 3 decimals (2.571 for scipy's 2.5706)
+
+
+def cell(runtime: str = "openvino", threads: int = 1, batch: int = 256, model: Path = Path("model.xml")) -> Cell:
+    return Cell(f"{runtime}_int8", runtime, threads, batch, (1, 28, 28), model)
+
+
+def test_the_interval_is_a_log_scale_t_interval_as_scipy_computes_it():
+    harness, tool, (mean, low, high) = SCIPY_CASE
+    got = ratio_interval(harness, tool)
+    assert got["ratio"] == pytest.approx(mean, abs=TIGHT)
+    assert got["ratio_ci95_low"] == pytest.approx(low, abs=T_ROUNDING) and got["ratio_ci95_high"] == pytest.approx(high, abs=T_ROUNDING)
+    assert (got["ratio_min"], got["ratio_max"], got["pairs"]) == (0.99, 1.02, 6)
+
+
+def test_the_ratio_is_symmetric_in_log_space_and_collapses_on_identical_pairs():
+    got = ratio_interval([200.0, 200.0, 200.0], [100.0, 100.0, 100.0])
+    assert got["ratio"] == pytest.approx(2.0) and got["ratio_ci95_low"] == pytest.approx(2.0) == got["ratio_ci95_high"]
+    up, down = ratio_interval([110.0, 120.0], [100.0, 100.0]), ratio_interval([100.0, 100.0], [110.0, 120.0])
+    assert up["ratio"] * down["ratio"] == pytest.approx(1.0)
+    assert up["ratio_ci95_low"] * down["ratio_ci95_high"] == pytest.approx(1.0)
+
+
+def test_the_t_table_matches_scipy_and_refuses_what_it_does_not_hold():
+    stats = pytest.importorskip("scipy.stats")
+    assert all(t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4) for df in range(1, 31))
+    with pytest.raises(ValueError, match="1 to 30 degrees of freedom"):
+        t975(31)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        ratio_interval([1.0], [1.0])
+
+
+def test_agreement_needs_the_whole_interval_within_five_percent():
+    assert agrees({"ratio_ci95_low": 0.951, "ratio_ci95_high": 1.049})
+    assert not agrees({"ratio_ci95_low": 0.949, "ratio_ci95_high": 1.0})
+    assert not agrees({"ratio_ci95_low": 1.0, "ratio_ci95_high": 1.051})
+
+
+def test_pairs_alternate_which_side_runs_first_and_the_harness_opens_every_cell():
+    order = alternation(4, ["a", "b"])
+    assert len(order) == 16
+    for c in ("a", "b"):
+        sides = [(i, side) for i, x, side in order if x == c]
+        assert sides[0] == (0, "harness")
+        firsts = [side for i, side in sides[::2]]
+        assert firsts == ["harness", "tool", "harness", "tool"]
+        assert all({s for i, s in sides if i == k} == {"harness", "tool"} for k in range(4))
+    # the two runs of a pair run back to back
+    assert [(i, x) for i, x, _ in order[:4]] == [(0, "a"), (0, "a"), (0, "b"), (0, "b")]
+
+
+def test_benchmark_app_output_is_parsed_with_the_compiled_models_properties(tmp_path):
+    (tmp_path / "benchmark_report.json").write_text((SAMPLES / "benchmark_report.json").read_text())
+    console = (SAMPLES / "benchmark_app.log").read_text()
+    got = parse_openvino(cell(threads=1), tmp_path, console)
+    assert got["tool_ips"] == 4063.59 and got["tool_call_ms_median"] == 53.69 and got["tool_batch"] == 256
+    assert got["tool_config"]["INFERENCE_NUM_THREADS"] == "1" and got["tool_config"]["PERFORMANCE_HINT"] == "LATENCY"
+    assert got["config_match"] is True
+    assert parse_openvino(cell(threads=2), tmp_path, console)["config_match"] is False  # a 2-thread cell the tool ran on 1
+    assert parse_openvino(cell(batch=16), tmp_path, console)["config_match"] is False
+
+
+def test_litert_benchmark_output_is_parsed_as_images_per_second_from_the_mean_call(tmp_path):
+    (tmp_path / "result.json").write_text((SAMPLES / "litert_result.json").read_text())
+    got = parse_litert(cell("litert"), tmp_path, "")
+    assert got["tool_ips"] == pytest.approx(256 * 1000 / 90.37) and got["tool_call_ms_median"] == 88.31
+    assert got["config_match"] is True and got["tool_config"] == {"num_threads": 1, "fully_accelerated": True}
+    assert parse_litert(cell("litert", threads=2), tmp_path, "")["config_match"] is False
+
+
+def test_the_tools_get_the_harness_settings(tmp_path):
+    ov = tools.openvino_command("benchmark_app", cell(threads=2), 0.3, 50.0, tmp_path)
+    text = " ".join(ov)
+    for flag in ("-hint none", "-api sync", "-nstreams 1", "-nthreads 2", "-infer_precision f32", "-data_shape [256,1,28,28]", "-t 1"):
+        assert flag in text, flag
+    lt = tools.litert_command("litert-benchmark", cell("litert", threads=2), 1.0, 20.0, tmp_path)
+    assert lt[lt.index("--num_threads") + 1] == "2" and lt[lt.index("--num_runs") + 1] == "50"  # 1 s at 20 ms a batch
+    assert tools.litert_command("x", cell("litert"), 0.01, 20.0, tmp_path)[lt.index("--num_runs") + 1] == str(tools.MIN_TOOL_RUNS)
+
+
+def plan(methods: list[str], listed: list[str], refused: dict | None = None, tmp: Path = Path("/nonexistent")):
+    from edgequant.measure.vendorplan import plan_cells
+
+    return plan_cells(VendorParams(methods=methods), listed, refused or {}, tmp, [1], 256, tmp)
+
+
+def test_methods_not_listed_refused_or_without_their_tool_are_skipped_with_the_reason(monkeypatch):
+    cells, skipped, _ = plan(["openvino_int8", "litert_int8"], ["fp32", "litert_fp32", "litert_int8"], {"litert_int8": "litert_int8: no"})
+    assert cells == [] and skipped == {"openvino_int8": "not in quantize.methods", "litert_int8": "refused at export: litert_int8: no"}
+    monkeypatch.setattr(tools.Tool, "find", lambda self: None)
+    cells, skipped, _ = plan(["openvino_fp32"], ["fp32", "openvino_fp32"])
+    assert cells == [] and skipped["openvino_fp32"] == "benchmark_app is not installed (it ships with the openvino package)"
+
+
+def test_a_method_whose_runtime_is_missing_is_skipped_by_the_cold_start(monkeypatch):
+    from edgequant.measure import vendorplan
+
+    monkeypatch.setattr(vendorplan, "missing_modules", lambda method: ["openvino"] if method.runtime == "openvino" else [])
+    jobs, loads_with, skipped = vendorplan.plan_cold_starts(["fp32", "openvino_fp32"], Path("/nonexistent"), 1, 1, Path("/nonexistent"))
+    assert set(jobs) == {coldstart.BASELINE, "fp32"} and jobs[coldstart.BASELINE] == []
+    assert skipped == {"openvino_fp32": "its runtime is not installed (openvino missing)"} and "torch" in loads_with["fp32"]
+
+
+def test_a_method_without_a_vendor_tool_is_refused_naming_the_key():
+    with pytest.raises(ParamsError, match="vendor.methods lists onnx_fp32, a onnxruntime method; tools exist for openvino, litert"):
+        plan(["onnx_fp32"], ["fp32", "onnx_fp32"])
+
+
+def test_vendor_params_have_defaults_and_refuse_bad_values_naming_the_key():
+    assert parse(VendorParams, {}, "vendor") == VendorParams()
+    with pytest.raises(ParamsError, match=r"params.yaml: vendor.pairs must be in \[2, 31\]"):
+        parse(VendorParams, {"pairs": 1}, "vendor")
+    with pytest.raises(ParamsError, match="unknown key 'vendor.pair'. Did you mean 'vendor.pairs'"):
+        parse(VendorParams, {"pair": 6}, "vendor")
+    assert len(ratio.T975) + 1 == MAX_PAIRS  # every allowed pair count has its t quantile
+
+
+def runs(harness_ms: float, tool_ms: float, tool_call_ms: float, io_ms=None, cores=1.0, others=0.0, match=True, n=6, jitter=0.0):
+    batch = 256
+    h = [{"throughput_ips": batch * 1e3 / (harness_ms * (1 + jitter * (-1) ** i)), "cores_busy": cores, "io_ms": io_ms,
+          "other_cores_busy": others} for i in range(n)]  # fmt: skip
+    t = [{"tool_ips": batch * 1e3 / tool_ms, "tool_call_ms_median": tool_call_ms, "config_match": match, "tool_config": {"k": 1},
+          "other_cores_busy": others} for _ in range(n)]  # fmt: skip
+    return h, t
+
+
+@pytest.mark.parametrize(
+    ("case", "threads", "expected"),
+    [
+        ({"harness_ms": 100, "tool_ms": 100, "tool_call_ms": 100}, 1, None),
+        ({"harness_ms": 100, "tool_ms": 90, "tool_call_ms": 90, "match": False}, 1, "settings: the tool reported"),
+        ({"harness_ms": 100, "tool_ms": 90, "tool_call_ms": 89, "io_ms": 9.5}, 1, "input/output copies: "),
+        ({"harness_ms": 100, "tool_ms": 80, "tool_call_ms": 99}, 1, "the tool's statistic: "),
+        ({"harness_ms": 100, "tool_ms": 50, "tool_call_ms": 50, "cores": 1.02}, 2, "threads: the harness's timed loop kept 1.02 cores"),
+        (
+            {"harness_ms": 100, "tool_ms": 50, "tool_call_ms": 50, "others": 0.9},
+            2,
+            "a shared machine: other processes kept 0.90 of 2 cores",
+        ),
+        ({"harness_ms": 100, "tool_ms": 100, "tool_call_ms": 100, "jitter": 0.2}, 1, "noise: the medians differ by 0.0% only"),
+        ({"harness_ms": 100, "tool_ms": 100, "tool_call_ms": 100, "jitter": 0.2, "others": 1.0}, 1, "noise: "),  # a free core left
+        ({"harness_ms": 100, "tool_ms": 70, "tool_call_ms": 70, "io_ms": 1.0}, 1, "not explained: harness 100.00 ms"),
+    ],
+)
+def test_a_missed_agreement_gets_its_measured_cause_in_one_line(case, threads, expected):
+    harness, tool = runs(**case)
+    got = vendor.summarize_cell(cell(threads=threads), harness, tool, CORES)
+    assert got["agrees_within_5pct"] is (expected is None)
+    assert (got["why"] is None) if expected is None else got["why"].startswith(expected), got["why"]
+    assert got["why"] is None or "\n" not in got["why"]
+
+
+def test_a_failing_tool_fails_the_stage_naming_its_command_and_output():
+    from edgequant.stage import StageError
+
+    broken = tools.Tool("fake", "fake", "none", lambda exe, c, s, b, out: ["sh", "-c", "echo refused the model >&2; exit 3"], parse_litert)
+    with pytest.raises(StageError, match=r"(?s)sh -c .* failed \(exit code 3\):\nrefused the model"):
+        vendor.run_tool(broken, "fake", cell("litert"), 0.1, 10.0)
+
+
+def test_cold_start_figures_subtract_the_python_baseline():
+    base = coldstart.summarize([{"process_wall_ms": 100.0, "peak_rss_mib": 30.0, "rss_mib": 29.0}] * 3)
+    records = [{"import_ms": v, "process_wall_ms": 100.0 + v, "peak_rss_mib": 30.0 + v, "rss_mib": 29.0 + v} for v in (5.0, 1.0, 9.0)]
+    got = coldstart.summarize(records, base)
+    assert (got["import_ms_median"], got["import_ms_min"], got["import_ms_max"], got["repeats"]) == (5.0, 1.0, 9.0, 3)
+    assert (got["peak_rss_mib_over_python_median"], got["peak_rss_mib_over_python_min"], got["peak_rss_mib_over_python_max"]) == (5, 1, 9)
+    assert got["process_wall_ms_over_python_median"] == 5.0 and got["first_run"] == records[0]
+
+
+def test_the_child_reads_its_own_high_water_mark():
+    assert coldstart.memory_kib("VmHWM") >= coldstart.memory_kib("VmRSS") > 0
+    with pytest.raises(ValueError, match="no VmNothing field"):
+        coldstart.memory_kib("VmNothing")
+
+
+@pytest.mark.slow
+def test_the_stage_measures_tiny_artifacts_beside_both_tools_and_cold_starts_them(tiny_model, tmp_path_factory):
+    from edgequant.measure.vendorplan import measure_vendor
+    from edgequant.params import BenchmarkParams
+    from edgequant.report.vendortable import vendor_markdown
+
+    from .conftest import write_artifacts
+
+    methods = ["fp32", "onnx_fp32", "litert_fp32", "litert_int8", "openvino_fp32", "openvino_int8"]
+    root = write_artifacts(tiny_model, tmp_path_factory.mktemp("vendor"), methods)
+    bench = BenchmarkParams([1], 1, 16, 1, 5, 0.05, 64, False, 0)
+    params = VendorParams(pairs=2, methods=["openvino_int8", "litert_int8", "litert_fp32"], cold_start_repeats=1)
+    listed = [m for m in methods if m != "litert_fp32"]  # one method the stage must skip
+    got = json.loads(json.dumps(measure_vendor(params, bench, listed, {}, root / "quantized", str(root / "test.pt"), [1])))
+    assert set(got["ratios"]) == {"openvino_int8", "litert_int8"} and got["skipped"] == {"litert_fp32": "not in quantize.methods"}
+    for method in ("openvino_int8", "litert_int8"):
+        r = got["ratios"][method]["threads_1"]
+        assert r["pairs"] == 2 and len(r["harness_ips_runs"]) == len(r["tool_ips_runs"]) == 2 and r["config_match"] is True
+        assert r["ratio_ci95_low"] <= r["ratio"] <= r["ratio_ci95_high"] and r["harness_ips"] > 0 and r["tool_ips"] > 0
+        assert (r["why"] is None) == r["agrees_within_5pct"]
+    assert got["ratios"]["litert_int8"]["threads_1"]["harness_io_ms"] > 0
+    cold = got["cold_start"]["methods"]
+    assert set(cold) == set(listed)
+    assert "no torch" in cold["litert_int8"]["loads_with"] and "torch" in cold["fp32"]["loads_with"]
+    for r in cold.values():
+        assert r["cold_start_ms_median"] >= r["first_inference_ms_median"] > 0 and r["peak_rss_mib_median"] > 0
+        assert math.isfinite(r["peak_rss_mib_over_python_median"])
+    table = vendor_markdown(got)
+    assert "| `litert_fp32` |" in table and "skipped" in table and "`openvino_int8`" in table

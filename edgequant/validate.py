@@ -17,6 +17,7 @@ from edgequant.params import (
     BenchmarkParams,
     DownloadParams,
     GateParams,
+    LoadgenParams,
     ParamsError,
     PrepareParams,
     QuantizeParams,
@@ -37,6 +38,7 @@ class Params:
     quantize: QuantizeParams
     benchmark: BenchmarkParams
     gate: GateParams
+    loadgen: LoadgenParams
 
     def __post_init__(self) -> None:
         check_model(self.train)  # the user's data and checkpoint may be another stage's outputs: their readers check them

@@ -6,12 +6,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 from edgequant import stage
+from edgequant.artifacts.read import read_record
 from edgequant.data.splits import load_prepared
 from edgequant.files import atomic_dir, require_free_space, write_json
-from edgequant.measure.loadgen import MLPERF_MODEL, measure_all, settings
+from edgequant.measure.loadgen import MLPERF_MODEL, measure_all, settings, skipped_methods
 from edgequant.measure.processes import clamp_threads
-from edgequant.quantize.catalog import get_method, import_runtime, missing_modules
-from edgequant.quantize.refusal import refusal
+from edgequant.quantize.catalog import import_runtime
 from edgequant.validate import load_all
 
 
@@ -30,12 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         p, bench, listed = everything.loadgen, everything.benchmark, everything.quantize.methods
         import_runtime("mlperf_loadgen", "mlcommons-loadgen", "the loadgen stage")  # one line naming the package when absent
         artifacts = Path(args.artifacts)
-        skipped = {m: reason for m in listed if (reason := refusal(artifacts / m))}
-        for m in listed:
-            missing = missing_modules(get_method(m))
-            if m not in skipped and missing:
-                skipped[m] = f"{m}: its runtime is not installed ({', '.join(missing)} missing): `make runtimes` installs it"
+        skipped = skipped_methods(artifacts, listed)
         methods = [m for m in listed if m not in skipped]
+        for m in methods:  # a missing or damaged record is refused here, in one line naming it, as the benchmark does
+            read_record(artifacts, m)
         bench.check_batches(len(load_prepared(args.test)["labels"]), args.test)
         threads = clamp_threads(bench.threads)[0]  # the edge device's case, as the benchmark's per-operator profile
         with atomic_dir(args.logs) as logs:

@@ -18,6 +18,7 @@ from edgequant.measure.loadgen import (
     expected_qps,
     measure_method,
     settings,
+    skipped_methods,
 )
 from edgequant.measure.mlperf_log import LogError, parse_detail, parse_summary, read_logs
 from edgequant.params import LoadgenParams, ParamsError, parse
@@ -109,6 +110,19 @@ def test_official_settings_are_mlperfs_own_from_loadgen():
     assert single["min_duration_ms"] == offline["min_duration_ms"] == MLPERF_MIN_DURATION_MS
     assert offline["min_query_count"] == MLPERF_RESNET50_OFFLINE_SAMPLES
     assert settings(SHORT, "Offline") == {"min_duration_ms": 200, "min_query_count": 64}
+
+
+def test_a_refused_method_and_one_without_its_runtime_are_skipped_with_one_line_each(tmp_path, monkeypatch):
+    import edgequant.measure.loadgen as loadgen
+
+    (tmp_path / "onnx_fp32").mkdir()
+    (tmp_path / "onnx_fp32/meta.json").write_text(json.dumps({"method": "onnx_fp32", "refused": "onnx_fp32: no kernel for aten::foo"}))
+    monkeypatch.setattr(loadgen, "missing_modules", lambda method: ["openvino"] if method.runtime == "openvino" else [])
+    skipped = skipped_methods(tmp_path, ["fp32", "onnx_fp32", "onnx_qdq_int8", "openvino_int8"])
+    assert skipped == {
+        "onnx_fp32": "onnx_fp32: no kernel for aten::foo",
+        "openvino_int8": "openvino_int8: its runtime is not installed (openvino missing): `make runtimes` installs it",
+    }
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ import torch
 from edgequant.data.splits import load_prepared, to_input
 from edgequant.measure.mlperf_log import read_logs
 from edgequant.params import LoadgenParams
-from edgequant.quantize.catalog import Runner, get_method, import_runtime
+from edgequant.quantize.catalog import Runner, get_method, import_runtime, missing_modules
+from edgequant.quantize.refusal import refusal
 from edgequant.stage import watch_parent
 
 SCENARIOS = ("SingleStream", "Offline")
@@ -173,6 +174,18 @@ def write_loadgen(request: LoadgenRequest, result_path: str, log_path: str) -> N
     except ValueError as exc:
         result = {"error": str(exc).strip().splitlines()[0]}
     Path(result_path).write_text(json.dumps(result))
+
+
+def skipped_methods(artifacts: Path, listed: list[str]) -> dict[str, str]:
+    """{method: one line} of the methods that cannot run here: refused at export (their record says why), or their
+    runtime is not installed. Unlike the benchmark, no figure here is a ratio to the FP32 baseline, so a method whose
+    baseline was refused still runs."""
+    skipped = {m: reason for m in listed if (reason := refusal(artifacts / m))}
+    for m in listed:
+        missing = missing_modules(get_method(m))
+        if m not in skipped and missing:
+            skipped[m] = f"{m}: its runtime is not installed ({', '.join(missing)} missing): `make runtimes` installs it"
+    return skipped
 
 
 def measure_all(p: LoadgenParams, methods: list[str], threads: int, artifacts: Path, test: str, outdir: Path, batches: tuple[int, int]):

@@ -293,6 +293,27 @@ class BenchmarkParams:
             _require(value <= test_images, f"benchmark.{name} = {value} exceeds the {test_images} test images of {where}")
 
 
+MAX_LOADGEN_DURATION_MS = 3_600_000  # an hour per scenario and method: MLPerf's own runs take 600 s (loadgen.official)
+MAX_LOADGEN_QUERIES = 10_000_000  # LoadGen generates and keeps every query's record in memory
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadgenParams:
+    min_duration_ms: int  # each scenario runs at least this long, per method (the short run; `official` overrides it)
+    min_query_count: int  # and issues at least this many queries
+    official: bool  # true: MLPerf's own minimums, from LoadGen's built-in mlperf.conf (edgequant/measure/loadgen.py)
+
+    def __post_init__(self) -> None:
+        _require(
+            0 < self.min_duration_ms <= MAX_LOADGEN_DURATION_MS,
+            f"loadgen.min_duration_ms must be in [1, {MAX_LOADGEN_DURATION_MS}], got {self.min_duration_ms}",
+        )
+        _require(
+            0 < self.min_query_count <= MAX_LOADGEN_QUERIES,
+            f"loadgen.min_query_count must be in [1, {MAX_LOADGEN_QUERIES}], got {self.min_query_count}",
+        )
+
+
 REQUIRE = ("all", "any")  # gate.require: which candidates must pass for the release to pass
 
 
@@ -345,6 +366,7 @@ SECTIONS = {
     "benchmark": BenchmarkParams,
     "gate": GateParams,
     "vendor": VendorParams,
+    "loadgen": LoadgenParams,
 }
 
 

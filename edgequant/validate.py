@@ -17,6 +17,7 @@ from edgequant.params import (
     BenchmarkParams,
     DownloadParams,
     GateParams,
+    LoadgenParams,
     ParamsError,
     PrepareParams,
     QuantizeParams,
@@ -39,6 +40,7 @@ class Params:
     benchmark: BenchmarkParams
     gate: GateParams
     vendor: VendorParams
+    loadgen: LoadgenParams
 
     def __post_init__(self) -> None:
         check_model(self.train)  # the user's data and checkpoint may be another stage's outputs: their readers check them

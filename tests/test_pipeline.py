@@ -13,7 +13,9 @@ from .conftest import TINY, is_up_to_date, set_params, sh, stages_run
 @pytest.mark.slow
 def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
     work = tiny_origin.work
-    assert {"validate", "download", "prepare", "train", "benchmark", "gate", "plot"} <= stages_run(tiny_origin.first_run)
+    assert {"validate", "download", "prepare", "train", "benchmark", "loadgen", "vendor", "gate", "plot"} <= stages_run(
+        tiny_origin.first_run
+    )
     assert {f"quantize@{m}" for m in TINY["quantize"]["methods"]} <= stages_run(tiny_origin.first_run)
     metrics = json.loads((work / "metrics/benchmark.json").read_text())
     assert set(metrics["methods"]) == set(TINY["quantize"]["methods"])
@@ -35,12 +37,17 @@ def test_first_run_runs_every_stage_and_writes_real_results(tiny_origin):
     train = json.loads((work / "metrics/train.json").read_text())
     assert len(train["train_loss_per_epoch"]) == 1 and 0 < train["peak_rss_mib"] < 2048
     assert json.loads((work / "metrics/gate.json").read_text())["passed"] is True
+    loadgen = json.loads((work / "metrics/loadgen.json").read_text())
+    assert set(loadgen["methods"]) == set(TINY["quantize"]["methods"]) and loadgen["skipped"] == {}
+    for m, scenarios in loadgen["methods"].items():
+        assert scenarios["SingleStream"]["latency_ms_p90"] > 0 and scenarios["Offline"]["samples_per_s"] > 0, m
+        assert (work / f"plots/loadgen/{m}/Offline/mlperf_log_summary.txt").is_file()
 
 
 @pytest.mark.slow
 def test_new_calibration_size_reruns_quantize_but_not_train(tiny_origin):
     # prepare writes three files, so only calib.pt changes and train's inputs stay the same.
-    expected = {"validate", "prepare", "benchmark", "gate", "npu", "bundle", "fleet", "plot", "vendor"}
+    expected = {"validate", "prepare", "benchmark", "loadgen", "gate", "npu", "bundle", "fleet", "plot", "vendor"}
     expected |= {f"quantize@{m}" for m in TINY["quantize"]["methods"]}
     assert stages_run(tiny_origin.branch_run) == expected, tiny_origin.branch_run
 

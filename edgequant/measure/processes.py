@@ -40,20 +40,21 @@ def start_method() -> multiprocessing.context.BaseContext:
     return context
 
 
-def measure(context: multiprocessing.context.BaseContext, request: PeakRequest | MethodRequest) -> dict:
+def measure(context: multiprocessing.context.BaseContext, request, target=write_measurement, timeout_s: float = WORKER_TIMEOUT_S) -> dict:
     """Run one measurement in its own process: thread pools (OpenMP, XNNPACK, ORT) are sized once per
     process, and one runtime's warm caches must not flatter the next one's numbers. Processes fork
-    from a server that has only imported modules, so each still starts with no pool and no cache."""
+    from a server that has only imported modules, so each still starts with no pool and no cache.
+    `target(request, result_path, log_path)` measures; by default the benchmark's `write_measurement`."""
     what = request.what
     with tempfile.TemporaryDirectory() as tmp:
         result, log = Path(tmp) / "result.json", Path(tmp) / "log.txt"
-        worker = context.Process(target=write_measurement, args=(request, str(result), str(log)), name=f"benchmark {what}")
+        worker = context.Process(target=target, args=(request, str(result), str(log)), name=f"benchmark {what}")
         worker.start()
-        worker.join(WORKER_TIMEOUT_S)
+        worker.join(timeout_s)
         if worker.is_alive():
             worker.kill()
             worker.join()
-            raise StageError(f"measuring {what} took over {WORKER_TIMEOUT_S} s; stopped. Its output:\n{tail(log)}")
+            raise StageError(f"measuring {what} took over {timeout_s:.0f} s; stopped. Its output:\n{tail(log)}")
         if worker.exitcode != 0:
             raise StageError(f"measuring {what} failed (exit code {worker.exitcode}):\n{tail(log)}")
         measured = json.loads(result.read_text())

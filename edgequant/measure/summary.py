@@ -153,8 +153,10 @@ def summarize(
                 **paired("throughput_speedup_vs_runtime_fp32", ips, base["throughput_ips"]),
                 **paired("latency_speedup_vs_runtime_fp32", base["latency_ms_p50"], p50),
             }
-            entry[f"threads_{t}"] = per_thread
             rows.append({"method": name, "threads": t, **{k: v for k, v in entry.items() if not k.startswith("threads_")}, **per_thread})
+            # Each round's own figures, in round order: the fleet compares two candidates round by round (a paired
+            # comparison: a slow minute of the machine falls on both sides of a round).
+            entry[f"threads_{t}"] = {**per_thread, **{f"{key}_rounds": values for key, values in r["rounds"].items()}}
         metrics["methods"][name] = entry
     metrics["threads_unused"] = threads_unused(metrics["methods"])
     return metrics, rows

@@ -17,10 +17,11 @@ class Check:
     at_least: bool  # the limit is a minimum (speed-up) rather than a maximum (accuracy drop, size)
     note: str = ""  # what else a reader needs to judge the value (for accuracy: is the drop noise?)
     refused: str = ""  # the runtime refused the model (edgequant/quantize/refusal.py): nothing to ship, so the check fails
-    # The measured value's 95 % interval over the benchmark's repeats (edgequant/measure/intervals.py). A minimum then fails
-    # only where the whole interval lies below it: with 6 repeats on a shared 2-core machine the interval of a 1.6x
-    # speed-up reached down to 1.16-1.19, and holding its low end to 1.3 changed the verdict from one run to the next
-    # (docs/machines.md). An interval that straddles the limit is "within noise" and passes, saying so. None: a single run.
+    # The measured value's 95 % interval over the benchmark's repeats (edgequant/measure/intervals.py). A minimum passes
+    # where the whole interval lies above it and fails where it lies below. An interval that straddles the limit is
+    # "within noise" and its median decides, saying so: on a shared 2-core machine the 6-repeat interval of a 1.6x
+    # speed-up reached down to 1.16, and one of a 0.85x speed-up up to 1.35, against a limit of 1.3; either end as
+    # the rule changed the verdict from one run to the next (docs/machines.md), the median did not. None: a single run.
     ci95_low: float | None = None
     ci95_high: float | None = None
 
@@ -37,15 +38,13 @@ class Check:
     def passed(self) -> bool:
         if self.measured is None or self.refused:
             return False
-        if self.at_least and self.interval is not None:
-            return self.ci95_high >= self.limit  # fails only where the interval shows it below the limit
         return self.measured >= self.limit if self.at_least else self.measured <= self.limit
 
     def describe(self) -> str:
         if self.refused:
             what = f"refused by its runtime, nothing to ship ({self.refused})"
             return f"FAIL: {self.method}: {what}; drop it from {self.param} or change the model"
-        verdict = ("ok (within noise)" if self.within_noise else "ok") if self.passed else "FAIL"
+        verdict = ("ok" if self.passed else "FAIL") + (" (within noise: the median decides)" if self.within_noise else "")
         bound = ">=" if self.at_least else "<="
         value = "missing from the benchmark's metrics" if self.measured is None else f"{self.measured:.4g}"
         note = f" [{self.note}]" if self.note else ""

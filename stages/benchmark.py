@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(args.layers_csv, layer_rows(sqnr, model))
         write_csv(args.ops_csv, op_table, OP_COLUMNS)  # header only when benchmark.profile_runs is 0
         skipped = f" ({len(refused)} refused: {'; '.join(refused.values())})" if refused else ""
-        return f"{len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}{skipped}"
+        unused = f"; fewer threads than given: {'; '.join(metrics['threads_unused'])}" if metrics["threads_unused"] else ""
+        return f"{len(methods)} methods x {len(threads)} thread count(s) -> {args.metrics}{skipped}{unused}"
 
     return stage.run("benchmark", body)
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from edgequant.measure import timing
-from edgequant.measure.summary import accuracy, summarize
+from edgequant.measure.summary import THREAD_SLACK, accuracy, summarize, threads_unused
 from edgequant.measure.timing import measure_latency, measure_throughput, predict
 from edgequant.model.layers import net_macs
+
+ONE_CORE_TOLERANCE = 0.05  # process_time and perf_counter tick apart: one busy thread reads up to ~1.02 cores
 
 
 def test_latency_percentiles_are_those_of_the_timed_calls_only(monkeypatch):
@@ -41,6 +43,21 @@ def test_throughput_counts_images_per_second_of_the_batch():
     assert r["batch_ms_median"] == pytest.approx(5.0, rel=0.5)  # sleep overshoots a little, never undershoots much
     assert r["throughput_ips"] == pytest.approx(16 / (r["batch_ms_median"] / 1e3))  # images of the batch, not calls
     assert r["throughput_ips"] < 16 / 0.005 and r["minor_faults_per_batch"] >= 0
+
+
+def test_a_run_given_two_threads_that_keeps_one_core_busy_is_named():
+    """A runner that computes on one thread only (pure Python holds the GIL) while it was given two: its loop's CPU
+    time over wall time cannot exceed one core, and the summary names it. A run that uses both passes unnamed."""
+
+    def run(x):
+        return sum(i * i for i in range(20_000))
+
+    r = measure_throughput(run, torch.ones(4), min_run_time_s=0.2, threads=2, count_faults=False)
+    assert 0.5 < r["cores_busy"] <= 1.0 + ONE_CORE_TOLERANCE
+    methods = {"x_int8": {"threads_1": {"cores_busy": 0.98}, "threads_2": {"cores_busy": r["cores_busy"]}}}
+    assert threads_unused(methods) == [f"x_int8 at 2 threads kept {r['cores_busy']:.2f} cores busy"]
+    both = {"x_int8": {"threads_1": {"cores_busy": 0.98}, "threads_2": {"cores_busy": 2 - THREAD_SLACK + 0.01}}}
+    assert threads_unused(both) == []
 
 
 # Page faults per training step of the real model at batch 64, after warm-up.

@@ -3,6 +3,7 @@ an imported record checked before it is kept, and written nowhere but its own fo
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -115,6 +116,33 @@ def test_candidates_whose_intervals_overlap_the_best_ones_are_named_as_a_tie():
     apart = measured(metrics(VNNI, 13000, 12800), "executorch_xnnpack_int8", (12900, 13500), (0.095, 0.105))
     row = table.summarize(entry(measured(apart, "onnx_qdq_int8", (12200, 12850), (0.115, 0.13))), GATE)
     assert row["ship_throughput_tied"] == [] and "| `executorch_xnnpack_int8` | `executorch_xnnpack_int8` |" in table.markdown([row])
+
+
+def with_rounds(record: dict, method: str, ips: list[float]) -> dict:
+    """A method's per-round throughputs (one run's interleaved repeats), their median and [min, max] interval."""
+    run = record["methods"][method]["threads_1"]
+    ordered = sorted(ips)
+    run.update(throughput_ips=(ordered[2] + ordered[3]) / 2, throughput_ips_rounds=ips)
+    run.update(throughput_ips_ci95_low=ordered[0], throughput_ips_ci95_high=ordered[-1])
+    run.update(latency_ms_p50_ci95_low=0.09, latency_ms_p50_ci95_high=0.2)
+    return record
+
+
+# One run's six rounds, the machine slower in rounds 3 and 4: both methods' intervals span the slow rounds and overlap.
+XNNPACK_ROUNDS = [13000, 13100, 10000, 10100, 13050, 12950]
+AHEAD_EVERY_ROUND = [12500, 12600, 9600, 9700, 12550, 12450]  # 4 % behind in each round
+AHEAD_IN_FIVE = [12500, 12600, 10200, 9700, 12550, 12450]  # ahead of XNNPACK in round 3
+
+
+def test_within_one_run_a_candidate_behind_the_best_in_every_round_is_not_a_tie_though_the_intervals_overlap():
+    """Within one run the fleet compares round by round: 4 % behind in all six rounds is a difference (a sign test at
+    96.9 %) although the two intervals, widened by the machine's slow rounds, overlap; ahead in one round is a tie."""
+    base = with_rounds(metrics(VNNI, 13000, 12800), "executorch_xnnpack_int8", XNNPACK_ROUNDS)
+    behind = table.summarize(entry(with_rounds(copy.deepcopy(base), "onnx_qdq_int8", AHEAD_EVERY_ROUND)), GATE)
+    assert (behind["ship_throughput"], behind["ship_throughput_tied"]) == ("executorch_xnnpack_int8", [])
+    close = table.summarize(entry(with_rounds(copy.deepcopy(base), "onnx_qdq_int8", AHEAD_IN_FIVE)), GATE)
+    assert (close["ship_throughput"], close["ship_throughput_tied"]) == ("executorch_xnnpack_int8", ["onnx_qdq_int8"])
+    assert "| `executorch_xnnpack_int8` ≈ `onnx_qdq_int8` |" in table.markdown([close])
 
 
 def test_a_record_without_intervals_names_one_candidate_marked_as_one_run():

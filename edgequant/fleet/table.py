@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgequant.fleet import numerics, records
 from edgequant.gate import check
+from edgequant.measure.intervals import median_interval
 from edgequant.measure.machine import int8_dot
 from edgequant.params import GateParams
 from edgequant.report.markdown import code, escape
@@ -18,7 +19,8 @@ from edgequant.report.markdown import code, escape
 SHIP_RULE = (
     "Ship the release candidate (`gate.methods`) that passes every gate check on that machine and has the highest batch "
     "throughput at 1 thread; for batch-1 latency, the candidate that passes with the lowest p50. Every passing candidate "
-    "whose 95 % interval overlaps the best one's is named with it (`best` ≈ `tied`): the repeats cannot tell them apart. "
+    "the repeats cannot tell from the best is named with it (`best` ≈ `tied`): within one run, one the best was not ahead "
+    "of in every round (its round-by-round ratio's 95 % interval reaches 1); across records, one whose interval overlaps. "
     "Ranked on that machine's own measurements only."
 )
 SINGLE_RUN = "² measured without a 95 % interval (one run, or fewer than 6 repeats): a tie cannot be seen, so one name is shown."
@@ -125,16 +127,31 @@ def interval(run: dict, key: str) -> tuple[float, float] | None:
 
 
 def tied(candidates: list[str], runs: dict[str, dict], key: str, highest: bool) -> list[str]:
-    """The best candidate by `key`, then every other whose interval overlaps the best one's, best first then by value.
-    A record without intervals names the best alone: one run shows no tie."""
+    """The best candidate by `key`, then every other the repeats cannot tell from it, best first then by value.
+
+    Where both hold their rounds (one benchmark run, interleaved), the best one's advantage is formed round by
+    round (best/other for throughput, other/best for latency) and the other is tied when that ratio's 95 % interval
+    reaches 1: with 6 rounds, unless the best was ahead in every round (a sign test, 96.9 %). Without rounds, a
+    tie is two overlapping intervals; a record without intervals names the best alone: one run shows no tie."""
     if not candidates:
         return []
     ranked = sorted(candidates, key=lambda m: runs[m][key], reverse=highest)
-    best = interval(runs[ranked[0]], key)
-    if best is None:
+    best = runs[ranked[0]]
+    if interval(best, key) is None:
         return ranked[:1]
-    overlap = [m for m in ranked[1:] if (other := interval(runs[m], key)) and other[0] <= best[1] and best[0] <= other[1]]
-    return [ranked[0], *overlap]
+    return [ranked[0], *(m for m in ranked[1:] if indistinguishable(best, runs[m], key, highest))]
+
+
+def indistinguishable(best: dict, other: dict, key: str, highest: bool) -> bool:
+    """Whether `other` may be as good as `best` by `key`: paired over their rounds when both have them, else by overlap."""
+    a, b = best.get(f"{key}_rounds"), other.get(f"{key}_rounds")
+    if a and b and len(a) == len(b) and min(a) > 0 and min(b) > 0:  # an imported record's rounds are checked finite only
+        ratios = [x / y if highest else y / x for x, y in zip(a, b, strict=True)]  # > 1: best ahead in that round
+        _, low, _ = median_interval(ratios)
+        if low is not None:
+            return low <= 1.0
+    mine, theirs = interval(best, key), interval(other, key)
+    return theirs is not None and theirs[0] <= mine[1] and mine[0] <= theirs[1]
 
 
 def ship(column: str, names: list[str]) -> dict:

@@ -82,7 +82,7 @@ def paired(key: str, numerator: list[float], denominator: list[float]) -> dict[s
 
 def combine(repeats: list[dict]) -> dict:
     """One (method, threads) figure from its k repeats, in round order: the medians and intervals of throughput and p50,
-    the pooled tail and mean, the largest peak RSS, the page faults of the repeat that counted them, and each
+    the pooled tail and mean, the largest peak RSS, the median cores busy, the page faults of the repeat that counted them, and each
     repeat's throughput and p50 (`rounds`) for the paired ratios."""
     if not repeats:
         raise ValueError("no repeat to combine; benchmark.repeats is at least 1")
@@ -99,5 +99,7 @@ def combine(repeats: list[dict]) -> dict:
                 combined[key] = statistics.median(r[key] for r in repeats)
     rss = [r["peak_rss_mib"] for r in repeats if r.get("peak_rss_mib") is not None]
     combined["peak_rss_mib"] = max(rss) if rss else None
+    busy = [r["cores_busy"] for r in repeats if "cores_busy" in r]
+    combined["cores_busy"] = statistics.median(busy) if busy else None
     combined["minor_faults_per_batch"] = next((r["minor_faults_per_batch"] for r in repeats if "minor_faults_per_batch" in r), None)
     return combined

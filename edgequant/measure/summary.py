@@ -10,6 +10,9 @@ from edgequant.measure.intervals import combine, interval_coverage, paired
 from edgequant.model.layers import conv_layers, conv_macs, net_macs, sqnr_db
 from edgequant.quantize.catalog import get_method
 
+# A run given t threads whose timed loop kept fewer than t - 0.5 cores busy (CPU time over wall time) ran on
+# fewer threads than it was given: metrics/benchmark.json's `threads_unused` names it (one free core is 1.0 short).
+THREAD_SLACK = 0.5
 # Per (method, threads), in this order: each median's interval beside it, where the repeats give one.
 FIGURES = tuple(
     f"{key}{end}"
@@ -142,6 +145,7 @@ def summarize(
                 **{key: r[key] for key in FIGURES if key in r},
                 "peak_rss_mib": r["peak_rss_mib"],
                 "minor_faults_per_batch": r["minor_faults_per_batch"],
+                "cores_busy": r["cores_busy"],
                 "gmacs": gmacs,
                 "peak_fraction": gmacs / peak,
                 **paired("throughput_speedup_vs_fp32_eager", ips, fp32["throughput_ips"]),
@@ -149,10 +153,26 @@ def summarize(
                 **paired("throughput_speedup_vs_runtime_fp32", ips, base["throughput_ips"]),
                 **paired("latency_speedup_vs_runtime_fp32", base["latency_ms_p50"], p50),
             }
-            entry[f"threads_{t}"] = per_thread
             rows.append({"method": name, "threads": t, **{k: v for k, v in entry.items() if not k.startswith("threads_")}, **per_thread})
+            # Each round's own figures, in round order: the fleet compares two candidates round by round (a paired
+            # comparison: a slow minute of the machine falls on both sides of a round).
+            entry[f"threads_{t}"] = {**per_thread, **{f"{key}_rounds": values for key, values in r["rounds"].items()}}
         metrics["methods"][name] = entry
+    metrics["threads_unused"] = threads_unused(metrics["methods"])
     return metrics, rows
+
+
+def threads_unused(methods: dict[str, dict]) -> list[str]:
+    """One line per multi-thread run whose timed loop kept fewer cores busy than it was given threads (less
+    THREAD_SLACK): the runtime ran on fewer threads than asked, whatever it was told."""
+    lines = []
+    for name, entry in methods.items():
+        for key, run in entry.items():
+            if key.startswith("threads_") and run.get("cores_busy") is not None:
+                asked = int(key.removeprefix("threads_"))
+                if asked > 1 and run["cores_busy"] < asked - THREAD_SLACK:
+                    lines.append(f"{name} at {asked} threads kept {run['cores_busy']:.2f} cores busy")
+    return lines
 
 
 def layer_rows(sqnr: dict[str, dict[str, float]], model: str) -> list[dict]:

@@ -123,8 +123,13 @@ def measure_throughput(run: Runner, x: torch.Tensor, min_run_time_s: float, thre
     that plans its memory once (ExecuTorch, ONNX Runtime's arena) does not.
     """
     timer = tbench.Timer(stmt="run(x)", globals={"run": run, "x": x}, num_threads=threads)
+    cpu, wall = time.process_time(), time.perf_counter()
     m = timer.blocked_autorange(min_run_time=min_run_time_s)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     result = {"throughput_ips": len(x) / m.median, "batch_ms_median": m.median * 1e3, "batch_ms_iqr": m.iqr * 1e3}
+    # Every thread of the process counts (the runtime's own pools too): a run asked for 2 threads that keeps
+    # 1 core busy did not use the second, whatever the runtime was told.
+    result["cores_busy"] = cpu / wall
     if count_faults:
         calls, before = 5, minor_faults()
         for _ in range(calls):

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> str:
+        start = time.perf_counter()
         require_free_space(args.metrics, args.logs)
         everything = load_all(args.params)
         p, bench, listed = everything.loadgen, everything.benchmark, everything.quantize.methods
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 "minimums": {s: settings(p, s) for s in ("SingleStream", "Offline")},
                 "methods": measured,
                 "skipped": skipped,
+                "run_time_s": time.perf_counter() - start,
             },
         )
         invalid = [f"{m} {s}" for m, r in measured.items() for s, v in r.items() if v["result"] != "VALID"]

@@ -79,6 +79,19 @@ def test_npu_table_is_generated_from_the_committed_estimates():
     assert block == npu_table(json.loads(committed("metrics/npu.json"))) and "compiler estimate (Vela), not a measurement" in block
 
 
+def test_the_vendor_and_loadgen_tables_are_generated_from_the_committed_runs():
+    import json
+
+    from edgequant.report.readme import LOADGEN, VENDOR, loadgen_table, vendor_tables
+
+    text = committed("docs/machines.md")
+    vendor = text.split(VENDOR[0], 1)[1].split(VENDOR[1], 1)[0].strip()
+    assert vendor == vendor_tables(json.loads(committed("metrics/vendor.json"))) and "| harness / tool [95 % CI] |" in vendor
+    loadgen = text.split(LOADGEN[0], 1)[1].split(LOADGEN[1], 1)[0].strip()
+    expected = loadgen_table(json.loads(committed("metrics/loadgen.json")), json.loads(committed("metrics/benchmark.json")))
+    assert loadgen == expected and "| `fp32` |" in loadgen
+
+
 @pytest.mark.parametrize("document", ["README.md", "docs/machines.md"])
 def test_fleet_table_is_the_committed_fleet_report(document):
     from edgequant.report.readme import FLEET

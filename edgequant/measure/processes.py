@@ -23,7 +23,10 @@ WORKER_TIMEOUT_S = 600
 # Imported once by the fork server instead of by every measurement: torch and edgequant take 2 s,
 # ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s; 16 processes
 # paid that every run. A module missing here is skipped by multiprocessing and imported where used.
+# OpenVINO comes first: in a process started by multiprocessing that had imported torch before it, OpenVINO's 2-thread
+# inference kept about one core busy (1.04-1.21 cores, half the img/s, on the AVX2 EPYC); imported first, 1.92-1.96.
 PRELOAD = [
+    "openvino",
     "edgequant.measure.quiet",
     "edgequant.measure.timing",
     "executorch.extension.pybindings.portable_lib",

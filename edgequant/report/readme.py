@@ -1,5 +1,5 @@
-"""The generated blocks of the README and docs/: reference, summary, results, per-operator, NPU, workload, fleet and
-pipeline blocks, each written from the pipeline's outputs (never typed by hand) between its markers.
+"""The generated blocks of the README and docs/: reference, summary, results, per-operator, NPU, workload, fleet,
+pipeline, vendor-tool and LoadGen blocks, each written from the pipeline's outputs (never typed by hand) between its markers.
 
 python -m edgequant.report.readme                        # print the results tables
 python -m edgequant.report.readme README.md docs/*.md    # rewrite every block each file holds, between its markers
@@ -17,8 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgequant.files import write_text
+from edgequant.report.loadgentable import loadgen_table
 from edgequant.report.markdown import check_markers, marker_stem
 from edgequant.report.tables import markdown_table, npu_table, ops_table, reference_table, summary_table, workload_tables
+from edgequant.report.vendortable import vendor_tables
 
 GENERATE = "python -m edgequant.report.readme README.md docs/*.md"
 
@@ -36,8 +38,10 @@ FLEET = markers("fleet")
 NPU = markers("npu")
 REFERENCE_BLOCK = markers("reference")
 PIPELINE = markers("pipeline")
+VENDOR = markers("vendor")
+LOADGEN = markers("loadgen")
 BEGIN, END = RESULTS
-BLOCKS = (REFERENCE_BLOCK, SUMMARY, FLEET, RESULTS, OPS, WORKLOADS, NPU, PIPELINE)
+BLOCKS = (REFERENCE_BLOCK, SUMMARY, FLEET, RESULTS, OPS, WORKLOADS, NPU, PIPELINE, VENDOR, LOADGEN)
 
 
 def fenced(table: str) -> bool:
@@ -92,6 +96,8 @@ def builders(args: argparse.Namespace) -> dict[tuple[str, str], Callable[[], str
         WORKLOADS: lambda: workload_tables(Path(args.workloads)),
         FLEET: lambda: Path(args.fleet).read_text().strip(),
         PIPELINE: lambda: pipeline_graph(),
+        VENDOR: lambda: vendor_tables(read_json(args.vendor)),
+        LOADGEN: lambda: loadgen_table(read_json(args.loadgen), read_json(args.metrics)),
     }
 
 
@@ -110,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", default="metrics/train.json")
     parser.add_argument("--npu", default="metrics/npu.json")
     parser.add_argument("--workloads", default="workloads")
+    parser.add_argument("--vendor", default="metrics/vendor.json")
+    parser.add_argument("--loadgen", default="metrics/loadgen.json")
     args = parser.parse_args(argv)
     try:
         return write(args)

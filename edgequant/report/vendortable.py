@@ -53,6 +53,11 @@ def cold_start_table(vendor: dict) -> str:
     return "\n".join(lines)
 
 
+def vendor_tables(vendor: dict) -> str:
+    """Both tables, for a generated block of docs/machines.md."""
+    return "\n\n".join([ratio_table(vendor), cold_start_table(vendor)])
+
+
 def vendor_markdown(vendor: dict) -> str:
     return "\n".join(
         ["## Beside the runtimes' own tools", "", ratio_table(vendor), "", "## Cold start and memory", "", cold_start_table(vendor), ""]

@@ -120,6 +120,7 @@ def run_scenario(run: Runner, images: torch.Tensor, scenario: str, outdir: Path,
         s.single_stream_expected_latency_ns = p["expected_latency_ns"]
     else:
         s.offline_expected_qps = p["expected_samples_per_s"]
+    outdir = outdir.resolve()  # LoadGen runs in another working directory (below): a relative outdir would land there
     out = lg.LogOutputSettings()
     out.outdir, out.copy_summary_to_stdout = str(outdir), False
     log = lg.LogSettings()

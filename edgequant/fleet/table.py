@@ -6,12 +6,12 @@ an imported run, or the bench bundle's runner on a device); the workspace's own 
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 from edgequant.fleet import numerics, records
 from edgequant.gate import check
-from edgequant.measure.intervals import median_interval
 from edgequant.measure.machine import int8_dot
 from edgequant.params import GateParams
 from edgequant.report.markdown import code, escape
@@ -19,8 +19,8 @@ from edgequant.report.markdown import code, escape
 SHIP_RULE = (
     "Ship the release candidate (`gate.methods`) that passes every gate check on that machine and has the highest batch "
     "throughput at 1 thread; for batch-1 latency, the candidate that passes with the lowest p50. Every passing candidate "
-    "the repeats cannot tell from the best is named with it (`best` ≈ `tied`): within one run, one the best was not ahead "
-    "of in every round (its round-by-round ratio's 95 % interval reaches 1); across records, one whose interval overlaps. "
+    "within 20 % of the best is named with it (`best` ≈ `tied`), by the median of their round-by-round ratio (a record "
+    "without rounds: overlapping 95 % intervals): closer than back-to-back runs reproduce, so choose on other grounds. "
     "Ranked on that machine's own measurements only."
 )
 SINGLE_RUN = "² measured without a 95 % interval (one run, or fewer than 6 repeats): a tie cannot be seen, so one name is shown."
@@ -126,13 +126,20 @@ def interval(run: dict, key: str) -> tuple[float, float] | None:
     return (low, high) if low is not None and high is not None else None
 
 
-def tied(candidates: list[str], runs: dict[str, dict], key: str, highest: bool) -> list[str]:
-    """The best candidate by `key`, then every other the repeats cannot tell from it, best first then by value.
+# Within one run, a candidate whose round-by-round ratio to the best (median over the rounds) is within this margin is
+# named with it. On the AVX2 EPYC the paired medians of the same two methods moved by up to 0.16 between back-to-back
+# runs (`onnx_qdq_int8` over `openvino_int8` at 2 threads: 1.09, then 1.16 the other way), and single rounds spread
+# +-25 %: a test of "ahead in every round" there named different sets in two runs out of two, this margin the same.
+TIE_MARGIN = 0.2
 
-    Where both hold their rounds (one benchmark run, interleaved), the best one's advantage is formed round by
-    round (best/other for throughput, other/best for latency) and the other is tied when that ratio's 95 % interval
-    reaches 1: with 6 rounds, unless the best was ahead in every round (a sign test, 96.9 %). Without rounds, a
-    tie is two overlapping intervals; a record without intervals names the best alone: one run shows no tie."""
+
+def tied(candidates: list[str], runs: dict[str, dict], key: str, highest: bool) -> list[str]:
+    """The best candidate by `key`, then every other the measurements cannot rank apart from it, best first then by value.
+
+    Where both hold their rounds (one benchmark run, interleaved), the best one's advantage is formed round by round
+    (best/other for throughput, other/best for latency), and the other is tied when the median of those ratios is
+    within TIE_MARGIN of 1. Without rounds, a tie is two overlapping intervals; a record without intervals names
+    the best alone: one run shows no tie."""
     if not candidates:
         return []
     ranked = sorted(candidates, key=lambda m: runs[m][key], reverse=highest)
@@ -143,13 +150,11 @@ def tied(candidates: list[str], runs: dict[str, dict], key: str, highest: bool) 
 
 
 def indistinguishable(best: dict, other: dict, key: str, highest: bool) -> bool:
-    """Whether `other` may be as good as `best` by `key`: paired over their rounds when both have them, else by overlap."""
+    """Whether `other` ranks with `best` by `key`: by the paired median over their rounds when both have them, else by overlap."""
     a, b = best.get(f"{key}_rounds"), other.get(f"{key}_rounds")
     if a and b and len(a) == len(b) and min(a) > 0 and min(b) > 0:  # an imported record's rounds are checked finite only
         ratios = [x / y if highest else y / x for x, y in zip(a, b, strict=True)]  # > 1: best ahead in that round
-        _, low, _ = median_interval(ratios)
-        if low is not None:
-            return low <= 1.0
+        return statistics.median(ratios) <= 1.0 + TIE_MARGIN
     mine, theirs = interval(best, key), interval(other, key)
     return theirs is not None and theirs[0] <= mine[1] and mine[0] <= theirs[1]
 

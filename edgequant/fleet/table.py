@@ -127,9 +127,9 @@ def interval(run: dict, key: str) -> tuple[float, float] | None:
 
 
 # Within one run, a candidate whose round-by-round ratio to the best (median over the rounds) is within this margin is
-# named with it. On the AVX2 EPYC the paired medians of the same two methods moved by up to 0.16 between back-to-back
-# runs (`onnx_qdq_int8` over `openvino_int8` at 2 threads: 1.09, then 1.16 the other way), and single rounds spread
-# +-25 %: a test of "ahead in every round" there named different sets in two runs out of two, this margin the same.
+# named with it. On the AVX2 EPYC single rounds spread +-25 % and one pair's paired median went from 1.09 in favour of
+# `onnx_qdq_int8` to 1.16 in favour of `openvino_int8` between back-to-back runs: a test of "ahead in every round"
+# named different ship sets in both of two back-to-back pairs of runs, this margin the same sets in one (docs/machines.md).
 TIE_MARGIN = 0.2
 
 

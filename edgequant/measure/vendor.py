@@ -114,19 +114,10 @@ def write_harness_run(request: HarnessRequest, result_path: str, log_path: str) 
 
 
 def measure_harness(context, request: HarnessRequest) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        result, log = Path(tmp) / "result.json", Path(tmp) / "log.txt"
-        worker = context.Process(target=write_harness_run, args=(request, str(result), str(log)), name=request.what)
-        worker.start()
-        worker.join(WORKER_TIMEOUT_S)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-            raise StageError(f"measuring {request.what} took over {WORKER_TIMEOUT_S} s; stopped")
-        if worker.exitcode != 0:
-            output = log.read_text()[-3000:] if log.exists() else "(no log)"
-            raise StageError(f"measuring {request.what} failed (exit code {worker.exitcode}):\n{output}")
-        return json.loads(result.read_text())
+    """One harness run in a worker of the benchmark's fork server, started, waited for and refused as the benchmark's are."""
+    from edgequant.measure.processes import measure
+
+    return measure(context, request, target=write_harness_run, timeout_s=WORKER_TIMEOUT_S)
 
 
 def run_tool(tool: Tool, exe: str, cell: Cell, min_run_time_s: float, batch_ms: float) -> dict:

@@ -53,7 +53,7 @@ def test_a_run_given_two_threads_that_keeps_one_core_busy_is_named():
         return sum(i * i for i in range(20_000))
 
     r = measure_throughput(run, torch.ones(4), min_run_time_s=0.2, threads=2, count_faults=False)
-    assert 0.5 < r["cores_busy"] <= 1.0 + ONE_CORE_TOLERANCE
+    assert 0 < r["cores_busy"] <= 1.0 + ONE_CORE_TOLERANCE  # a loaded machine may give it less than one core, never more
     methods = {"x_int8": {"threads_1": {"cores_busy": 0.98}, "threads_2": {"cores_busy": r["cores_busy"]}}}
     assert threads_unused(methods) == [f"x_int8 at 2 threads kept {r['cores_busy']:.2f} cores busy"]
     both = {"x_int8": {"threads_1": {"cores_busy": 0.98}, "threads_2": {"cores_busy": 2 - THREAD_SLACK + 0.01}}}

@@ -169,3 +169,23 @@ def test_the_stage_skips_a_refused_method_and_measures_the_rest(tiny_model, tmp_
     assert set(metrics["methods"]) == {"fp32"} and set(metrics["skipped"]) == {"onnx_fp32", "onnx_qdq_int8"}
     assert metrics["skipped"]["onnx_fp32"] == "onnx_fp32: ONNX Runtime has no kernel for aten::foo"
     assert metrics["methods"]["fp32"]["SingleStream"]["result"] == "VALID" and sorted(os.listdir(out / "logs")) == ["fp32"]
+
+
+def test_the_loadgen_table_shows_a_run_where_every_method_was_skipped_or_a_count_is_missing():
+    from edgequant.report.loadgentable import loadgen_table
+
+    minimums = {s: {"min_duration_ms": 1000, "min_query_count": 64} for s in SCENARIOS}
+    record = {
+        "loadgen_version": "6.0.17",
+        "official": False,
+        "threads": 1,
+        "minimums": minimums,
+        "methods": {},
+        "skipped": {"x": "x: refused"},
+    }
+    text = loadgen_table(record, {"methods": {}})
+    assert "| `x` | x: refused |" in text and "SingleStream at batch –" in text
+    single = {"result": "VALID", "latency_ms_p50": 0.2, "latency_ms_p90": 0.3, "query_count": None, "batch": 1}
+    offline = {"result": "VALID", "samples_per_s": 5000.0, "batch": 256}
+    record["methods"] = {"fp32": {"SingleStream": single, "Offline": offline}}
+    assert "| `fp32` | VALID | 0.200 | 0.300 | – | – | – | VALID | 5,000 | – | – |" in loadgen_table(record, {"methods": {}})

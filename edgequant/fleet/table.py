@@ -16,11 +16,17 @@ from edgequant.measure.machine import int8_dot
 from edgequant.params import GateParams
 from edgequant.report.markdown import code, escape
 
+# Within one run, a candidate whose round-by-round ratio to the best (median over the rounds) is within this margin is
+# named with it. On the AVX2 EPYC single rounds spread +-25 % and one pair's paired median went from 1.09 in favour of
+# `onnx_qdq_int8` to 1.16 in favour of `openvino_int8` between back-to-back runs: a test of "ahead in every round"
+# named different ship sets in both of two back-to-back pairs of runs, this margin the same sets in one (docs/machines.md).
+TIE_MARGIN = 0.2
 SHIP_RULE = (
     "Ship the release candidate (`gate.methods`) that passes every gate check on that machine and has the highest batch "
     "throughput at 1 thread; for batch-1 latency, the candidate that passes with the lowest p50. Every passing candidate "
-    "within 20 % of the best is named with it (`best` ≈ `tied`), by the median of their round-by-round ratio (a record "
-    "without rounds: overlapping 95 % intervals): closer than back-to-back runs reproduce, so choose on other grounds. "
+    f"within {TIE_MARGIN * 100:.0f} % of the best is named with it (`best` ≈ `tied`), by the median of their "
+    "round-by-round ratio (a record without rounds: overlapping 95 % intervals): closer than back-to-back runs "
+    "reproduce, so choose on other grounds. "
     "Ranked on that machine's own measurements only."
 )
 SINGLE_RUN = "² measured without a 95 % interval (one run, or fewer than 6 repeats): a tie cannot be seen, so one name is shown."
@@ -124,13 +130,6 @@ def interval(run: dict, key: str) -> tuple[float, float] | None:
     """A figure's 95 % interval over the benchmark's repeats, or None for a record of one run (no interval)."""
     low, high = run.get(f"{key}_ci95_low"), run.get(f"{key}_ci95_high")
     return (low, high) if low is not None and high is not None else None
-
-
-# Within one run, a candidate whose round-by-round ratio to the best (median over the rounds) is within this margin is
-# named with it. On the AVX2 EPYC single rounds spread +-25 % and one pair's paired median went from 1.09 in favour of
-# `onnx_qdq_int8` to 1.16 in favour of `openvino_int8` between back-to-back runs: a test of "ahead in every round"
-# named different ship sets in both of two back-to-back pairs of runs, this margin the same sets in one (docs/machines.md).
-TIE_MARGIN = 0.2
 
 
 def tied(candidates: list[str], runs: dict[str, dict], key: str, highest: bool) -> list[str]:

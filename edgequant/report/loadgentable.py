@@ -13,6 +13,11 @@ def _verdict(run: dict) -> str:
     return run["result"] if run["result"] == "VALID" else f"**{run['result']}**: {escape('; '.join(run['invalid_reasons']))}"
 
 
+def _count(value: int | None) -> str:
+    """A count LoadGen's detail log gives; "–" where the log held none."""
+    return "–" if value is None else f"{value:,}"
+
+
 def loadgen_table(loadgen: dict, benchmark: dict) -> str:
     """One row per method: SingleStream's p50/p90 and early-stopping p90, Offline's samples/s, each beside the harness's
     p50 and img/s at the same thread count (metrics/benchmark.json), and LoadGen's verdicts."""
@@ -28,7 +33,7 @@ def loadgen_table(loadgen: dict, benchmark: dict) -> str:
         lines.append(
             _row([
                 code(method), _verdict(single), f"{single['latency_ms_p50']:.3f}", f"{single['latency_ms_p90']:.3f}",
-                "–" if stopping is None else f"{stopping:.3f}", f"{single['query_count']:,}", "–" if p50 is None else f"{p50:.3f}",
+                "–" if stopping is None else f"{stopping:.3f}", _count(single.get("query_count")), "–" if p50 is None else f"{p50:.3f}",
                 _verdict(offline), f"{offline['samples_per_s']:,.0f}", "–" if ips is None else f"{ips:,.0f}",
                 "–" if ips is None else f"{offline['samples_per_s'] / ips:.2f}",
             ])
@@ -42,6 +47,7 @@ def loadgen_table(loadgen: dict, benchmark: dict) -> str:
     lines += [
         "",
         f"MLPerf LoadGen {escape(str(loadgen['loadgen_version']))}, {loadgen['threads']} thread(s), {kind}: {minimums}."
-        f" SingleStream at batch {batches['SingleStream']}; Offline as one query of every sample, {batches['Offline']} a call.",
+        f" SingleStream at batch {batches.get('SingleStream', '–')}; Offline as one query of every sample,"
+        f" {batches.get('Offline', '–')} a call.",
     ]
     return "\n".join(lines)

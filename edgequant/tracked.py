@@ -12,9 +12,10 @@ from pathlib import Path, PurePosixPath
 from edgequant.data.datasets import LOCAL_KINDS
 from edgequant.params import ParamsError, check_repo_path, is_import_path
 
-# The stages that build the model (the validate stage imports it to check it; bundle is the reference's only), the
-# one that starts from a checkpoint, and the one that imports the data: each depends on the user's files it reads.
-MODEL_STAGES = ("validate", "train", "quantize", "benchmark", "bundle")
+# The stages whose code can import the user's model module (edgequant/model/imported.py is in their import closure;
+# validate imports it to check it; bundle is the reference's only), the one that starts from a checkpoint, and the one
+# that imports the data: each depends on the user's files it reads (tests/test_workloads.py checks the first list).
+MODEL_STAGES = ("validate", "train", "quantize", "benchmark", "loadgen", "npu", "vendor", "bundle")
 CHECKPOINT_STAGES = ("train",)
 DATA_STAGES = ("download",)
 

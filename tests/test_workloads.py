@@ -160,3 +160,13 @@ def test_every_path_in_a_derived_command_is_a_plain_shell_word():
         cmd = stage.get("do", stage)["cmd"]
         assert shlex.join(shlex.split(cmd)) == cmd, name  # quoting changes nothing: no token needs it
         assert "workloads/w/params.yaml" in shlex.split(cmd), name
+
+
+def test_every_stage_that_can_import_a_users_model_depends_on_its_module():
+    """A stage whose import closure holds the model importer must list the user's model module: otherwise DVC would not
+    re-run it when that module changes."""
+    from edgequant.tracked import MODEL_STAGES
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    importing = {name for name, stage in stages.items() if "edgequant/model/imported.py" in stage.get("do", stage).get("deps", [])}
+    assert importing and importing <= set(MODEL_STAGES), sorted(importing - set(MODEL_STAGES))

@@ -9,9 +9,7 @@ from edgequant import stage
 from edgequant.data.splits import load_prepared
 from edgequant.files import require_free_space, write_json, write_text
 from edgequant.measure.processes import clamp_threads
-from edgequant.measure.vendorplan import measure_vendor
-from edgequant.quantize.catalog import get_method
-from edgequant.quantize.refusal import refusals
+from edgequant.measure.vendorplan import measure_vendor, refused_at_export
 from edgequant.report.vendortable import vendor_markdown
 from edgequant.validate import load_all
 
@@ -31,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         everything = load_all(args.params)
         p, listed = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
-        refused = refusals(artifacts, listed, {m: get_method(m).baseline for m in listed})
+        refused = refused_at_export(artifacts, listed)
         p.check_batches(len(load_prepared(args.test)["labels"]), args.test)
         metrics = measure_vendor(everything.vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
         metrics["run_time_s"] = time.perf_counter() - start

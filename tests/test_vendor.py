@@ -12,6 +12,7 @@ import pytest
 from edgequant.measure import coldstart, ratio, tools, vendor
 from edgequant.measure.ratio import agrees, alternation, ratio_interval, t975
 from edgequant.measure.tools import Cell, parse_litert, parse_openvino
+from edgequant.measure.vendorplan import refused_at_export
 from edgequant.params import MAX_PAIRS, ParamsError, VendorParams, parse
 
 SAMPLES = Path(__file__).parent / "vendor_samples"
@@ -222,3 +223,11 @@ def test_the_stage_measures_tiny_artifacts_beside_both_tools_and_cold_starts_the
         assert math.isfinite(r["peak_rss_mib_over_python_median"])
     table = vendor_markdown(got)
     assert "| `litert_fp32` |" in table and "skipped" in table and "`openvino_int8`" in table
+
+
+def test_a_method_whose_fp32_baseline_was_refused_is_still_measured(tmp_path):
+    """No vendor figure is a ratio to the FP32 baseline: only the method the runtime refused itself is left out."""
+    for method, meta in (("litert_fp32", {"refused": "litert_fp32: operator X unsupported"}), ("litert_int8", {})):
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "meta.json").write_text(json.dumps(meta))
+    assert refused_at_export(tmp_path, ["litert_fp32", "litert_int8"]) == {"litert_fp32": "litert_fp32: operator X unsupported"}

@@ -16,6 +16,13 @@ from edgequant.measure.tools import TOOLS, Cell, checked_copy
 from edgequant.measure.vendor import HARNESS_STATISTIC, HarnessRequest, run_pairs, summarize_cell
 from edgequant.params import BenchmarkParams, ParamsError, VendorParams
 from edgequant.quantize.catalog import get_method, missing_modules
+from edgequant.quantize.refusal import refusal
+
+
+def refused_at_export(artifacts: Path, listed: list[str]) -> dict[str, str]:
+    """{method: its recorded refusal} of the listed methods their runtime refused. Unlike the benchmark's, a method
+    whose FP32 baseline was refused is still measured: no figure here is a ratio to that baseline."""
+    return {m: why for m in listed if (why := refusal(artifacts / m))}
 
 
 def plan_cells(
@@ -122,6 +129,6 @@ def measure_vendor(
             "batch": bench.latency_batch,
             BASELINE: baseline,
             "methods": {m: {"loads_with": loads_with[m], **summarize(records, baseline)} for m, records in cold.items()},
-            "skipped": cold_skipped,
+            "skipped": {**{m: f"refused at export: {refused[m]}" for m in listed if m in refused}, **cold_skipped},
         },
     }

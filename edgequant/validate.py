@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgequant.data.datasets import LOCAL_KINDS, dataset_for
 from edgequant.device import npu
+from edgequant.measure.tools import TOOLS
 from edgequant.model.zoo import get_model
 from edgequant.params import (
     SECTIONS,
@@ -47,6 +48,12 @@ class Params:
         for key in ("quantize", "gate", "vendor"):
             for name in getattr(self, key).methods:
                 known(get_method, name, f"{key}.methods")
+        for name in self.vendor.methods:  # refused here, before training, rather than when the vendor stage runs
+            runtime = get_method(name).runtime
+            if runtime not in TOOLS:
+                raise ParamsError(
+                    f"params.yaml: vendor.methods lists {name}, a {runtime} method; tools exist for {', '.join(TOOLS)} methods"
+                )
         for name in self.quantize.methods:
             models = get_method(name).models
             if models is not None and self.train.model not in models:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgequant.measure import coldstart, ratio, tools, vendor
 from edgequant.measure.ratio import agrees, alternation, ratio_interval, t975
@@ -231,3 +232,13 @@ def test_a_method_whose_fp32_baseline_was_refused_is_still_measured(tmp_path):
         (tmp_path / method).mkdir()
         (tmp_path / method / "meta.json").write_text(json.dumps(meta))
     assert refused_at_export(tmp_path, ["litert_fp32", "litert_int8"]) == {"litert_fp32": "litert_fp32: operator X unsupported"}
+
+
+def test_a_vendor_method_without_a_tool_is_refused_by_the_params_check_before_any_stage_runs(tmp_path):
+    from edgequant.validate import load_all
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["vendor"]["methods"] = ["onnx_fp32"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match="vendor.methods lists onnx_fp32, a onnxruntime method; tools exist for openvino, litert"):
+        load_all(tmp_path / "params.yaml")

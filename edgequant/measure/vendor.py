@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from edgequant.measure.ratio import AGREEMENT, agrees, alternation, ratio_interval
+from edgequant.measure.summary import THREAD_SLACK
 from edgequant.measure.tools import Cell, Tool
 from edgequant.stage import StageError, watch_parent
 
@@ -182,7 +183,7 @@ def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, c
             f"a shared machine: other processes kept {others:.2f} of {cores} cores busy during the runs (/proc/stat); the per-pair"
             f" ratios spread {interval['ratio_min']:.3f}-{interval['ratio_max']:.3f} and the harness's loop got {got:.2f} cores"
         )
-    if cell.threads > 1 and got < cell.threads - 0.5 and harness_ms > tool_ms:
+    if cell.threads > 1 and got < cell.threads - THREAD_SLACK and harness_ms > tool_ms:
         return f"threads: the harness's timed loop kept {got:.2f} cores busy (CPU time / wall) with {cell.threads} threads asked for"
     if not apart:
         return (

@@ -23,6 +23,7 @@ INT8_LAYER_SQNR_DB = 20
 INT8_STRESS_LAYER_SQNR_DB = 15  # compared after the BatchNorm each exporter folds in
 INT8_TOP1_AGREEMENT = 0.75
 INT8_SIZE_RATIO = 0.27  # INT8 weights: about a quarter of the same runtime's FP32 file, plus scales
+CLOCKED_CALLS = 5  # calls timed on both clocks
 
 
 def test_unknown_method_lists_the_known_ones():
@@ -146,6 +147,11 @@ def test_every_method_exports_reproducibly_loads_and_agrees_with_fp32(name, tiny
     ops = method.profile(tmp_path, 8, 1, batch, 2) if method.profile else profile_torch(run, batch, 2)
     assert ops and all(ms >= 0 for ms in ops.values())
     assert "conv" in {kind_of(op) for op in ops}, ops
+    # Its runtime's own clock, where it keeps one: a record for every call, each inside the wall time around it.
+    if method.clock:
+        clocked = method.clock(tmp_path, 8, 1, batch, CLOCKED_CALLS)
+        assert len(clocked.wall_ms) == len(clocked.internal_ms) == CLOCKED_CALLS, clocked
+        assert all(0 < inside <= around for inside, around in zip(clocked.internal_ms, clocked.wall_ms, strict=True)), clocked
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from edgequant.data.splits import load_prepared, to_input
 from edgequant.measure.mlperf_log import read_logs
 from edgequant.params import LoadgenParams
 from edgequant.quantize.catalog import Runner, get_method, import_runtime, missing_modules
-from edgequant.quantize.refusal import refusal
+from edgequant.quantize.refusal import refused_methods
 from edgequant.stage import watch_parent
 
 SCENARIOS = ("SingleStream", "Offline")
@@ -181,7 +181,7 @@ def skipped_methods(artifacts: Path, listed: list[str]) -> dict[str, str]:
     """{method: one line} of the methods that cannot run here: refused at export (their record says why), or their
     runtime is not installed. Unlike the benchmark, no figure here is a ratio to the FP32 baseline, so a method whose
     baseline was refused still runs."""
-    skipped = {m: reason for m in listed if (reason := refusal(artifacts / m))}
+    skipped = refused_methods(artifacts, listed)
     for m in listed:
         missing = missing_modules(get_method(m))
         if m not in skipped and missing:

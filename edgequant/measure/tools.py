@@ -77,6 +77,8 @@ def openvino_command(exe: str, cell: Cell, min_run_time_s: float, batch_ms: floa
 def parse_openvino(cell: Cell, out_dir: Path, console: str) -> dict:
     """FPS (batch · iterations / loop time) and the median per-infer latency from benchmark_app's JSON report,
     and the properties the compiled model reported in the step-8 log."""
+    from edgequant.quantize.methods.openvino import PLUGIN_CONFIG
+
     report = json.loads((out_dir / "benchmark_report.json").read_text())
     results = report["execution_results"]
     config = {m.group(1): m.group(2).strip() for line in console.splitlines() if (m := PROPERTY.match(line.strip()))}
@@ -89,7 +91,7 @@ def parse_openvino(cell: Cell, out_dir: Path, console: str) -> dict:
         "tool_config": config,
         "config_match": batch == cell.batch
         and config["INFERENCE_NUM_THREADS"] == str(cell.threads)
-        and config["NUM_STREAMS"] == "1"
+        and config["NUM_STREAMS"] == str(PLUGIN_CONFIG["NUM_STREAMS"])
         and "float32" in str(config["INFERENCE_PRECISION_HINT"]),
     }
 

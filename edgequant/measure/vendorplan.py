@@ -1,5 +1,5 @@
 """What the vendor stage runs and what it writes: the (method, threads) cells beside a tool, the methods skipped with
-the reason, the cold-start processes, and metrics/vendor.json's record of them."""
+the reason, the cold-start processes, the runtimes' own clocks at batch 1, and metrics/vendor.json's record of them."""
 
 from __future__ import annotations
 
@@ -11,24 +11,26 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgequant.measure.coldstart import BASELINE, RAW, measure_cold_starts, summarize
+from edgequant.measure.dispatch import ClockRequest, measure_clocks
 from edgequant.measure.ratio import AGREEMENT
 from edgequant.measure.tools import TOOLS, Cell, checked_copy
 from edgequant.measure.vendor import HARNESS_STATISTIC, HarnessRequest, run_pairs, summarize_cell
 from edgequant.params import BenchmarkParams, ParamsError, VendorParams
 from edgequant.quantize.catalog import get_method, missing_modules
-from edgequant.quantize.refusal import refusal
+from edgequant.quantize.refusal import refused_methods
 
 
 def refused_at_export(artifacts: Path, listed: list[str]) -> dict[str, str]:
     """{method: its recorded refusal} of the listed methods their runtime refused. Unlike the benchmark's, a method
     whose FP32 baseline was refused is still measured: no figure here is a ratio to that baseline."""
-    return {m: why for m in listed if (why := refusal(artifacts / m))}
+    return refused_methods(artifacts, listed)
 
 
 def plan_cells(
-    vendor: VendorParams, listed: list[str], refused: dict[str, str], artifacts: Path, threads: list[int], batch: int, tmp: Path
+    vendor: VendorParams, listed: list[str], refused: dict[str, str], artifacts: Path, batches: dict[int, list[int]], tmp: Path
 ) -> tuple[list[Cell], dict[str, str], dict]:
-    """The cells to pair, {method: why it is skipped}, and {runtime: (Tool, executable)} of the tools found."""
+    """The cells to pair (each batch of `batches` at its thread counts), {method: why it is skipped}, and {runtime:
+    (Tool, executable)} of the tools found."""
     from edgequant.model.zoo import model_of
 
     cells, skipped, tools = [], {}, {}
@@ -46,10 +48,16 @@ def plan_cells(
             skipped[name] = f"{tool.script} is not installed (it ships with the {tool.package} package)"
         else:
             tools[runtime] = (tool, exe)
-            model = checked_copy(runtime, artifacts / name, batch, tmp / "tools" / name)
             shape = tuple(model_of(artifacts / name).input_shape)
-            cells += [Cell(name, runtime, t, batch, shape, model) for t in threads]
+            for batch, threads in batches.items():
+                model = checked_copy(runtime, artifacts / name, batch, tmp / "tools" / name)
+                cells += [Cell(name, runtime, t, batch, shape, model) for t in threads]
     return cells, skipped, tools
+
+
+def cell_key(cell: Cell) -> str:
+    """A cell's key under its method in metrics/vendor.json's `ratios`."""
+    return f"batch_{cell.batch}_threads_{cell.threads}"
 
 
 def plan_cold_starts(
@@ -88,7 +96,7 @@ def measure_vendor(
     test: str,
     threads: list[int],
 ) -> dict:
-    """Every harness/tool pair, then every cold start; the record metrics/vendor.json holds."""
+    """Every harness/tool pair, then every cold start, then each runtime's own clock; the record metrics/vendor.json holds."""
     from edgequant.measure.processes import start_method
 
     def request_of(cell: Cell) -> HarnessRequest:
@@ -97,23 +105,33 @@ def measure_vendor(
         )
 
     cold_methods = [m for m in listed if m not in refused]
+    clocked = [m for m in cold_methods if get_method(m).clock and not missing_modules(get_method(m))]
+    calls = bench.repeats * bench.latency_runs  # as many as the benchmark's pooled latency percentiles
+    clocks = [
+        ClockRequest(m, str(artifacts / m), test, threads[0], bench.latency_batch, bench.warmup_runs, calls, bench.keep_freed_memory)
+        for m in clocked
+    ]
+    context = start_method()
     with tempfile.TemporaryDirectory() as tmp:
-        cells, skipped, tools = plan_cells(vendor, listed, refused, artifacts, threads, bench.throughput_batch, Path(tmp))
+        # Throughput's batch at every thread count; latency's batch (where it differs) at the smallest, as the benchmark times it.
+        batches = {bench.throughput_batch: threads} | (
+            {bench.latency_batch: threads[:1]} if bench.latency_batch != bench.throughput_batch else {}
+        )
+        cells, skipped, tools = plan_cells(vendor, listed, refused, artifacts, batches, Path(tmp))
         jobs, loads_with, cold_skipped = plan_cold_starts(cold_methods, artifacts, threads[0], bench.latency_batch, Path(tmp))
-        total = 2 * vendor.pairs * len(cells) + vendor.cold_start_repeats * len(jobs)
+        total = 2 * vendor.pairs * len(cells) + vendor.cold_start_repeats * len(jobs) + len(clocks)
         with tqdm(total=total, desc="vendor", unit="run", disable=None) as progress:
-            runs = run_pairs(cells, tools, vendor.pairs, request_of, start_method(), progress)
+            runs = run_pairs(cells, tools, vendor.pairs, request_of, context, progress)
             cold = measure_cold_starts(jobs, vendor.cold_start_repeats, Path(tmp), progress)
+            dispatch = measure_clocks(clocks, context, progress)
     ratios: dict[str, dict] = {}
     for cell, sides in runs.items():
-        ratios.setdefault(cell.method, {})[f"threads_{cell.threads}"] = summarize_cell(
-            cell, sides["harness"], sides["tool"], os.cpu_count() or 1
-        )
+        ratios.setdefault(cell.method, {})[cell_key(cell)] = summarize_cell(cell, sides["harness"], sides["tool"], os.cpu_count() or 1)
     baseline = summarize(cold.pop(BASELINE))
     return {
         "tools": {runtime: tool.version() if tool.find() else None for runtime, tool in TOOLS.items()},
         "settings": {
-            "batch": bench.throughput_batch,
+            "batches": {str(b): t for b, t in batches.items()},  # batch -> its thread counts
             "threads": threads,
             "cores": os.cpu_count(),
             "pairs": vendor.pairs,
@@ -130,5 +148,13 @@ def measure_vendor(
             BASELINE: baseline,
             "methods": {m: {"loads_with": loads_with[m], **summarize(records, baseline)} for m, records in cold.items()},
             "skipped": {**{m: f"refused at export: {refused[m]}" for m in listed if m in refused}, **cold_skipped},
+        },
+        "dispatch": {
+            "threads": threads[0],
+            "batch": bench.latency_batch,
+            "warmup_calls": bench.warmup_runs,
+            "methods": dispatch,
+            # PyTorch, OpenVINO and LiteRT keep no per-call record of their own that the harness reads
+            "without_clock": [m for m in cold_methods if m not in clocked],
         },
     }

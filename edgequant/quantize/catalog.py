@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +44,25 @@ class Labelled:
 
 
 @dataclasses.dataclass(frozen=True)
+class Clocked:
+    """The same calls on two clocks: perf_counter around the harness's runner, and the runtime's own record of each."""
+
+    clock: str  # what the runtime's clock times, in words
+    wall_ms: list[float]
+    internal_ms: list[float]
+
+
+def time_calls(run: Runner, x: torch.Tensor, calls: int) -> list[float]:
+    """Milliseconds of each of `calls` calls of run(x), by perf_counter, as a clock's harness side."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
     name: str
     runtime: str  # the engine that runs the artifact on the device
@@ -58,6 +78,9 @@ class Method:
     requires: tuple[str, ...] = ()  # modules of optional packages it imports on first use (the `runtimes` extra)
     models: tuple[str, ...] | None = None  # the models it can quantize (an eager rewrite is written per model); None: any
     labelled: bool = False  # export takes a `labelled` keyword (Labelled): accuracy-aware and QAT methods
+    # (out_dir, batch_size, threads, x, calls) -> Clocked: each call timed around the harness's runner and by the
+    # runtime's own clock; None where the runtime keeps none the harness can read (edgequant/measure/dispatch.py).
+    clock: Callable[[Path, int, int, torch.Tensor, int], Clocked] | None = None
 
 
 _METHODS: dict[str, Method] = {}
@@ -76,9 +99,10 @@ def register(
     labelled: bool = False,
 ):
     """Class decorator: a class with static `export(model, calib, sample, out_dir, batch_sizes)` and
-    `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)`)
-    becomes the method `name`; its docstring is its description. `requires` names the optional modules
-    it imports lazily, so a method can be listed, and its tests skipped, where they are not installed."""
+    `load(out_dir, batch_size, threads)` (optionally `profile(out_dir, batch_size, threads, x, runs)` and
+    `clock(out_dir, batch_size, threads, x, calls)`) becomes the method `name`; its docstring is its description.
+    `requires` names the optional modules it imports lazily, so a method can be listed, and its tests skipped,
+    where they are not installed."""
     _check(name, precision)  # at the decorator, before any class is defined
 
     def add(cls: type) -> type:
@@ -91,6 +115,7 @@ def register(
             export=cls.export,
             load=cls.load,
             profile=getattr(cls, "profile", None),
+            clock=getattr(cls, "clock", None),
             static_shapes=static_shapes,
             requires=requires,
             models=models,
@@ -111,6 +136,7 @@ def add_method(
     export: Callable[..., Exported],
     load: Callable[[Path, int, int], Runner],
     profile: Callable[[Path, int, int, torch.Tensor, int], dict[str, float]] | None = None,
+    clock: Callable[[Path, int, int, torch.Tensor, int], Clocked] | None = None,
     static_shapes: bool = False,
     requires: tuple[str, ...] = (),
     models: tuple[str, ...] | None = None,
@@ -121,7 +147,9 @@ def add_method(
     _check(name, precision)
     if name in _METHODS:
         raise ValueError(f"quantization method {name!r} is registered twice")
-    method = Method(name, runtime, precision, baseline, static_shapes, description, export, load, profile, requires, models, labelled)
+    method = Method(
+        name, runtime, precision, baseline, static_shapes, description, export, load, profile, requires, models, labelled, clock
+    )
     _METHODS[name] = method
     _MODULES[name] = export.__module__
     return method

@@ -143,10 +143,15 @@ def refusal(out_dir: Path) -> str | None:
     return refused if isinstance(refused, str) and refused else None
 
 
+def refused_methods(artifacts: Path, methods: list[str]) -> dict[str, str]:
+    """{method: its recorded refusal} of the `methods` whose runtime refused them at export."""
+    return {m: why for m in methods if (why := refusal(Path(artifacts) / m))}
+
+
 def refusals(artifacts: Path, methods: list[str], baselines: dict[str, str]) -> dict[str, str]:
     """{method: one line} of the methods that cannot be measured: refused themselves, or their FP32 baseline was
     (every INT8 figure is a ratio to it)."""
-    refused = {m: r for m in methods if (r := refusal(Path(artifacts) / m))}
+    refused = refused_methods(artifacts, methods)
     for m in methods:
         base = baselines[m]
         if m not in refused and base in refused:

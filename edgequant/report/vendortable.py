@@ -1,4 +1,5 @@
-"""metrics/vendor.json as Markdown (plots/vendor.md): the harness beside each runtime's tool, and cold start per method."""
+"""metrics/vendor.json as Markdown (plots/vendor.md): the harness beside each runtime's tool, cold start per method, and
+the harness's dispatch overhead over each runtime's own clock."""
 
 from __future__ import annotations
 
@@ -10,20 +11,20 @@ def _row(cells: list[str]) -> str:
 
 
 def ratio_table(vendor: dict) -> str:
-    head = ["method", "threads", "harness img/s", "tool img/s", "harness / tool [95 % CI]", "within 5 %", "why"]
+    head = ["method", "batch", "threads", "harness img/s", "tool img/s", "harness / tool [95 % CI]", "within 5 %", "why"]
     lines = [_row(head), "|" + "---|" * len(head)]
-    for method, by_threads in vendor["ratios"].items():
-        for key, r in by_threads.items():
+    for method, cells in vendor["ratios"].items():
+        for r in sorted(cells.values(), key=lambda r: (-r["batch"], r["threads"])):
             ratio = f"{r['ratio']:.3f} [{r['ratio_ci95_low']:.3f}, {r['ratio_ci95_high']:.3f}]"
             why = escape(r["why"]) if r["why"] else ""
-            lines.append(_row([code(method), key.removeprefix("threads_"), f"{r['harness_ips']:,.0f}", f"{r['tool_ips']:,.0f}", ratio,
-                               "yes" if r["agrees_within_5pct"] else "no", why]))  # fmt: skip
+            lines.append(_row([code(method), str(r["batch"]), str(r["threads"]), f"{r['harness_ips']:,.0f}", f"{r['tool_ips']:,.0f}",
+                               ratio, "yes" if r["agrees_within_5pct"] else "no", why]))  # fmt: skip
     for method, reason in vendor["skipped"].items():
-        lines.append(_row([code(method), "", "", "", "", "skipped", escape(reason)]))
+        lines.append(_row([code(method), "", "", "", "", "", "skipped", escape(reason)]))
     s = vendor["settings"]
     lines += [
         "",
-        f"Batch {s['batch']}, {s['pairs']} alternating pairs per row, each run a fresh process. Harness: {escape(s['harness_statistic'])}.",
+        f"{s['pairs']} alternating pairs per row, each run a fresh process. Harness: {escape(s['harness_statistic'])}.",
     ]
     lines += [
         f"Tool {code(rt)}: {escape(stat)} ({escape(vendor['tools'][rt] or 'not installed')})." for rt, stat in s["tool_statistic"].items()
@@ -53,12 +54,52 @@ def cold_start_table(vendor: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci(record: dict, key: str) -> str:
+    low, high = record.get(f"{key}_ci95_low"), record.get(f"{key}_ci95_high")
+    text = f"{record[key]:.3f}"
+    return text if low is None else f"{text} [{low:.3f}, {high:.3f}]"
+
+
+def dispatch_table(vendor: dict) -> str:
+    dispatch = vendor.get("dispatch")
+    if not dispatch:
+        return "No dispatch record: metrics/vendor.json was written before the stage read the runtimes' own clocks."
+    head = ["method", "harness ms p50", "runtime's own ms p50", "overhead ms p50 [95 % CI]", "overhead % of harness", "runtime's clock"]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for method, r in dispatch["methods"].items():
+        cells = [_ci(r, "harness_ms_p50"), _ci(r, "internal_ms_p50"), _ci(r, "overhead_ms_p50"), f"{r['overhead_pct_of_harness']:.1f}"]
+        lines.append(_row([code(method), *cells, escape(r["clock"])]))
+    calls = {r["calls"] for r in dispatch["methods"].values()}
+    lines += [
+        "",
+        f"Batch {dispatch['batch']}, {dispatch['threads']} thread(s): each of {'/'.join(map(str, sorted(calls))) or 'no'} calls timed"
+        f" by perf_counter around the harness's runner and by the runtime itself, after {dispatch['warmup_calls']} left out; the"
+        " overhead is the median of the per-call differences (Python binding, input and output conversion).",
+    ]
+    if dispatch["without_clock"]:
+        lines.append("No own per-call clock read: " + ", ".join(code(m) for m in dispatch["without_clock"]) + ".")
+    return "\n".join(lines)
+
+
 def vendor_tables(vendor: dict) -> str:
-    """Both tables, for a generated block of docs/machines.md."""
-    return "\n\n".join([ratio_table(vendor), cold_start_table(vendor)])
+    """The three tables, for a generated block of docs/machines.md."""
+    return "\n\n".join([ratio_table(vendor), cold_start_table(vendor), dispatch_table(vendor)])
 
 
 def vendor_markdown(vendor: dict) -> str:
     return "\n".join(
-        ["## Beside the runtimes' own tools", "", ratio_table(vendor), "", "## Cold start and memory", "", cold_start_table(vendor), ""]
+        [
+            "## Beside the runtimes' own tools",
+            "",
+            ratio_table(vendor),
+            "",
+            "## Cold start and memory",
+            "",
+            cold_start_table(vendor),
+            "",
+            "## Dispatch overhead over the runtime's own clock",
+            "",
+            dispatch_table(vendor),
+            "",
+        ]
     )

@@ -16,7 +16,7 @@ from edgequant.data.splits import predict
 from edgequant.files import atomic_path
 from edgequant.model.layers import layer_outputs
 from edgequant.model.zoo import Classifier
-from edgequant.quantize.catalog import Exported, Labelled, add_method, register
+from edgequant.quantize.catalog import Clocked, Exported, Labelled, add_method, register, time_calls
 from edgequant.quantize.methods.pt2e import calibrate_and_convert, drop_unused_attributes, export_static, quantized_layer_sqnr
 from edgequant.quantize.refusal import Unsupported
 from edgequant.quantize.search import Trial, keep_fp32, logits_of, score, summary
@@ -53,13 +53,13 @@ def _use_threads(threads: int) -> None:
     portable_lib._unsafe_reset_threadpool(threads)
 
 
-def _load_pte(out_dir: Path, batch_size: int, threads: int):
+def _load_pte(out_dir: Path, batch_size: int, threads: int, etdump: bool = False):
     from executorch.runtime import Runtime
 
     _use_threads(threads)
     data = _read(out_dir, batch_size)
     try:  # what passes the checks can still be damaged inside (a scrambled table, a delegate's data)
-        program = Runtime.get().load_program(data)
+        program = Runtime.get().load_program(data, enable_etdump=etdump)
         method = program.load_method("forward")
     except RuntimeError as exc:
         where = out_dir / f"model_b{batch_size}.pte"
@@ -70,6 +70,29 @@ def _load_pte(out_dir: Path, batch_size: int, threads: int):
 
     run.keep_alive = (data, program)  # the method reads from both without owning them
     return run
+
+
+def _clock_pte(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, calls: int) -> Clocked:
+    """Each call around the harness's runner and inside the ExecuTorch runtime: ETDump's `Method::execute` event."""
+    run = _load_pte(out_dir, batch_size, threads, etdump=True)
+    wall_ms = time_calls(run, x, calls)
+    frame = _etdump_frame(run.keep_alive[1])
+    executes = frame[(frame["event_block_name"] == "Execute") & (frame["event_name"] == "Method::execute")]
+    internal = [float(ms) for ms in executes.iloc[0]["raw"]] if len(executes) else []
+    return Clocked("ExecuTorch's ETDump: each execute's Method::execute event", wall_ms, internal)
+
+
+def _etdump_frame(program):
+    """The events an ETDump-enabled program recorded, one row per event name (Inspector's dataframe, times in ms)."""
+    from executorch.devtools import Inspector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        etdump = Path(tmp) / "run.etdp"
+        program.write_etdump_result_to_file(str(etdump), str(Path(tmp) / "debug.bin"))
+        with warnings.catch_warnings():
+            # Timing is all we ask for; without intermediate outputs it warns that tensor data is absent.
+            warnings.filterwarnings("ignore", message="Output Buffer not found", category=UserWarning)
+            return Inspector(etdump_path=str(etdump)).to_dataframe()
 
 
 def _profile_pte(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int) -> dict[str, float]:
@@ -87,6 +110,7 @@ class ExecuTorchFP32:
 
     load = staticmethod(_load_pte)
     profile = staticmethod(_profile_pte)
+    clock = staticmethod(_clock_pte)
 
 
 def _quantizer(per_channel: bool = True, fp32_layers: tuple[str, ...] = (), qat: bool = False):
@@ -265,6 +289,7 @@ for _name, _config in XNNPACK_VARIANTS.items():
         export=_config.export,
         load=_load_pte,
         profile=_profile_pte,
+        clock=_clock_pte,
         static_shapes=True,
         labelled=_config.labelled,
     )
@@ -276,19 +301,12 @@ def profile_executorch(pte: bytes, x: torch.Tensor, runs: int) -> dict[str, floa
     XNNPACK reports every op it runs inside the delegate ("Convolution (NHWC, QC8) IGEMM #2");
     ops outside it report as themselves. The delegate call and method totals are left out.
     """
-    from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(pte, enable_etdump=True)
     method = program.load_method("forward")
     for _ in range(runs):
         method.execute([x])
-    with tempfile.TemporaryDirectory() as tmp:
-        etdump = Path(tmp) / "run.etdp"
-        program.write_etdump_result_to_file(str(etdump), str(Path(tmp) / "debug.bin"))
-        with warnings.catch_warnings():
-            # Timing is all we ask for; without intermediate outputs it warns that tensor data is absent.
-            warnings.filterwarnings("ignore", message="Output Buffer not found", category=UserWarning)
-            frame = Inspector(etdump_path=str(etdump)).to_dataframe()
+    frame = _etdump_frame(program)
     frame = frame[(frame["event_block_name"] == "Execute") & ~frame["event_name"].isin(["DELEGATE_CALL", "Method::execute"])]
     return {row["event_name"]: float(row["p50 (ms)"]) for _, row in frame.iterrows()}

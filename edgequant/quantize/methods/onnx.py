@@ -17,7 +17,7 @@ from edgequant.data.splits import batches, predict
 from edgequant.files import atomic_path
 from edgequant.model.layers import layer_outputs, sqnr_db
 from edgequant.model.zoo import Classifier
-from edgequant.quantize.catalog import Exported, Labelled, add_method, register
+from edgequant.quantize.catalog import Clocked, Exported, Labelled, add_method, register, time_calls
 from edgequant.quantize.search import Trial, keep_fp32, logits_of, score, summary
 
 INPUT = "pixels"
@@ -78,13 +78,25 @@ def _session(path: Path, threads: int, profile_prefix: str | None = None):
         ) from exc
 
 
-def _load(out_dir: Path, batch_size: int, threads: int):
-    session = _session(out_dir / "model.onnx", threads)
-
+def _runner(session):
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {INPUT: x.numpy()})[0])
 
     return run
+
+
+def _load(out_dir: Path, batch_size: int, threads: int):
+    return _runner(_session(out_dir / "model.onnx", threads))
+
+
+def _clock(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, calls: int) -> Clocked:
+    """Each call around the harness's runner and inside ONNX Runtime: its profiler's `model_run` event, one per run()."""
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _session(out_dir / "model.onnx", threads, str(Path(tmp) / "ort"))
+        wall_ms = time_calls(_runner(session), x, calls)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    internal = [e["dur"] / 1e3 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    return Clocked("ONNX Runtime's profiler: each run's model_run event", wall_ms, internal)
 
 
 def _profile(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int) -> dict[str, float]:
@@ -102,6 +114,7 @@ class OnnxFP32:
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
+    clock = staticmethod(_clock)
 
 
 class _Reader:
@@ -321,6 +334,7 @@ for _name, _config in QDQ_VARIANTS.items():
         export=_config.export,
         load=_load,
         profile=_profile,
+        clock=_clock,
         labelled=_config.aware,
     )
 

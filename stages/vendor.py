@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", required=True, help="directory with one sub-directory per method")
     parser.add_argument("--test", required=True, help="prepared test split (the harness's input batch)")
     parser.add_argument("--out", required=True, help="output: metrics JSON")
-    parser.add_argument("--md", required=True, help="output: the two tables, Markdown")
+    parser.add_argument("--md", required=True, help="output: the three tables, Markdown")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -35,8 +37,14 @@ def test_a_clock_that_lost_calls_fails_the_run_instead_of_pairing_the_wrong_ones
 
     monkeypatch.setattr("edgequant.quantize.catalog.get_method", lambda name: Short)
     request = dispatch.ClockRequest("m", str(tmp_path), str(test), 1, 1, 2, 5, False)
-    with pytest.raises(RuntimeError, match="recorded 6 calls of 7 made"):
+    with pytest.raises(ValueError, match="recorded 6 calls of 7 made"):
         dispatch.clock_run(request)
+    result, log = tmp_path / "result.json", tmp_path / "log.txt"
+    with monkeypatch.context() as m:  # the worker's entry point redirects stdout and stderr: keep pytest's
+        m.setattr(dispatch.os, "dup2", lambda *a: None)
+        m.setattr(dispatch, "watch_parent", lambda: None)
+        dispatch.write_clock_run(request, str(result), str(log))
+    assert json.loads(result.read_text()) == {"error": "m: a clock that dropped its first call recorded 6 calls of 7 made"}
 
 
 def test_every_method_of_a_runtime_with_its_own_clock_registers_it():

@@ -132,9 +132,10 @@ def test_experiments_single_and_queued_sweep(clone):
     table = sh(["dvc", "exp", "show", "--md", "--no-pager", "--keep", "gate.max_size_ratio", "--drop", ".*"], work, env)
     ratios = {line.split("|")[-2].strip() for line in table.splitlines() if line.startswith("|")}
     assert {"0.4", "0.6"} <= ratios, table
-    # One experiment in the workspace, named, with a param override: it re-runs only the stages that param feeds.
+    # One experiment in the workspace, named, with a param override: it re-runs only the stages that param feeds (the
+    # gate, and the fleet, whose ship columns read the gate's verdict).
     out = sh(["dvc", "exp", "run", "-S", "gate.min_speedup=0.02", "-n", "faster"], work, env)
-    assert stages_run(out) == {"validate", "gate"}, out
+    assert stages_run(out) == {"validate", "gate", "fleet"}, out
     checks = json.loads((work / "metrics/gate.json").read_text())["checks"]
     assert {c["limit"] for c in checks if c["param"] == "gate.min_speedup"} == {0.02}, checks
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], work, env))

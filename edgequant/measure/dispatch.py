@@ -1,9 +1,11 @@
 """Dispatch overhead at batch 1: the same calls on two clocks, perf_counter around the harness's runner and the
 runtime's own record of each call (ONNX Runtime's profiler, ExecuTorch's ETDump), one worker process per method.
 
-A call's difference is what the harness adds around the runtime's own work: the Python binding, the input and output
-conversion (torch <-> numpy) and the profiler's bookkeeping at the call's edges. Its median over the calls is given
-with the order-statistic 95 % interval of edgequant/measure/intervals.py: the calls are the samples.
+A call's difference is what the harness adds around the runtime's own work: the Python binding and the input and
+output conversion (torch <-> numpy), plus whatever of the profiler's bookkeeping falls outside its event. Its median
+over the calls is given with the order-statistic 95 % interval of edgequant/measure/intervals.py: the calls of one
+process are the samples, so the interval says how well that process's median is known, not how much another
+process would differ.
 """
 
 from __future__ import annotations
@@ -48,18 +50,23 @@ def clock_run(request: ClockRequest) -> dict:
     torch.set_num_threads(request.threads)
     x = to_input(load_prepared(request.test)["images"])[: request.batch].contiguous()
     clocked = get_method(request.method).clock(Path(request.artifacts), request.batch, request.threads, x, request.warmup + request.calls)
-    if len(clocked.internal_ms) != len(clocked.wall_ms):
-        raise RuntimeError(f"{request.method}: {clocked.clock} recorded {len(clocked.internal_ms)} calls of {len(clocked.wall_ms)} made")
+    if len(clocked.internal_ms) != len(clocked.wall_ms):  # pairing the wrong calls would make a figure of noise
+        raise ValueError(f"{request.method}: {clocked.clock} recorded {len(clocked.internal_ms)} calls of {len(clocked.wall_ms)} made")
     return {"clock": clocked.clock, "wall_ms": clocked.wall_ms[request.warmup :], "internal_ms": clocked.internal_ms[request.warmup :]}
 
 
 def write_clock_run(request: ClockRequest, result_path: str, log_path: str) -> None:
-    """A worker process's entry point: the runtimes' banners go to `log_path`, the result to `result_path`."""
+    """A worker process's entry point: the runtimes' banners go to `log_path`, the result to `result_path`; a
+    ValueError (a clock that lost calls) as {"error": one line}, which the stage says in one line."""
     watch_parent()
     log = open(log_path, "w")  # noqa: SIM115 - this process's stdout and stderr until it exits
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
-    Path(result_path).write_text(json.dumps(clock_run(request)))
+    try:
+        result = clock_run(request)
+    except ValueError as exc:
+        result = {"error": str(exc).strip().splitlines()[0]}
+    Path(result_path).write_text(json.dumps(result))
 
 
 def summarize_clock(record: dict) -> dict:

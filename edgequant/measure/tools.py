@@ -30,7 +30,7 @@ CHECKED_PROPERTIES = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISI
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One (method, threads) comparison: its model copy, batch and input shape (C, H, W)."""
+    """One (method, batch, threads) comparison: its model copy and input shape (C, H, W)."""
 
     method: str
     runtime: str

@@ -57,7 +57,7 @@ class HarnessRequest:
 
     @property
     def what(self) -> str:
-        return f"the harness on {self.method} with {self.threads} thread(s)"
+        return f"the harness on {self.method} at batch {self.batch} with {self.threads} thread(s)"
 
 
 def runner_cost_ms(run, x, bare) -> float:
@@ -132,7 +132,9 @@ def run_tool(tool: Tool, exe: str, cell: Cell, min_run_time_s: float, batch_ms: 
         try:
             done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
-            raise StageError(f"{tool.script} on {cell.method} with {cell.threads} thread(s) took over {TOOL_TIMEOUT_S} s; stopped") from exc
+            raise StageError(
+                f"{tool.script} on {cell.method} at batch {cell.batch} with {cell.threads} thread(s) took over {TOOL_TIMEOUT_S} s; stopped"
+            ) from exc
         console = done.stdout + done.stderr
         if done.returncode != 0:
             raise StageError(f"{' '.join(command)} failed (exit code {done.returncode}):\n{console[-3000:]}")
@@ -157,8 +159,9 @@ def run_pairs(cells: list[Cell], tools: dict, pairs: int, request_of, context, p
 
 def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, cores: int) -> str:
     """One line on why harness and tool disagree, from what the runs measured; "not explained" where they cannot tell.
-    The causes are tried in order: settings, the runner's own copies, the tool's statistic, an oversubscribed machine
-    (other processes and the run's threads wanted more than its `cores`), threads, noise."""
+    The causes are tried in order: settings, the runner's own copies, those and the tool's statistic together, the
+    tool's statistic, an oversubscribed machine (other processes and the run's threads wanted more than its `cores`),
+    threads, noise."""
     harness_ms = statistics.median(1e3 * cell.batch / r["throughput_ips"] for r in harness)
     tool_ms = statistics.median(1e3 * cell.batch / r["tool_ips"] for r in tool)
     tool_call_ms = statistics.median(r["tool_call_ms_median"] for r in tool)

@@ -1,4 +1,4 @@
-"""What the vendor stage runs and what it writes: the (method, threads) cells beside a tool, the methods skipped with
+"""What the vendor stage runs and what it writes: the (method, batch, threads) cells beside a tool, the methods skipped with
 the reason, the cold-start processes, the runtimes' own clocks at batch 1, and metrics/vendor.json's record of them."""
 
 from __future__ import annotations
@@ -105,7 +105,11 @@ def measure_vendor(
         )
 
     cold_methods = [m for m in listed if m not in refused]
-    clocked = [m for m in cold_methods if get_method(m).clock and not missing_modules(get_method(m))]
+    with_clock = [m for m in cold_methods if get_method(m).clock]
+    clock_skipped = {
+        m: f"its runtime is not installed ({', '.join(miss)} missing)" for m in with_clock if (miss := missing_modules(get_method(m)))
+    }
+    clocked = [m for m in with_clock if m not in clock_skipped]
     calls = bench.repeats * bench.latency_runs  # as many as the benchmark's pooled latency percentiles
     clocks = [
         ClockRequest(m, str(artifacts / m), test, threads[0], bench.latency_batch, bench.warmup_runs, calls, bench.keep_freed_memory)
@@ -155,6 +159,7 @@ def measure_vendor(
             "warmup_calls": bench.warmup_runs,
             "methods": dispatch,
             # PyTorch, OpenVINO and LiteRT keep no per-call record of their own that the harness reads
-            "without_clock": [m for m in cold_methods if m not in clocked],
+            "without_clock": [m for m in cold_methods if not get_method(m).clock],
+            **({"skipped": clock_skipped} if clock_skipped else {}),  # a method of those runtimes whose runtime is missing
         },
     }

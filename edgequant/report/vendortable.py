@@ -78,6 +78,7 @@ def dispatch_table(vendor: dict) -> str:
     ]
     if dispatch["without_clock"]:
         lines.append("No own per-call clock read: " + ", ".join(code(m) for m in dispatch["without_clock"]) + ".")
+    lines += [f"Skipped: {code(m)}: {escape(why)}." for m, why in dispatch.get("skipped", {}).items()]
     return "\n".join(lines)
 
 

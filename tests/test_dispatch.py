@@ -41,8 +41,8 @@ def test_a_clock_that_lost_calls_fails_the_run_instead_of_pairing_the_wrong_ones
         dispatch.clock_run(request)
     result, log = tmp_path / "result.json", tmp_path / "log.txt"
     with monkeypatch.context() as m:  # the worker's entry point redirects stdout and stderr: keep pytest's
-        m.setattr(dispatch.os, "dup2", lambda *a: None)
-        m.setattr(dispatch, "watch_parent", lambda: None)
+        m.setattr("edgequant.measure.processes.os.dup2", lambda *a: None)
+        m.setattr("edgequant.stage.watch_parent", lambda: None)
         dispatch.write_clock_run(request, str(result), str(log))
     assert json.loads(result.read_text()) == {"error": "m: a clock that dropped its first call recorded 6 calls of 7 made"}
 

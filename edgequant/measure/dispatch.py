@@ -11,12 +11,9 @@ process would differ.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 
 from edgequant.measure.intervals import with_interval
-from edgequant.stage import watch_parent
 
 WORKER_TIMEOUT_S = 600
 
@@ -58,15 +55,9 @@ def clock_run(request: ClockRequest) -> dict:
 def write_clock_run(request: ClockRequest, result_path: str, log_path: str) -> None:
     """A worker process's entry point: the runtimes' banners go to `log_path`, the result to `result_path`; a
     ValueError (a clock that lost calls) as {"error": one line}, which the stage says in one line."""
-    watch_parent()
-    log = open(log_path, "w")  # noqa: SIM115 - this process's stdout and stderr until it exits
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    try:
-        result = clock_run(request)
-    except ValueError as exc:
-        result = {"error": str(exc).strip().splitlines()[0]}
-    Path(result_path).write_text(json.dumps(result))
+    from edgequant.measure.processes import serve
+
+    serve(clock_run, request, result_path, log_path)
 
 
 def summarize_clock(record: dict) -> dict:

@@ -4,7 +4,6 @@ estimate) and Offline (samples per second), each method in a process of its own,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -18,7 +17,6 @@ from edgequant.measure.mlperf_log import read_logs
 from edgequant.params import LoadgenParams
 from edgequant.quantize.catalog import Runner, get_method, import_runtime, missing_modules
 from edgequant.quantize.refusal import refused_methods
-from edgequant.stage import watch_parent
 
 SCENARIOS = ("SingleStream", "Offline")
 # MLPerf's edge image-classification benchmark: its rules (LoadGen's built-in mlperf.conf, read by
@@ -166,15 +164,9 @@ def measure_method(request: LoadgenRequest) -> dict:
 def write_loadgen(request: LoadgenRequest, result_path: str, log_path: str) -> None:
     """Measure `request` and write its figures as JSON: a worker process's entry point (edgequant/measure/processes.py).
     A refused artifact or input (ValueError) is written as {"error": one line} for the stage to say."""
-    watch_parent()
-    log = open(log_path, "w")  # noqa: SIM115 - this process's stdout and stderr until it exits
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    try:
-        result = measure_method(request)
-    except ValueError as exc:
-        result = {"error": str(exc).strip().splitlines()[0]}
-    Path(result_path).write_text(json.dumps(result))
+    from edgequant.measure.processes import serve
+
+    serve(measure_method, request, result_path, log_path)
 
 
 def skipped_methods(artifacts: Path, listed: list[str]) -> dict[str, str]:

@@ -43,6 +43,23 @@ def start_method() -> multiprocessing.context.BaseContext:
     return context
 
 
+def serve(measure_request, request, result_path: str, log_path: str) -> None:
+    """A worker's body: stdout and stderr to `log_path` (runtimes print banners there), `measure_request(request)`'s
+    figures to `result_path` as JSON; a refused artifact or input (ValueError) as {"error": one line}, which `measure`
+    says in one line."""
+    from edgequant.stage import watch_parent
+
+    watch_parent()  # the stage that asked may be gone; then stop rather than measure for nobody
+    log = open(log_path, "w")  # noqa: SIM115 - this process's stdout and stderr until it exits
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        result = measure_request(request)
+    except ValueError as exc:
+        result = {"error": str(exc).strip().splitlines()[0]}
+    Path(result_path).write_text(json.dumps(result))
+
+
 def measure(context: multiprocessing.context.BaseContext, request, target=write_measurement, timeout_s: float = WORKER_TIMEOUT_S) -> dict:
     """Run one measurement in its own process: thread pools (OpenMP, XNNPACK, ORT) are sized once per
     process, and one runtime's warm caches must not flatter the next one's numbers. Processes fork

@@ -30,6 +30,7 @@ from edgequant.params import (
     read_sections,
 )
 from edgequant.quantize.catalog import get_method
+from edgequant.quantize.precisions import BASELINE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +73,9 @@ class Params:
                 raise ParamsError(
                     f"params.yaml: gate.methods lists {name}, which quantize.methods does not: add it there, or stop gating it"
                 )
-            if get_method(name).precision != "int8":
+            if get_method(name).precision == BASELINE:
                 raise ParamsError(
-                    f"params.yaml: gate.methods lists {name}, an FP32 method: the gate holds INT8 candidates to their FP32 baseline"
+                    f"params.yaml: gate.methods lists {name}, an FP32 method: the gate holds INT8 and BF16 candidates to their baseline"
                 )
         if self.download.dataset in LOCAL_KINDS:  # its size is known once imported: the prepare and benchmark stages check it
             return

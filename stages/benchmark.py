@@ -16,7 +16,7 @@ from edgequant.measure.timing import machine_info
 from edgequant.model.layers import conv_macs
 from edgequant.model.zoo import common_model
 from edgequant.quantize.catalog import get_method
-from edgequant.quantize.refusal import refusals
+from edgequant.quantize.refusal import precision_refusals, refusals
 from edgequant.quantize.search import search_metrics
 from edgequant.validate import load_all
 
@@ -55,14 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         everything = load_all(args.params)
         p, listed = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
-        # A method its runtime refused (or whose FP32 baseline it refused) is listed, not measured; the gate judges it.
+        # A method its runtime refused (or whose FP32 baseline it refused), or whose precision this CPU lacks, is listed,
+        # not measured; the gate judges it.
         refused = refusals(artifacts, listed, {m: get_method(m).baseline for m in listed})
         if "fp32" in refused:
             raise ValueError(
                 f"{refused['fp32']}: eager PyTorch is the baseline every method is measured against; re-run `dvc repro quantize@fp32`"
             )
+        meta = {m: read_meta(artifacts, m) for m in listed if m not in refused}  # the artifacts are checked first
+        machine = json.loads(Path(args.machine).read_text())
+        refused |= {m: why for m, why in precision_refusals(listed, machine["flags"]).items() if m not in refused}
         methods = [m for m in listed if m not in refused]
-        meta = {m: read_meta(artifacts, m) for m in methods}
         model = common_model(artifacts, methods)
         labels = load_prepared(args.test)["labels"]
         p.check_batches(len(labels), args.test)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics, rows = summarize(methods, sizes, runs, peaks, accuracy(methods, predictions, logits, labels), model)
         for m in methods:  # an accuracy-aware search's budget, met or not: the gate judges it from here
             metrics["methods"][m].update(search_metrics(meta[m].get("settings")))
-        metrics["machine"] = machine_info(json.loads(Path(args.machine).read_text()))
+        metrics["machine"] = machine_info(machine)
         metrics["refused"] = refused
         sqnr = {m: meta[m]["sqnr_db"] for m in methods if meta[m].get("sqnr_db")}
         conv = conv_macs(model)  # per image, one figure for every method's rows

@@ -1,6 +1,7 @@
 """Stage `loadgen`: every exported method through MLPerf LoadGen, SingleStream latency and Offline throughput."""
 
 import argparse
+import json
 import sys
 import time
 from importlib.metadata import version
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", required=True, help="directory with one sub-directory per method")
     parser.add_argument("--test", required=True, help="prepared test split: LoadGen's query samples")
+    parser.add_argument("--machine", required=True, help="the probe stage's machine record, JSON")
     parser.add_argument("--metrics", required=True, help="output: LoadGen's verdict and figures per method and scenario, JSON")
     parser.add_argument("--logs", required=True, help="output: LoadGen's own logs, <logs>/<method>/<scenario>/mlperf_log_*")
     parser.add_argument("--params", default="params.yaml")
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         p, bench, listed = everything.loadgen, everything.benchmark, everything.quantize.methods
         import_runtime("mlperf_loadgen", "mlcommons-loadgen", "the loadgen stage")  # one line naming the package when absent
         artifacts = Path(args.artifacts)
-        skipped = skipped_methods(artifacts, listed)
+        skipped = skipped_methods(artifacts, listed, json.loads(Path(args.machine).read_text())["flags"])
         methods = [m for m in listed if m not in skipped]
         for m in methods:  # a missing or damaged record is refused here, in one line naming it, as the benchmark does
             read_record(artifacts, m)

@@ -2,6 +2,7 @@
 and the harness's dispatch overhead over the runtime's own clock (ONNX Runtime, ExecuTorch) at batch 1."""
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from edgequant.data.splits import load_prepared
 from edgequant.files import require_free_space, write_json, write_text
 from edgequant.measure.processes import clamp_threads
 from edgequant.measure.vendorplan import measure_vendor, refused_at_export
+from edgequant.quantize.refusal import precision_refusals
 from edgequant.report.vendortable import vendor_markdown
 from edgequant.validate import load_all
 
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", required=True, help="directory with one sub-directory per method")
     parser.add_argument("--test", required=True, help="prepared test split (the harness's input batch)")
+    parser.add_argument("--machine", required=True, help="the probe stage's machine record, JSON")
     parser.add_argument("--out", required=True, help="output: metrics JSON")
     parser.add_argument("--md", required=True, help="output: the three tables, Markdown")
     parser.add_argument("--params", default="params.yaml")
@@ -31,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         p, listed = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
         refused = refused_at_export(artifacts, listed)
+        lacking = precision_refusals(listed, json.loads(Path(args.machine).read_text())["flags"])  # BF16 without BF16
         p.check_batches(len(load_prepared(args.test)["labels"]), args.test)
-        metrics = measure_vendor(everything.vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
+        runnable = [m for m in listed if m not in lacking]
+        metrics = measure_vendor(everything.vendor, p, runnable, refused, artifacts, args.test, clamp_threads(p.threads))
+        metrics["skipped"] |= {m: why for m, why in lacking.items() if m not in refused}
         metrics["run_time_s"] = time.perf_counter() - start
         write_json(args.out, metrics)
         write_text(args.md, vendor_markdown(metrics))

@@ -22,6 +22,7 @@ from edgequant.measure.loadgen import (
 )
 from edgequant.measure.mlperf_log import LogError, parse_detail, parse_summary, read_logs
 from edgequant.params import LoadgenParams, ParamsError, parse
+from edgequant.quantize.precisions import lacking
 
 from .conftest import TINY, write_artifacts
 
@@ -112,17 +113,19 @@ def test_official_settings_are_mlperfs_own_from_loadgen():
     assert settings(SHORT, "Offline") == {"min_duration_ms": 200, "min_query_count": 64}
 
 
-def test_a_refused_method_and_one_without_its_runtime_are_skipped_with_one_line_each(tmp_path, monkeypatch):
+def test_a_refused_method_one_without_its_runtime_and_one_without_its_precision_are_skipped_with_one_line_each(tmp_path, monkeypatch):
     import edgequant.measure.loadgen as loadgen
 
     (tmp_path / "onnx_fp32").mkdir()
     (tmp_path / "onnx_fp32/meta.json").write_text(json.dumps({"method": "onnx_fp32", "refused": "onnx_fp32: no kernel for aten::foo"}))
     monkeypatch.setattr(loadgen, "missing_modules", lambda method: ["openvino"] if method.runtime == "openvino" else [])
-    skipped = skipped_methods(tmp_path, ["fp32", "onnx_fp32", "onnx_qdq_int8", "openvino_int8"])
+    skipped = skipped_methods(tmp_path, ["fp32", "onnx_fp32", "onnx_qdq_int8", "openvino_int8", "bf16"], {"avx2": True})
     assert skipped == {
         "onnx_fp32": "onnx_fp32: no kernel for aten::foo",
         "openvino_int8": "openvino_int8: its runtime is not installed (openvino missing): `make runtimes` installs it",
+        "bf16": f"bf16: {lacking('bf16', {})}",
     }
+    assert "bf16" not in skipped_methods(tmp_path, ["fp32", "bf16"], {"avx2": True, "avx512_bf16": True})
 
 
 @pytest.mark.slow
@@ -162,7 +165,9 @@ def test_the_stage_skips_a_refused_method_and_measures_the_rest(tiny_model, tmp_
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "stages.loadgen", "--artifacts", str(root / "quantized"), "--test", str(root / "test.pt")]
-    command += ["--metrics", str(out / "loadgen.json"), "--logs", str(out / "logs"), "--params", str(tmp_path / "params.yaml")]
+    (tmp_path / "machine.json").write_text(json.dumps({"flags": {}}))
+    command += ["--machine", str(tmp_path / "machine.json"), "--metrics", str(out / "loadgen.json"), "--logs", str(out / "logs")]
+    command += ["--params", str(tmp_path / "params.yaml")]
     done = subprocess.run(command, cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "loadgen.json").read_text())

@@ -16,6 +16,7 @@ from pathlib import Path
 from edgequant.measure.machine import name_of, slug
 from edgequant.params import MAX_REPEATS
 from edgequant.params import NAME as METHOD_NAME
+from edgequant.quantize.precisions import PRECISIONS
 
 MAX_FILE_BYTES = 4 * 2**20  # the largest real record is 23 KB (12 methods, 2 thread counts)
 MAX_FOLDER_BYTES = 16 * 2**20
@@ -29,7 +30,7 @@ MAX_THREADS = 4096
 MAX_GMACS = 1e6
 MAX_RATIO = 1e6  # a speed-up, size ratio or fraction of peak
 MAX_LATENCY_MS = 1e7
-PRECISIONS = ("fp32", "int8")
+REQUIRED_PEAKS = ("fp32", "int8")  # the precisions every record's roofline has (a BF16 engine came later)
 # The figures a record may give a 95 % interval (edgequant/measure/intervals.py), with their largest value; throughput's
 # is the record's own (MAX_GMACS over its MACs per image).
 INTERVALS = {
@@ -200,7 +201,7 @@ def check_method(name: object, method: object, threads: list[str], macs: int, wh
     method = table(method, where, "methods", name)
     precision = method.get("precision")
     if precision not in PRECISIONS:
-        raise RecordError(f"{where}: {field('methods', name, 'precision')} must be one of {PRECISIONS}, got {shown(precision)}")
+        raise RecordError(f"{where}: {field('methods', name, 'precision')} must be one of {tuple(PRECISIONS)}, got {shown(precision)}")
     for key in ("runtime", "baseline"):
         if method.get(key) is not None:
             text(method[key], where, "methods", name, key)
@@ -247,11 +248,11 @@ def check_benchmark(metrics: object, where: str) -> str:
     threads = thread_keys(peak, where)
     for t in threads:
         roof = table(peak[t], where, "peak", t)
-        for key in ("fp32_gmacs", "int8_gmacs"):
-            number(roof.get(key), where, "peak", t, key, high=MAX_GMACS, positive=True)
-        for key in ("fp32_engine", "int8_engine"):
-            if key in roof:
-                text(roof[key], where, "peak", t, key)
+        for precision in PRECISIONS:  # FP32's and INT8's in every record; another's where it was measured
+            if precision in REQUIRED_PEAKS or f"{precision}_gmacs" in roof:
+                number(roof.get(f"{precision}_gmacs"), where, "peak", t, f"{precision}_gmacs", high=MAX_GMACS, positive=True)
+            if f"{precision}_engine" in roof:
+                text(roof[f"{precision}_engine"], where, "peak", t, f"{precision}_engine")
     methods = table(metrics.get("methods"), where, "methods")
     if not 0 < len(methods) <= MAX_METHODS:
         raise RecordError(f"{where}: methods must hold 1 to {MAX_METHODS} methods, got {len(methods)}")

@@ -16,7 +16,7 @@ from edgequant.data.splits import load_prepared, to_input
 from edgequant.measure.mlperf_log import read_logs
 from edgequant.params import LoadgenParams
 from edgequant.quantize.catalog import Runner, get_method, import_runtime, missing_modules
-from edgequant.quantize.refusal import refused_methods
+from edgequant.quantize.refusal import precision_refusals, refused_methods
 
 SCENARIOS = ("SingleStream", "Offline")
 # MLPerf's edge image-classification benchmark: its rules (LoadGen's built-in mlperf.conf, read by
@@ -169,11 +169,12 @@ def write_loadgen(request: LoadgenRequest, result_path: str, log_path: str) -> N
     serve(measure_method, request, result_path, log_path)
 
 
-def skipped_methods(artifacts: Path, listed: list[str]) -> dict[str, str]:
-    """{method: one line} of the methods that cannot run here: refused at export (their record says why), or their
-    runtime is not installed. Unlike the benchmark, no figure here is a ratio to the FP32 baseline, so a method whose
-    baseline was refused still runs."""
+def skipped_methods(artifacts: Path, listed: list[str], flags: dict[str, bool]) -> dict[str, str]:
+    """{method: one line} of the methods that cannot run here: refused at export (their record says why), their
+    precision lacking in this CPU (`flags`, the machine record's), or their runtime not installed. Unlike the benchmark,
+    no figure here is a ratio to the FP32 baseline, so a method whose baseline was refused still runs."""
     skipped = refused_methods(artifacts, listed)
+    skipped |= {m: why for m, why in precision_refusals(listed, flags).items() if m not in skipped}
     for m in listed:
         missing = missing_modules(get_method(m))
         if m not in skipped and missing:

@@ -1,4 +1,4 @@
-"""This CPU's FP32 and INT8 GEMM peak: the best of the GEMM engines present, so that no method can beat its own roofline.
+"""This CPU's GEMM peak per precision (FP32, BF16, INT8): the best of the GEMM engines present, so that no method can beat its own roofline.
 
 One engine is not enough. `torch._int_mm` has no fast path without VNNI (0.5 GMAC/s on an AVX2 EPYC,
 where ONNX Runtime's INT8 convolutions ran at 66), and `torch.mm` is slower than the FP32 convolutions
@@ -34,6 +34,28 @@ ENGINE_KERNELS = {
 def torch_mm(n: int, threads: int):
     a, b = torch.randn(n, n), torch.randn(n, n)
     return lambda: torch.mm(a, b)
+
+
+def torch_mm_bf16(n: int, threads: int):
+    """torch.mm on bfloat16 (oneDNN's BF16 GEMM where the CPU has BF16 instructions, an FP32 emulation elsewhere)."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    return lambda: torch.mm(a, b)
+
+
+def openvino_matmul_bf16(n: int, threads: int):
+    """OpenVINO's CPU plugin on an n×n MatMul compiled with INFERENCE_PRECISION_HINT bf16, as openvino_bf16 runs;
+    None where OpenVINO is not installed."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], np.float32, name="a")
+    model = ov.Model([ops.matmul(a, ops.constant(rng.standard_normal((n, n)).astype(np.float32)), False, False)], [a], "gemm")
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+    request, x = ov.Core().compile_model(model, "CPU", config).create_infer_request(), rng.standard_normal((n, n)).astype(np.float32)
+    return lambda: request.infer({0: x}, share_inputs=True)
 
 
 def torch_int_mm(n: int, threads: int):
@@ -94,8 +116,10 @@ def ort_matmul_integer(n: int, threads: int):
     return lambda: session.run(None, {"a": a})
 
 
+# Keyed by the precisions of edgequant/quantize/precisions.py: every method's figures are against its precision's peak.
 ENGINES: dict[str, dict[str, GemmFactory]] = {
     "fp32": {"torch.mm": torch_mm, "onnxruntime MatMul": ort_matmul},
+    "bf16": {"torch.mm bf16": torch_mm_bf16, "openvino MatMul bf16": openvino_matmul_bf16},
     "int8": {
         "torch._int_mm": torch_int_mm,
         "torch x86 quantized linear": torch_quantized_linear,

@@ -140,7 +140,7 @@ def summarize(
             ips, p50 = r["rounds"]["throughput_ips"], r["rounds"]["latency_ms_p50"]
             fp32, base = combined[("fp32", t)]["rounds"], combined[(method.baseline, t)]["rounds"]
             gmacs = macs_per_image * r["throughput_ips"] / 1e9
-            peak = peaks[t]["int8_gmacs" if method.precision == "int8" else "fp32_gmacs"]
+            peak = peaks[t][f"{method.precision}_gmacs"]  # the roofline measures an engine per precision
             per_thread = {
                 **{key: r[key] for key in FIGURES if key in r},
                 "peak_rss_mib": r["peak_rss_mib"],

@@ -26,6 +26,7 @@ ONNX_FILE = "model.onnx"  # what edgequant.quantize.methods.onnx loads
 # benchmark_app's step-8 log: the compiled model's real properties, one "[ INFO ]   KEY: value" line each.
 PROPERTY = re.compile(r"^\[ INFO \]\s+([A-Z_]+): (.*)$")
 CHECKED_PROPERTIES = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "ENABLE_CPU_PINNING")
+PRECISION_NAMES = {"f32": "float32", "bf16": "bfloat16"}  # the hint as set, as the compiled model reports it back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,14 +62,17 @@ class Tool:
 
 def openvino_command(exe: str, cell: Cell, min_run_time_s: float, batch_ms: float, out_dir: Path) -> list[str]:
     """benchmark_app with the harness's plugin settings: no hint (so the explicit threads and streams apply),
-    one synchronous request, f32 precision, the IR's dynamic batch sized by -data_shape (not reshaped)."""
-    from edgequant.quantize.methods.openvino import PLUGIN_CONFIG
+    one synchronous request, the method's precision (f32 but for openvino_bf16), the IR's dynamic batch sized by
+    -data_shape (not reshaped)."""
+    from edgequant.quantize.methods.openvino import plugin_config
+
+    config = plugin_config(cell.method)
 
     shape = ",".join(str(d) for d in (cell.batch, *cell.input_shape))
     return [
         exe, "-m", str(cell.model), "-d", "CPU", "-hint", "none", "-api", "sync",
-        "-nstreams", str(PLUGIN_CONFIG["NUM_STREAMS"]), "-nthreads", str(cell.threads),
-        "-infer_precision", str(PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"]), "-data_shape", f"[{shape}]", "-layout", "[NCHW]",
+        "-nstreams", str(config["NUM_STREAMS"]), "-nthreads", str(cell.threads),
+        "-infer_precision", str(config["INFERENCE_PRECISION_HINT"]), "-data_shape", f"[{shape}]", "-layout", "[NCHW]",
         "-inference_only", "false", "-t", str(max(1, math.ceil(min_run_time_s))),
         "-report_type", "no_counters", "-json_stats", "-report_folder", str(out_dir),
     ]  # fmt: skip
@@ -77,8 +81,9 @@ def openvino_command(exe: str, cell: Cell, min_run_time_s: float, batch_ms: floa
 def parse_openvino(cell: Cell, out_dir: Path, console: str) -> dict:
     """FPS (batch · iterations / loop time) and the median per-infer latency from benchmark_app's JSON report,
     and the properties the compiled model reported in the step-8 log."""
-    from edgequant.quantize.methods.openvino import PLUGIN_CONFIG
+    from edgequant.quantize.methods.openvino import plugin_config
 
+    expected = plugin_config(cell.method)
     report = json.loads((out_dir / "benchmark_report.json").read_text())
     results = report["execution_results"]
     config = {m.group(1): m.group(2).strip() for line in console.splitlines() if (m := PROPERTY.match(line.strip()))}
@@ -91,8 +96,8 @@ def parse_openvino(cell: Cell, out_dir: Path, console: str) -> dict:
         "tool_config": config,
         "config_match": batch == cell.batch
         and config["INFERENCE_NUM_THREADS"] == str(cell.threads)
-        and config["NUM_STREAMS"] == str(PLUGIN_CONFIG["NUM_STREAMS"])
-        and "float32" in str(config["INFERENCE_PRECISION_HINT"]),
+        and config["NUM_STREAMS"] == str(expected["NUM_STREAMS"])
+        and PRECISION_NAMES[str(expected["INFERENCE_PRECISION_HINT"])] in str(config["INFERENCE_PRECISION_HINT"]),
     }
 
 

@@ -76,9 +76,9 @@ def plan_cold_starts(
             model = checked_copy(runtime, artifacts / name, batch, tmp / "cold" / name)
             config = {}
             if runtime == "openvino":
-                from edgequant.quantize.methods.openvino import PLUGIN_CONFIG
+                from edgequant.quantize.methods.openvino import plugin_config
 
-                config = {**PLUGIN_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": False}
+                config = {**plugin_config(name), "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": False}
             jobs[name] = ["--runtime", runtime, "--model", str(model.resolve()), "--config", json.dumps(config), *common]
             loads_with[name] = f"{RAW[runtime][0]} alone (no torch)"
         else:

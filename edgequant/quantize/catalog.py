@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from edgequant.quantize.precisions import PRECISIONS
+
 # A runner maps a float32 batch of [0, 1] pixels, shaped (N, *model.INPUT_SHAPE), to logits (N, classes): what every
 # method's `load` returns, and what the benchmark times.
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -66,7 +68,7 @@ def time_calls(run: Runner, x: torch.Tensor, calls: int) -> list[float]:
 class Method:
     name: str
     runtime: str  # the engine that runs the artifact on the device
-    precision: str  # "fp32" or "int8"
+    precision: str  # a name of edgequant/quantize/precisions.py: "fp32", "bf16", "int8"
     baseline: str  # FP32 method of the same runtime: the one rule that pairs INT8 with its FP32
     static_shapes: bool  # one artifact per batch size (ExecuTorch, compiled graphs) or one for all
     description: str
@@ -158,8 +160,8 @@ def add_method(
 def _check(name: str, precision: str) -> None:
     if not NAME.fullmatch(name):
         raise ValueError(f"quantization method name {name!r} must be lower-case letters, digits and '_' (it names a directory)")
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"quantization method {name!r}: precision must be 'fp32' or 'int8', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"quantization method {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def record(method: Method, model: str, exported: Exported, batch_sizes: tuple[int, ...]) -> dict[str, object]:

@@ -14,10 +14,10 @@ import seaborn as sns  # noqa: E402
 
 from edgequant.files import atomic_path  # noqa: E402
 from edgequant.measure.ops import conv_gmacs, ms_by_kind  # noqa: E402
+from edgequant.quantize.precisions import PRECISIONS  # noqa: E402
 from edgequant.report.reference import REFERENCE  # noqa: E402
 
 RUNTIME_COLORS = {"pytorch": "#4C72B0", "pytorch-inductor": "#8172B3", "executorch-xnnpack": "#DD8452", "onnxruntime": "#55A868"}
-MARKERS = {"fp32": "o", "int8": "D"}
 
 
 def runtime_colors(runtimes) -> dict[str, str]:
@@ -58,7 +58,7 @@ def _scatter_pairs(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
     colors = runtime_colors(df["runtime"])
     # Alternate label offsets by rank along y so neighbours (FP32 twins of similar speed) do not overprint.
     for rank, (_, row) in enumerate(df.sort_values([y, x]).iterrows()):
-        ax.scatter(row[x], row[y], s=80, marker=MARKERS[row["precision"]], color=colors[row["runtime"]], zorder=3)
+        ax.scatter(row[x], row[y], s=80, marker=PRECISIONS[row["precision"]].marker, color=colors[row["runtime"]], zorder=3)
         ax.annotate(row["method"], (row[x], row[y]), textcoords="offset points", xytext=(6, 6 if rank % 2 else -12), fontsize=8)
     by_name = df.set_index("method")
     for _, row in df[df["method"] != df["baseline"]].iterrows():  # each method to its own FP32 baseline
@@ -66,7 +66,8 @@ def _scatter_pairs(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
         arrow = {"arrowstyle": "->", "color": colors[row["runtime"]], "alpha": 0.5}
         ax.annotate("", (row[x], row[y]), (b[x], b[y]), arrowprops=arrow)
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=r) for r, c in colors.items() if r in set(df["runtime"])]
-    handles += [plt.Line2D([], [], ls="", marker=m, color="gray", label=p.upper()) for p, m in MARKERS.items()]
+    shown = set(df["precision"])
+    handles += [plt.Line2D([], [], ls="", marker=p.marker, color="gray", label=p.label) for name, p in PRECISIONS.items() if name in shown]
     ax.legend(handles=handles, fontsize=8, loc="best")
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from edgequant.measure.ops import KIND_ORDER, conv_gmacs, ms_by_kind
+from edgequant.quantize.precisions import BASELINE, PRECISIONS
 from edgequant.report.markdown import code, escape
 from edgequant.report.reference import REFERENCE
 
@@ -107,12 +108,7 @@ def markdown_table(metrics: dict) -> str:
         cells.append(f"{m[f'threads_{threads[0]}']['peak_fraction'] * 100:.0f} % ({m['precision']})")
         lines.append("| " + " | ".join(cells) + " |")
     peak, machine = metrics["peak"], metrics["machine"]
-    peaks = "; ".join(
-        f"{t} thread(s): FP32 {p['fp32_gmacs']:.0f} ({escape(p['fp32_engine'])}),"
-        f" INT8 {p['int8_gmacs']:.0f} GMAC/s ({escape(p['int8_engine'])})"
-        for t in threads
-        for p in [peak[f"threads_{t}"]]
-    )
+    peaks = "; ".join(f"{t} thread(s): {engine_peaks(peak[f'threads_{t}'])} GMAC/s" for t in threads)
     isa = machine["isa"]
     where = f"{code(machine['name'])} ({escape(machine['cpu'])}; torch {escape(isa['torch_cpu_capability'])}"
     where += f", oneDNN {escape(isa['onednn'])}, INT8 dot: {escape(isa['int8_dot'])})"
@@ -138,6 +134,12 @@ def summary_table(metrics: dict, benchmark: dict) -> str:
     where = f"{code(machine['name'])} ({escape(machine['cpu'])}, {escape(machine['cores'])} cores; INT8 dot: {escape(isa['int8_dot'])})"
     lines += ["", f"{t} thread{'s' * (t != 1)}, on {where}.{interval_note(metrics)}"]
     return "\n".join(lines)
+
+
+def engine_peaks(roof: dict) -> str:
+    """A roofline's peaks: each precision it measured, with the engine that set it."""
+    measured = [(p.label, roof[f"{n}_gmacs"], roof[f"{n}_engine"]) for n, p in PRECISIONS.items() if f"{n}_gmacs" in roof]
+    return ", ".join(f"{label} {gmacs:.0f} ({escape(engine)})" for label, gmacs, engine in measured)
 
 
 def ceiling(metrics: dict) -> str:
@@ -207,10 +209,10 @@ def workload_table(name: str, metrics: dict, params: dict, settings: dict, gate:
     ]
     verdicts = gate_verdicts(gate)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != "fp32", -kv[1]["accuracy_pct"])):
+    for method, r in sorted(m.items(), key=lambda kv: (kv[1]["precision"] != BASELINE, -kv[1]["accuracy_pct"])):
         cells = [code(method), f"{r['accuracy_pct']:.2f}"]
-        significant = r["precision"] == "int8" and r["mcnemar_p"] < 0.05
-        if r["precision"] == "fp32":
+        significant = r["precision"] != BASELINE and r["mcnemar_p"] < 0.05
+        if r["precision"] == BASELINE:
             cells += ["–", "–", "–", "1.00", "1.00", "–", "–"]
         else:
             drop = f"**{r['accuracy_drop_pp']:+.2f}**" if significant else f"{r['accuracy_drop_pp']:+.2f}"

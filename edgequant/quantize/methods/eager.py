@@ -1,7 +1,8 @@
-"""PyTorch eager methods: the FP32 baseline, the reference dynamic INT8, and torch.ao static INT8 (x86)."""
+"""PyTorch eager methods: the FP32 baseline, BF16, the reference dynamic INT8, and torch.ao static INT8 (x86)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -21,12 +22,13 @@ def _save_state(model: nn.Module, path: Path) -> Path:
     return path
 
 
-def _eager_runner(model: nn.Module, threads: int):
+def _eager_runner(model: nn.Module, threads: int, dtype: torch.dtype | None = None):
+    """The runner of an eager model; with `dtype`, the input is cast to it and the logits back to float32."""
     torch.set_num_threads(threads)
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:
-        return model(x)
+        return model(x) if dtype is None else model(x.to(dtype)).float()
 
     return run
 
@@ -68,6 +70,21 @@ class DynamicInt8:
             str(out_dir / "model.pt"), _quantize_dynamic(build_model(model_of(out_dir)).eval()), "re-run `dvc repro quantize@dynamic_int8`"
         )
         return _eager_runner(model, threads)
+
+
+@register("bf16", runtime="pytorch", precision="bf16", baseline="fp32")
+class BF16:
+    """BF16 eager PyTorch: weights and activations in bfloat16 (oneDNN's BF16 kernels where the CPU has them), the
+    input cast on entry and the logits back to float32."""
+
+    @staticmethod
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        return Exported(_save_state(copy.deepcopy(model).to(torch.bfloat16), out_dir / "model.pt"))
+
+    @staticmethod
+    def load(out_dir: Path, batch_size: int, threads: int):
+        model = build_model(model_of(out_dir)).to(torch.bfloat16)
+        return _eager_runner(load_state(str(out_dir / "model.pt"), model, "re-run `dvc repro quantize@bf16`"), threads, torch.bfloat16)
 
 
 class _StaticNet(nn.Module):

@@ -1,4 +1,5 @@
-"""OpenVINO: FP32 and NNCF static INT8 IR, converted straight from the PyTorch module, on OpenVINO's CPU plugin.
+"""OpenVINO: FP32 and NNCF static INT8 IR, converted straight from the PyTorch module, on OpenVINO's CPU plugin; the
+FP32 IR also in BF16, the plugin's INFERENCE_PRECISION_HINT.
 
 These methods use the stand-alone OpenVINO runtime, not ExecuTorch's OpenVINO backend: executorch 1.5.1's
 `openvino` extra pins openvino<2026, and nothing here goes through ExecuTorch.
@@ -6,6 +7,7 @@ These methods use the stand-alone OpenVINO runtime, not ExecuTorch's OpenVINO ba
 
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 from collections import defaultdict
@@ -23,8 +25,17 @@ from edgequant.quantize.catalog import Exported, import_runtime, register
 XML, BIN = "model.xml", "model.bin"
 # The CPU plugin's default inference precision is bf16 on CPUs with AVX512_BF16 or AMX. On this VM's AMD EPYC
 # that left the FP32 IR at 59 dB against PyTorch and made the plugin refuse the NNCF INT8 IR ("No suitable
-# implementations"). f32 keeps the FP32 method the baseline it is named for; INT8 layers still run in INT8.
+# implementations"). f32 keeps the FP32 method the baseline it is named for; INT8 layers still run in INT8. BF16 is
+# its own method, openvino_bf16: the same FP32 IR compiled with the hint "bf16".
 PLUGIN_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+HINTS = {"openvino_bf16": "bf16"}  # a method's INFERENCE_PRECISION_HINT where it is not PLUGIN_CONFIG's
+
+
+def plugin_config(method: str) -> dict[str, object]:
+    """The CPU plugin settings `method` runs with: what the vendor stage gives benchmark_app and its cold starts."""
+    return {**PLUGIN_CONFIG, "INFERENCE_PRECISION_HINT": HINTS.get(method, PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"])}
+
+
 COMPUTE_TYPES = ("Convolution", "FullyConnected")  # the CPU plugin's layer types for conv and linear
 AUTO_NAME = re.compile(r"[A-Za-z]+_\d+")  # names numbered from a process-wide counter: they differ run to run
 MODULE = re.compile(r"__module\.([\w.]+)/")  # the converter names each op after the nn.Module it came from
@@ -55,27 +66,31 @@ def _save(model, out_dir: Path, method: str) -> Path:
     return out_dir / BIN  # the weights: what a device stores; the topology .xml is a few tens of KB beside it
 
 
-def _compile(out_dir: Path, threads: int, perf_count: bool = False, model=None):
-    """The IR compiled for the CPU plugin with `threads` threads, read from memory after the checks."""
+def _compile(out_dir: Path, threads: int, perf_count: bool = False, model=None, hint: str | None = None):
+    """The IR compiled for the CPU plugin with `threads` threads, read from memory after the checks; `hint`: another
+    INFERENCE_PRECISION_HINT than PLUGIN_CONFIG's."""
     remedy = f"re-run `dvc repro quantize@{out_dir.name}`"
     ir = read_openvino_ir(out_dir / XML, remedy) if model is None else None  # checked before OpenVINO parses it
     core = _ov(out_dir.name).Core()
     try:
         if model is None:
             model = core.read_model(*ir)
-        return core.compile_model(model, "CPU", {**PLUGIN_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": perf_count})
+        config = {**PLUGIN_CONFIG, "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": perf_count}
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        return core.compile_model(model, "CPU", config)
     except RuntimeError as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise ValueError(f"{out_dir / XML}: OpenVINO refuses it ({lines[-1] if lines else exc}); {remedy}") from exc
 
 
-def layer_precisions(out_dir: Path, model: Classifier, threads: int = 1) -> dict[str, str]:
+def layer_precisions(out_dir: Path, model: Classifier, threads: int = 1, hint: str | None = None) -> dict[str, str]:
     """{layer: precision} of each conv and fully connected layer of `model` as the CPU plugin compiled it, read
     from the runtime graph's `runtimePrecision` ("i8"/"u8" for INT8 kernels, "f32", "bf16"). A conv whose
     BatchNorm was folded into it is named after the BatchNorm there; it is reported under the conv's name."""
     conv_of = {tap: layer for layer, tap in taps(model).items()}
     found = {}
-    for op in _compile(out_dir, threads).get_runtime_model().get_ordered_ops():
+    for op in _compile(out_dir, threads, hint=hint).get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         if info["layerType"].astype(str) in COMPUTE_TYPES:
             module = MODULE.search(info["originalLayersNames"].astype(str))
@@ -84,17 +99,17 @@ def layer_precisions(out_dir: Path, model: Classifier, threads: int = 1) -> dict
     return found
 
 
-def settings(out_dir: Path, model: Classifier) -> dict[str, object]:
+def settings(out_dir: Path, model: Classifier, hint: str | None = None) -> dict[str, object]:
     """What meta.json records: the precision the CPU plugin compiled each layer to, on the export machine
-    (another CPU may choose otherwise: bf16 where it has AMX), and that f32 was asked for."""
+    (another CPU may choose otherwise: f32 where it lacks BF16), and the precision that was asked for."""
     return {
-        "runtime_precision_on_export_machine": layer_precisions(out_dir, model),
-        "inference_precision_hint": PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"],
+        "runtime_precision_on_export_machine": layer_precisions(out_dir, model, hint=hint),
+        "inference_precision_hint": hint or PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"],
     }
 
 
-def _load(out_dir: Path, batch_size: int, threads: int):
-    request = _compile(out_dir, threads).create_infer_request()
+def _load(out_dir: Path, batch_size: int, threads: int, hint: str | None = None):
+    request = _compile(out_dir, threads, hint=hint).create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         request.infer({0: x.numpy()}, share_inputs=True)
@@ -104,8 +119,8 @@ def _load(out_dir: Path, batch_size: int, threads: int):
     return run
 
 
-def _profile(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int) -> dict[str, float]:
-    return profile_openvino(_compile(out_dir, threads, perf_count=True).create_infer_request(), x, runs)
+def _profile(out_dir: Path, batch_size: int, threads: int, x: torch.Tensor, runs: int, hint: str | None = None) -> dict[str, float]:
+    return profile_openvino(_compile(out_dir, threads, perf_count=True, hint=hint).create_infer_request(), x, runs)
 
 
 def layer_sqnr(reference: Classifier, out_dir: Path, x: torch.Tensor) -> dict[str, float]:
@@ -141,6 +156,19 @@ class OpenVinoFP32:
 
     load = staticmethod(_load)
     profile = staticmethod(_profile)
+
+
+@register("openvino_bf16", runtime="openvino", precision="bf16", baseline="openvino_fp32", requires=("openvino",))
+class OpenVinoBF16:
+    """OpenVINO's FP32 IR compiled in BF16 (INFERENCE_PRECISION_HINT "bf16"), on the CPU plugin's BF16 kernels."""
+
+    @staticmethod
+    def export(model: Classifier, calib: torch.Tensor, sample: torch.Tensor, out_dir: Path, batch_sizes: tuple[int, ...]) -> Exported:
+        shipped = _save(_convert(model, "openvino_bf16"), out_dir, "openvino_bf16")
+        return Exported(shipped, settings=settings(out_dir, model, HINTS["openvino_bf16"]))
+
+    load = staticmethod(functools.partial(_load, hint=HINTS["openvino_bf16"]))
+    profile = staticmethod(functools.partial(_profile, hint=HINTS["openvino_bf16"]))
 
 
 @register("openvino_int8", runtime="openvino", precision="int8", baseline="openvino_fp32", requires=("openvino", "nncf"))

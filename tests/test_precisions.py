@@ -1,0 +1,44 @@
+"""The precision table: every method, roofline engine and chart marker reads it; a CPU without a precision's
+instructions gets a one-line reason instead of a measurement."""
+
+import pytest
+
+from edgequant.measure.roofline import ENGINES
+from edgequant.quantize.catalog import get_method, known_methods, register
+from edgequant.quantize.precisions import BASELINE, PRECISIONS, get_precision, lacking
+from edgequant.quantize.refusal import precision_refusals
+
+ZEN3_FLAGS = {"avx2": True, "avx512f": False, "avx512_bf16": False}  # the AVX2 EPYC: no BF16 instructions
+ZEN4_FLAGS = {"avx2": True, "avx512f": True, "avx512_bf16": True}
+
+
+def test_an_unknown_precision_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown precision 'fp8'; known precisions: fp32, bf16, int8"):
+        get_precision("fp8")
+
+
+def test_a_method_of_an_unknown_precision_cannot_register():
+    with pytest.raises(ValueError, match=r"precision must be one of fp32, bf16, int8, got 'fp8'"):
+        register("fp8_method", runtime="x", precision="fp8", baseline="fp32")
+
+
+def test_every_method_runs_in_a_precision_the_roofline_has_an_engine_for():
+    assert set(ENGINES) == set(PRECISIONS)
+    assert {get_method(name).precision for name in known_methods()} <= set(PRECISIONS)
+    assert [p.name for p in PRECISIONS.values() if p.baseline] == [BASELINE] == ["fp32"]
+
+
+def test_bf16_runs_in_both_runtimes_against_its_own_fp32():
+    assert {name: get_method(name).baseline for name in ("bf16", "openvino_bf16")} == {"bf16": "fp32", "openvino_bf16": "openvino_fp32"}
+    assert get_method("bf16").precision == get_method("openvino_bf16").precision == "bf16"
+
+
+def test_bf16_is_refused_in_one_line_on_a_cpu_without_bf16_and_measured_where_x86_or_arm_has_it():
+    why = lacking("bf16", ZEN3_FLAGS)
+    assert why is not None and "\n" not in why and "avx512_bf16" in why and "not measured" in why
+    assert lacking("bf16", ZEN4_FLAGS) is None
+    assert lacking("bf16", {"amx_bf16": True}) is None and lacking("bf16", {"asimd": True, "bf16": True}) is None
+    assert lacking("int8", ZEN3_FLAGS) is None and lacking("fp32", {}) is None
+    refused = precision_refusals(["fp32", "bf16", "onnx_qdq_int8", "openvino_bf16"], ZEN3_FLAGS)
+    assert refused == {"bf16": f"bf16: {why}", "openvino_bf16": f"openvino_bf16: {why}"}
+    assert precision_refusals(["fp32", "bf16", "openvino_bf16"], ZEN4_FLAGS) == {}

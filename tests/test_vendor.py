@@ -175,6 +175,29 @@ def test_a_missed_agreement_gets_its_measured_cause_in_one_line(case, threads, e
     assert got["why"] is None or "\n" not in got["why"]
 
 
+def test_a_call_below_the_tools_resolution_leaves_its_cell_uncompared_and_the_others_measured(tmp_path, monkeypatch):
+    sample = json.loads((SAMPLES / "litert_result.json").read_text())
+    sample["latency"]["avg_ms"] = 0.0  # litert-benchmark's two decimals on a call under 5 us
+    (tmp_path / "result.json").write_text(json.dumps(sample))
+    with pytest.raises(tools.BelowResolution, match=r"rounds to 0.0 ms at its 0.01 ms resolution: batch 256 of this model"):
+        parse_litert(cell("litert"), tmp_path, "")
+    short, long = cell("litert", batch=1), cell("litert")
+    harness = {"throughput_ips": 1000.0}
+
+    def fake_tool(tool, exe, c, min_run_time_s, batch_ms):
+        if c == short:
+            raise tools.BelowResolution("too short")
+        return {"tool_ips": 900.0}
+
+    monkeypatch.setattr(vendor, "measure_harness", lambda context, request: harness)
+    monkeypatch.setattr(vendor, "run_tool", fake_tool)
+    progress = type("Progress", (), {"update": lambda self, n: None})()
+    request = type("Request", (), {"min_run_time_s": 0.1})()
+    runs, unresolved = vendor.run_pairs([short, long], {"litert": (None, "x")}, 3, lambda c: request, None, progress)
+    assert unresolved == {short: "too short"} and list(runs) == [long]
+    assert runs[long] == {"harness": [harness] * 3, "tool": [{"tool_ips": 900.0}] * 3}
+
+
 def test_a_failing_tool_fails_the_stage_naming_its_command_and_output():
     from edgequant.stage import StageError
 

@@ -22,6 +22,13 @@ from edgequant.files import write_bytes
 
 TOOL_WARMUP_RUNS = 5  # litert-benchmark's own default
 MIN_TOOL_RUNS = 10  # timed calls of a tool that counts calls rather than seconds
+LITERT_RESOLUTION_MS = 0.01  # litert-benchmark writes its latencies in milliseconds with two decimals
+
+
+class BelowResolution(ValueError):
+    """The tool's figure is below what it can report: the cell cannot be compared (one line why)."""
+
+
 ONNX_FILE = "model.onnx"  # what edgequant.quantize.methods.onnx loads
 # benchmark_app's step-8 log: the compiled model's real properties, one "[ INFO ]   KEY: value" line each.
 PROPERTY = re.compile(r"^\[ INFO \]\s+([A-Z_]+): (.*)$")
@@ -116,6 +123,11 @@ def parse_litert(cell: Cell, out_dir: Path, console: str) -> dict:
     CPU accelerator (XNNPACK) took the whole graph with the threads asked for."""
     result = json.loads((out_dir / "result.json").read_text())
     latency = result["latency"]
+    if float(latency["avg_ms"]) < LITERT_RESOLUTION_MS:  # a call this short rounds to 0.00: no figure to compare
+        raise BelowResolution(
+            f"litert-benchmark's mean call rounds to {latency['avg_ms']} ms at its {LITERT_RESOLUTION_MS} ms resolution:"
+            f" batch {cell.batch} of this model is too short a call for the tool to time"
+        )
     return {
         "tool_ips": cell.batch * 1e3 / float(latency["avg_ms"]),
         "tool_call_ms_median": float(latency["median_ms"]),

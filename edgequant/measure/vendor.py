@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgequant.measure.ratio import AGREEMENT, agrees, alternation, ratio_interval
 from edgequant.measure.summary import THREAD_SLACK
-from edgequant.measure.tools import Cell, Tool
+from edgequant.measure.tools import BelowResolution, Cell, Tool
 from edgequant.stage import StageError, watch_parent
 
 WORKER_TIMEOUT_S = 600
@@ -143,18 +143,26 @@ def run_tool(tool: Tool, exe: str, cell: Cell, min_run_time_s: float, batch_ms: 
         return {**tool.parse(cell, Path(tmp), console), "other_cores_busy": max(0.0, busy - cpu) / wall}
 
 
-def run_pairs(cells: list[Cell], tools: dict, pairs: int, request_of, context, progress) -> dict[Cell, dict[str, list[dict]]]:
-    """Every (pair, cell, side) in `alternation` order; `tools` maps runtime -> (Tool, executable)."""
+def run_pairs(
+    cells: list[Cell], tools: dict, pairs: int, request_of, context, progress
+) -> tuple[dict[Cell, dict[str, list[dict]]], dict[Cell, str]]:
+    """Every (pair, cell, side) in `alternation` order; `tools` maps runtime -> (Tool, executable). Returns the runs of
+    each cell, and {cell: why} of the cells the tool could not time (its figure below its resolution): those stop."""
     runs: dict[Cell, dict[str, list[dict]]] = {cell: {"harness": [], "tool": []} for cell in cells}
+    unresolved: dict[Cell, str] = {}
     for _, cell, side in alternation(pairs, cells):
-        if side == "harness":
-            runs[cell]["harness"].append(measure_harness(context, request_of(cell)))
-        else:
-            tool, exe = tools[cell.runtime]
-            batch_ms = 1e3 * cell.batch / runs[cell]["harness"][-1]["throughput_ips"]
-            runs[cell]["tool"].append(run_tool(tool, exe, cell, request_of(cell).min_run_time_s, batch_ms))
+        if cell not in unresolved:
+            if side == "harness":
+                runs[cell]["harness"].append(measure_harness(context, request_of(cell)))
+            else:
+                tool, exe = tools[cell.runtime]
+                batch_ms = 1e3 * cell.batch / runs[cell]["harness"][-1]["throughput_ips"]
+                try:
+                    runs[cell]["tool"].append(run_tool(tool, exe, cell, request_of(cell).min_run_time_s, batch_ms))
+                except BelowResolution as exc:
+                    unresolved[cell] = str(exc)
         progress.update(1)
-    return runs
+    return {cell: sides for cell, sides in runs.items() if cell not in unresolved}, unresolved
 
 
 def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, cores: int) -> str:

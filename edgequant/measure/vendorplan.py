@@ -87,6 +87,14 @@ def plan_cold_starts(
     return jobs, loads_with, skipped
 
 
+def unresolved_cells(unresolved: dict[Cell, str]) -> dict[str, dict[str, str]]:
+    """{method: {cell key: why}} of the cells the tool could not time."""
+    by_method: dict[str, dict[str, str]] = {}
+    for cell, why in unresolved.items():
+        by_method.setdefault(cell.method, {})[cell_key(cell)] = why
+    return by_method
+
+
 def measure_vendor(
     vendor: VendorParams,
     bench: BenchmarkParams,
@@ -125,7 +133,7 @@ def measure_vendor(
         jobs, loads_with, cold_skipped = plan_cold_starts(cold_methods, artifacts, threads[0], bench.latency_batch, Path(tmp))
         total = 2 * vendor.pairs * len(cells) + vendor.cold_start_repeats * len(jobs) + len(clocks)
         with tqdm(total=total, desc="vendor", unit="run", disable=None) as progress:
-            runs = run_pairs(cells, tools, vendor.pairs, request_of, context, progress)
+            runs, unresolved = run_pairs(cells, tools, vendor.pairs, request_of, context, progress)
             cold = measure_cold_starts(jobs, vendor.cold_start_repeats, Path(tmp), progress)
             dispatch = measure_clocks(clocks, context, progress)
     ratios: dict[str, dict] = {}
@@ -146,6 +154,7 @@ def measure_vendor(
         },
         "ratios": ratios,
         "skipped": skipped,
+        "unresolved": unresolved_cells(unresolved),
         "cold_start": {
             "threads": threads[0],
             "batch": bench.latency_batch,

@@ -19,6 +19,10 @@ def ratio_table(vendor: dict) -> str:
             why = escape(r["why"]) if r["why"] else ""
             lines.append(_row([code(method), str(r["batch"]), str(r["threads"]), f"{r['harness_ips']:,.0f}", f"{r['tool_ips']:,.0f}",
                                ratio, "yes" if r["agrees_within_5pct"] else "no", why]))  # fmt: skip
+    for method, cells in vendor.get("unresolved", {}).items():
+        for key, reason in cells.items():
+            batch, threads = key.removeprefix("batch_").split("_threads_")
+            lines.append(_row([code(method), batch, threads, "", "", "", "not compared", escape(reason)]))
     for method, reason in vendor["skipped"].items():
         lines.append(_row([code(method), "", "", "", "", "", "skipped", escape(reason)]))
     s = vendor["settings"]

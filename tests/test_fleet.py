@@ -155,7 +155,7 @@ def test_a_record_without_intervals_names_one_candidate_marked_as_one_run():
     assert "| `executorch_xnnpack_int8`² | `executorch_xnnpack_int8`² |" in text and table.SINGLE_RUN in text.splitlines()
 
 
-@pytest.mark.parametrize("machine", ["amd-epyc-avx512-vnni", "intel-xeon-amx"])
+@pytest.mark.parametrize("machine", ["intel-xeon-amx"])  # the committed folders of runs made before the repeats
 def test_a_committed_machine_measured_before_the_repeats_is_read_and_shown_as_one_run(machine):
     from edgequant.params import load
 

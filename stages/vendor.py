@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         everything = load_all(args.params)
         p, listed = everything.benchmark, everything.quantize.methods
         artifacts = Path(args.artifacts)
+        # {method: why}: refused at export, or its precision lacking in this CPU (BF16 without BF16 instructions)
         refused = refused_at_export(artifacts, listed)
-        lacking = precision_refusals(listed, json.loads(Path(args.machine).read_text())["flags"])  # BF16 without BF16
+        flags = json.loads(Path(args.machine).read_text())["flags"]
+        refused |= {m: why for m, why in precision_refusals(listed, flags).items() if m not in refused}
         p.check_batches(len(load_prepared(args.test)["labels"]), args.test)
-        runnable = [m for m in listed if m not in lacking]
-        metrics = measure_vendor(everything.vendor, p, runnable, refused, artifacts, args.test, clamp_threads(p.threads))
-        metrics["skipped"] |= {m: why for m, why in lacking.items() if m not in refused}
+        metrics = measure_vendor(everything.vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
         metrics["run_time_s"] = time.perf_counter() - start
         write_json(args.out, metrics)
         write_text(args.md, vendor_markdown(metrics))

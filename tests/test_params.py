@@ -129,6 +129,7 @@ def test_bad_gate_values_rejected(key, value, message):
         (["fp32", "onnx_qdq_int8"], None, "lists onnx_qdq_int8 but not its FP32 baseline onnx_fp32: add onnx_fp32, or drop onnx_qdq_int8"),
         (["fp32", "onnx_fp32", "onnx_qdq_int8"], ["executorch_xnnpack_int8"], "gate.methods lists executorch_xnnpack_int8, which quantize"),
         (["fp32", "onnx_fp32", "onnx_qdq_int8"], ["onnx_fp32"], "an FP32 method"),
+        (["fp32", "bf16", "onnx_fp32", "onnx_qdq_int8"], ["bf16"], "a BF16 method: the gate holds INT8 candidates"),
     ],
 )
 def test_cross_section_rules(tmp_path, quantize, gate, message):

@@ -4,7 +4,7 @@ instructions gets a one-line reason instead of a measurement."""
 import pytest
 
 from edgequant.measure.roofline import ENGINES
-from edgequant.quantize.catalog import get_method, known_methods, register
+from edgequant.quantize.catalog import get_method, register
 from edgequant.quantize.precisions import BASELINE, PRECISIONS, get_precision, lacking
 from edgequant.quantize.refusal import precision_refusals
 
@@ -22,9 +22,8 @@ def test_a_method_of_an_unknown_precision_cannot_register():
         register("fp8_method", runtime="x", precision="fp8", baseline="fp32")
 
 
-def test_every_method_runs_in_a_precision_the_roofline_has_an_engine_for():
+def test_every_precision_has_a_roofline_engine_and_fp32_is_the_one_baseline():
     assert set(ENGINES) == set(PRECISIONS)
-    assert {get_method(name).precision for name in known_methods()} <= set(PRECISIONS)
     assert [p.name for p in PRECISIONS.values() if p.baseline] == [BASELINE] == ["fp32"]
 
 
@@ -37,7 +36,7 @@ def test_bf16_is_refused_in_one_line_on_a_cpu_without_bf16_and_measured_where_x8
     why = lacking("bf16", ZEN3_FLAGS)
     assert why is not None and "\n" not in why and "avx512_bf16" in why and "not measured" in why
     assert lacking("bf16", ZEN4_FLAGS) is None
-    assert lacking("bf16", {"amx_bf16": True}) is None and lacking("bf16", {"asimd": True, "bf16": True}) is None
+    assert lacking("bf16", {"asimd": True, "bf16": True}) is None  # Arm's BF16
     assert lacking("int8", ZEN3_FLAGS) is None and lacking("fp32", {}) is None
     refused = precision_refusals(["fp32", "bf16", "onnx_qdq_int8", "openvino_bf16"], ZEN3_FLAGS)
     assert refused == {"bf16": f"bf16: {why}", "openvino_bf16": f"openvino_bf16: {why}"}

@@ -108,7 +108,8 @@ def plan(methods: list[str], listed: list[str], refused: dict | None = None, tmp
 
 
 def test_methods_not_listed_refused_or_without_their_tool_are_skipped_with_the_reason(monkeypatch):
-    cells, skipped, _ = plan(["openvino_int8", "litert_int8"], ["fp32", "litert_fp32", "litert_int8"], {"litert_int8": "litert_int8: no"})
+    refused = {"litert_int8": "refused at export: litert_int8: no"}
+    cells, skipped, _ = plan(["openvino_int8", "litert_int8"], ["fp32", "litert_fp32", "litert_int8"], refused)
     assert cells == [] and skipped == {"openvino_int8": "not in quantize.methods", "litert_int8": "refused at export: litert_int8: no"}
     monkeypatch.setattr(tools.Tool, "find", lambda self: None)
     cells, skipped, _ = plan(["openvino_fp32"], ["fp32", "openvino_fp32"])
@@ -269,7 +270,8 @@ def test_a_method_whose_fp32_baseline_was_refused_is_still_measured(tmp_path):
     for method, meta in (("litert_fp32", {"refused": "litert_fp32: operator X unsupported"}), ("litert_int8", {})):
         (tmp_path / method).mkdir()
         (tmp_path / method / "meta.json").write_text(json.dumps(meta))
-    assert refused_at_export(tmp_path, ["litert_fp32", "litert_int8"]) == {"litert_fp32": "litert_fp32: operator X unsupported"}
+    refused = {"litert_fp32": "refused at export: litert_fp32: operator X unsupported"}
+    assert refused_at_export(tmp_path, ["litert_fp32", "litert_int8"]) == refused
 
 
 def test_a_vendor_method_without_a_tool_is_refused_by_the_params_check_before_any_stage_runs(tmp_path):

@@ -21,6 +21,7 @@ from torch.utils import benchmark as tbench
 
 from edgequant.measure import evidence
 from edgequant.measure.machine import probe
+from edgequant.quantize.precisions import lacking
 
 GemmFactory = Callable[[int, int], Callable[[], object]]  # (n, threads) -> a call that multiplies n×n by n×n
 # The kernel of isa_evidence whose path and evidence each INT8 engine's are.
@@ -143,6 +144,8 @@ def measure_peak(threads: int, n: int, min_run_time_s: float) -> dict:
     result: dict = {}
     calls = {}
     for precision, engines in ENGINES.items():
+        if lacking(precision, dict.fromkeys(flags, True)):  # an emulation's figure is no peak (its methods are refused)
+            continue
         measured = {}
         for name, factory in engines.items():
             call = factory(n, threads)

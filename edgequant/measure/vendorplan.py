@@ -21,9 +21,9 @@ from edgequant.quantize.refusal import refused_methods
 
 
 def refused_at_export(artifacts: Path, listed: list[str]) -> dict[str, str]:
-    """{method: its recorded refusal} of the listed methods their runtime refused. Unlike the benchmark's, a method
-    whose FP32 baseline was refused is still measured: no figure here is a ratio to that baseline."""
-    return refused_methods(artifacts, listed)
+    """{method: why, in one line} of the listed methods their runtime refused. Unlike the benchmark's, a method whose
+    FP32 baseline was refused is still measured: no figure here is a ratio to that baseline."""
+    return {m: f"refused at export: {why}" for m, why in refused_methods(artifacts, listed).items()}
 
 
 def plan_cells(
@@ -43,7 +43,7 @@ def plan_cells(
         if name not in listed:
             skipped[name] = "not in quantize.methods"
         elif name in refused:
-            skipped[name] = f"refused at export: {refused[name]}"
+            skipped[name] = refused[name]
         elif exe is None:
             skipped[name] = f"{tool.script} is not installed (it ships with the {tool.package} package)"
         else:
@@ -160,7 +160,7 @@ def measure_vendor(
             "batch": bench.latency_batch,
             BASELINE: baseline,
             "methods": {m: {"loads_with": loads_with[m], **summarize(records, baseline)} for m, records in cold.items()},
-            "skipped": {**{m: f"refused at export: {refused[m]}" for m in listed if m in refused}, **cold_skipped},
+            "skipped": {**{m: refused[m] for m in listed if m in refused}, **cold_skipped},
         },
         "dispatch": {
             "threads": threads[0],

@@ -2,7 +2,7 @@
 the reports and the fleet's records. Adding a precision is one entry here (and its GEMM engines in
 edgequant/measure/roofline.py); every method names one of these.
 
-A precision some CPUs lack in hardware (BF16: AVX512_BF16 or AMX-BF16 on x86, FEAT_BF16 on Arm) still runs elsewhere,
+A precision some CPUs lack in hardware (BF16: AVX512_BF16 on x86, which the Xeons with AMX-BF16 have too; BF16 on Arm) still runs elsewhere,
 emulated through FP32 or silently promoted to it, which would time and score something else under its name. The
 benchmark therefore measures such a method only where the machine record has one of its `native_flags`, and lists it
 with `lacking`'s one-line reason otherwise.
@@ -27,7 +27,7 @@ PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
         Precision("fp32", "FP32", "o", baseline=True),
-        Precision("bf16", "BF16", "s", baseline=False, native_flags=("avx512_bf16", "amx_bf16", "bf16")),
+        Precision("bf16", "BF16", "s", baseline=False, native_flags=("avx512_bf16", "bf16")),  # x86 (AMX parts too), Arm
         Precision("int8", "INT8", "D", baseline=False),
     )
 }

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         meta = {m: read_meta(artifacts, m) for m in listed if m not in refused}  # the artifacts are checked first
         machine = json.loads(Path(args.machine).read_text())
-        refused |= {m: why for m, why in precision_refusals(listed, machine["flags"]).items() if m not in refused}
+        refused |= {m: why for m, why in precision_refusals(listed, machine).items() if m not in refused}
         methods = [m for m in listed if m not in refused]
         model = common_model(artifacts, methods)
         labels = load_prepared(args.test)["labels"]

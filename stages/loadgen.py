@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         p, bench, listed = everything.loadgen, everything.benchmark, everything.quantize.methods
         import_runtime("mlperf_loadgen", "mlcommons-loadgen", "the loadgen stage")  # one line naming the package when absent
         artifacts = Path(args.artifacts)
-        skipped = skipped_methods(artifacts, listed, json.loads(Path(args.machine).read_text())["flags"])
+        skipped = skipped_methods(artifacts, listed, json.loads(Path(args.machine).read_text()))
         methods = [m for m in listed if m not in skipped]
         for m in methods:  # a missing or damaged record is refused here, in one line naming it, as the benchmark does
             read_record(artifacts, m)

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = Path(args.artifacts)
         # {method: why}: refused at export, or its precision lacking in this CPU (BF16 without BF16 instructions)
         refused = refused_at_export(artifacts, listed)
-        flags = json.loads(Path(args.machine).read_text())["flags"]
-        refused |= {m: why for m, why in precision_refusals(listed, flags).items() if m not in refused}
+        machine = json.loads(Path(args.machine).read_text())
+        refused |= {m: why for m, why in precision_refusals(listed, machine).items() if m not in refused}
         p.check_batches(len(load_prepared(args.test)["labels"]), args.test)
         metrics = measure_vendor(everything.vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
         metrics["run_time_s"] = time.perf_counter() - start

@@ -119,13 +119,13 @@ def test_a_refused_method_one_without_its_runtime_and_one_without_its_precision_
     (tmp_path / "onnx_fp32").mkdir()
     (tmp_path / "onnx_fp32/meta.json").write_text(json.dumps({"method": "onnx_fp32", "refused": "onnx_fp32: no kernel for aten::foo"}))
     monkeypatch.setattr(loadgen, "missing_modules", lambda method: ["openvino"] if method.runtime == "openvino" else [])
-    skipped = skipped_methods(tmp_path, ["fp32", "onnx_fp32", "onnx_qdq_int8", "openvino_int8", "bf16"], {"avx2": True})
+    skipped = skipped_methods(tmp_path, ["fp32", "onnx_fp32", "onnx_qdq_int8", "openvino_int8", "bf16"], {"flags": {"avx2": True}})
     assert skipped == {
         "onnx_fp32": "onnx_fp32: no kernel for aten::foo",
         "openvino_int8": "openvino_int8: its runtime is not installed (openvino missing): `make runtimes` installs it",
         "bf16": f"bf16: {lacking('bf16', {})}",
     }
-    assert "bf16" not in skipped_methods(tmp_path, ["fp32", "bf16"], {"avx2": True, "avx512_bf16": True})
+    assert "bf16" not in skipped_methods(tmp_path, ["fp32", "bf16"], {"flags": {"avx2": True, "avx512_bf16": True}})
 
 
 @pytest.mark.slow

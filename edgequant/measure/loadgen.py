@@ -169,12 +169,12 @@ def write_loadgen(request: LoadgenRequest, result_path: str, log_path: str) -> N
     serve(measure_method, request, result_path, log_path)
 
 
-def skipped_methods(artifacts: Path, listed: list[str], flags: dict[str, bool]) -> dict[str, str]:
+def skipped_methods(artifacts: Path, listed: list[str], machine: dict) -> dict[str, str]:
     """{method: one line} of the methods that cannot run here: refused at export (their record says why), their
-    precision lacking in this CPU (`flags`, the machine record's), or their runtime not installed. Unlike the benchmark,
+    precision lacking in this CPU (`machine`, the probe's record), or their runtime not installed. Unlike the benchmark,
     no figure here is a ratio to the FP32 baseline, so a method whose baseline was refused still runs."""
     skipped = refused_methods(artifacts, listed)
-    skipped |= {m: why for m, why in precision_refusals(listed, flags).items() if m not in skipped}
+    skipped |= {m: why for m, why in precision_refusals(listed, machine).items() if m not in skipped}
     for m in listed:
         missing = missing_modules(get_method(m))
         if m not in skipped and missing:

@@ -21,13 +21,17 @@ class Precision:
     marker: str  # matplotlib marker of its points in the trade-off charts
     baseline: bool  # the precision every speed-up and accuracy drop is measured against
     native_flags: tuple[str, ...] = ()  # CPU flags (machine record), any of which runs it natively; (): every CPU
+    # x86: the oneDNN ISAs (the record's isa.onednn, ONEDNN_MAX_CPU_ISA's cap applied) whose kernels run it; (): any
+    onednn_isas: tuple[str, ...] = ()
 
 
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
         Precision("fp32", "FP32", "o", baseline=True),
-        Precision("bf16", "BF16", "s", baseline=False, native_flags=("avx512_bf16", "bf16")),  # x86 (AMX parts too), Arm
+        Precision(
+            "bf16", "BF16", "s", baseline=False, native_flags=("avx512_bf16", "bf16"), onednn_isas=("AVX512_CORE_BF16", "AVX512_CORE_AMX")
+        ),  # x86 (AMX parts too), Arm
         Precision("int8", "INT8", "D", baseline=False),
     )
 }
@@ -41,12 +45,18 @@ def get_precision(name: str) -> Precision:
     return PRECISIONS[name]
 
 
-def lacking(precision: str, flags: Mapping[str, bool]) -> str | None:
-    """Why this CPU (its machine record's `flags`) cannot run `precision` natively, in one line; None where it can."""
+def lacking(precision: str, flags: Mapping[str, bool], onednn: str | None = None) -> str | None:
+    """Why this CPU (its machine record's `flags`, and on x86 the oneDNN ISA it records: `onednn`, a cap applied)
+    cannot run `precision` natively, in one line; None where it can."""
     p = get_precision(precision)
-    if not p.native_flags or any(flags.get(flag) for flag in p.native_flags):
-        return None
-    return (
-        f"this CPU has no {p.label} instructions (none of {', '.join(p.native_flags)} in the machine record): "
-        f"{p.label} would run emulated or promoted to FP32, so it is not measured here"
-    )
+    if p.native_flags and not any(flags.get(flag) for flag in p.native_flags):
+        return (
+            f"this CPU has no {p.label} instructions (none of {', '.join(p.native_flags)} in the machine record): "
+            f"{p.label} would run emulated or promoted to FP32, so it is not measured here"
+        )
+    if p.onednn_isas and onednn is not None and onednn not in p.onednn_isas:
+        return (
+            f"oneDNN is capped at {onednn} (ONEDNN_MAX_CPU_ISA), below {p.label}'s kernels ({', '.join(p.onednn_isas)}): "
+            f"{p.label} would run emulated or promoted to FP32, so it is not measured here"
+        )
+    return None

@@ -159,10 +159,12 @@ def refusals(artifacts: Path, methods: list[str], baselines: dict[str, str]) -> 
     return refused
 
 
-def precision_refusals(methods: list[str], flags: dict[str, bool]) -> dict[str, str]:
-    """{method: one line} of the `methods` whose precision this CPU (its machine record's `flags`) lacks in hardware:
-    BF16 without AVX512_BF16 or AMX would time an emulation under BF16's name (edgequant/quantize/precisions.py)."""
+def precision_refusals(methods: list[str], machine: dict) -> dict[str, str]:
+    """{method: one line} of the `methods` whose precision this CPU (the probe's `machine` record: its flags and, on x86,
+    the oneDNN ISA under any cap) lacks in hardware: BF16 without AVX512_BF16 would time an emulation under BF16's name
+    (edgequant/quantize/precisions.py)."""
     from edgequant.quantize.catalog import get_method
     from edgequant.quantize.precisions import lacking
 
-    return {m: f"{m}: {why}" for m in methods if (why := lacking(get_method(m).precision, flags))}
+    flags, onednn = machine["flags"], (machine.get("isa") or {}).get("onednn")
+    return {m: f"{m}: {why}" for m in methods if (why := lacking(get_method(m).precision, flags, onednn))}

@@ -16,7 +16,7 @@ from edgequant.measure.timing import machine_info
 from edgequant.model.layers import conv_macs
 from edgequant.model.zoo import common_model
 from edgequant.quantize.catalog import get_method
-from edgequant.quantize.refusal import precision_refusals, refusals
+from edgequant.quantize.refusal import refusals, with_precision_refusals
 from edgequant.quantize.search import search_metrics
 from edgequant.validate import load_all
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         meta = {m: read_meta(artifacts, m) for m in listed if m not in refused}  # the artifacts are checked first
         machine = json.loads(Path(args.machine).read_text())
-        refused |= {m: why for m, why in precision_refusals(listed, machine).items() if m not in refused}
+        refused = with_precision_refusals(refused, listed, machine)
         methods = [m for m in listed if m not in refused]
         model = common_model(artifacts, methods)
         labels = load_prepared(args.test)["labels"]

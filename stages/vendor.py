@@ -12,7 +12,7 @@ from edgequant.data.splits import load_prepared
 from edgequant.files import require_free_space, write_json, write_text
 from edgequant.measure.processes import clamp_threads
 from edgequant.measure.vendorplan import measure_vendor, refused_at_export
-from edgequant.quantize.refusal import precision_refusals
+from edgequant.quantize.refusal import with_precision_refusals
 from edgequant.report.vendortable import vendor_markdown
 from edgequant.validate import load_all
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         # {method: why}: refused at export, or its precision lacking in this CPU (BF16 without BF16 instructions)
         refused = refused_at_export(artifacts, listed)
         machine = json.loads(Path(args.machine).read_text())
-        refused |= {m: why for m, why in precision_refusals(listed, machine).items() if m not in refused}
+        refused = with_precision_refusals(refused, listed, machine)
         p.check_batches(len(load_prepared(args.test)["labels"]), args.test)
         metrics = measure_vendor(everything.vendor, p, listed, refused, artifacts, args.test, clamp_threads(p.threads))
         metrics["run_time_s"] = time.perf_counter() - start

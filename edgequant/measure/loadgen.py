@@ -16,7 +16,7 @@ from edgequant.data.splits import load_prepared, to_input
 from edgequant.measure.mlperf_log import read_logs
 from edgequant.params import LoadgenParams
 from edgequant.quantize.catalog import Runner, get_method, import_runtime, missing_modules
-from edgequant.quantize.refusal import precision_refusals, refused_methods
+from edgequant.quantize.refusal import refused_methods, with_precision_refusals
 
 SCENARIOS = ("SingleStream", "Offline")
 # MLPerf's edge image-classification benchmark: its rules (LoadGen's built-in mlperf.conf, read by
@@ -173,8 +173,7 @@ def skipped_methods(artifacts: Path, listed: list[str], machine: dict) -> dict[s
     """{method: one line} of the methods that cannot run here: refused at export (their record says why), their
     precision lacking in this CPU (`machine`, the probe's record), or their runtime not installed. Unlike the benchmark,
     no figure here is a ratio to the FP32 baseline, so a method whose baseline was refused still runs."""
-    skipped = refused_methods(artifacts, listed)
-    skipped |= {m: why for m, why in precision_refusals(listed, machine).items() if m not in skipped}
+    skipped = with_precision_refusals(refused_methods(artifacts, listed), listed, machine)
     for m in listed:
         missing = missing_modules(get_method(m))
         if m not in skipped and missing:

@@ -168,3 +168,8 @@ def precision_refusals(methods: list[str], machine: dict) -> dict[str, str]:
 
     flags, onednn = machine["flags"], (machine.get("isa") or {}).get("onednn")
     return {m: f"{m}: {why}" for m in methods if (why := lacking(get_method(m).precision, flags, onednn))}
+
+
+def with_precision_refusals(refused: dict[str, str], methods: list[str], machine: dict) -> dict[str, str]:
+    """`refused` and, after it, the `methods` not in it whose precision this CPU lacks (`precision_refusals`)."""
+    return refused | {m: why for m, why in precision_refusals(methods, machine).items() if m not in refused}

@@ -22,7 +22,7 @@ from edgequant.files import write_bytes
 
 TOOL_WARMUP_RUNS = 5  # litert-benchmark's own default
 MIN_TOOL_RUNS = 10  # timed calls of a tool that counts calls rather than seconds
-LITERT_RESOLUTION_MS = 0.01  # litert-benchmark writes its latencies in milliseconds with two decimals
+TOOL_RESOLUTION_MS = 0.01  # both tools write their latencies in milliseconds with two decimals ("53.69", 88.31)
 
 
 class BelowResolution(ValueError):
@@ -123,9 +123,9 @@ def parse_litert(cell: Cell, out_dir: Path, console: str) -> dict:
     CPU accelerator (XNNPACK) took the whole graph with the threads asked for."""
     result = json.loads((out_dir / "result.json").read_text())
     latency = result["latency"]
-    if float(latency["avg_ms"]) < LITERT_RESOLUTION_MS:  # a call this short rounds to 0.00: no figure to compare
+    if float(latency["avg_ms"]) < TOOL_RESOLUTION_MS:  # a call this short rounds to 0.00: no figure to compare
         raise BelowResolution(
-            f"litert-benchmark's mean call rounds to {latency['avg_ms']} ms at its {LITERT_RESOLUTION_MS} ms resolution:"
+            f"litert-benchmark's mean call rounds to {latency['avg_ms']} ms at its {TOOL_RESOLUTION_MS} ms resolution:"
             f" batch {cell.batch} of this model is too short a call for the tool to time"
         )
     return {

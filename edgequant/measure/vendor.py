@@ -169,9 +169,8 @@ def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, c
     """One line on why harness and tool disagree, from what the runs measured; "not explained" where they cannot tell.
     The causes are tried in order: settings, the runner's own copies, those and the tool's statistic together, the
     tool's statistic (each as `accounts` says: a gap under 5 % whose interval still misses can have a cause too), the
-    tool's two-decimal resolution, an oversubscribed machine (other
-    processes and the run's threads wanted more than its `cores`), threads, noise (medians within 5 %, or an interval
-    that holds 1)."""
+    tool's two-decimal resolution, an oversubscribed machine (other processes and the run's threads wanted more than
+    its `cores`), threads, noise (medians within 5 %, or an interval that holds 1)."""
     harness_ms = statistics.median(1e3 * cell.batch / r["throughput_ips"] for r in harness)
     tool_ms = statistics.median(1e3 * cell.batch / r["tool_ips"] for r in tool)
     tool_call_ms = statistics.median(r["tool_call_ms_median"] for r in tool)
@@ -179,15 +178,19 @@ def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, c
     others = max(statistics.median(r["other_cores_busy"] for r in harness), statistics.median(r["other_cores_busy"] for r in tool))
     io = [r["io_ms"] for r in harness if r["io_ms"] is not None]
     io_ms = statistics.median(io) if io else None
-    apart = abs(harness_ms / tool_ms - 1) > AGREEMENT  # the medians differ, not only the interval is wide
+    # The medians differ, not only the interval is wide: measured on the ratio `agrees` judges (harness/tool img/s).
+    apart = not 1 - AGREEMENT <= tool_ms / harness_ms <= 1 + AGREEMENT
 
     def accounts(mine_ms: float, theirs_ms: float) -> bool:
         """Whether the harness's `mine_ms` beside the tool's `theirs_ms`, a cause taken out of either, accounts for the
         miss: medians more than 5 % apart come within 5 %; medians within 5 % whose interval misses move, with their
         interval, inside it (a cause that leaves the interval outside is not why it misses: the spread is)."""
+        if mine_ms <= 0:  # copies timed apart as long as the whole call: nothing left to compare
+            return False
         if apart:
-            return abs(mine_ms - theirs_ms) <= AGREEMENT * theirs_ms
-        factor = (theirs_ms / mine_ms) / (tool_ms / harness_ms)  # the harness/tool ratio, and its interval, scale by it
+            return abs(theirs_ms / mine_ms - 1) <= AGREEMENT
+        # Taking a cause out multiplies every pair's ratio alike, so the interval moves by the same factor.
+        factor = (theirs_ms / mine_ms) / (tool_ms / harness_ms)
         return agrees({"ratio_ci95_low": interval["ratio_ci95_low"] * factor, "ratio_ci95_high": interval["ratio_ci95_high"] * factor})
 
     if not all(r["config_match"] for r in tool):
@@ -215,13 +218,21 @@ def explain(cell: Cell, harness: list[dict], tool: list[dict], interval: dict, c
             f"the tool's statistic: its figure is {tool_ms:.2f} ms per batch ({get_statistic(cell)}), its own median call"
             f" {tool_call_ms:.2f} ms, which the harness's {harness_ms:.2f} ms median matches"
         )
-    # A call so short that the tool's last decimal is over 5 % of it: within that step, the two cannot be told apart.
-    if io_ms is not None and AGREEMENT * tool_call_ms < TOOL_RESOLUTION_MS and abs(harness_ms - io_ms - tool_call_ms) <= TOOL_RESOLUTION_MS:
+    # A call so short that one step of the tool's two-decimal figure is over 5 % of it: the tool's own median lies within
+    # half a step of what it prints, and a harness call within 5 % of that range cannot be told apart from it.
+    half = TOOL_RESOLUTION_MS / 2
+    low, high = max(tool_call_ms - half, 0.0), tool_call_ms + half
+    if (
+        apart
+        and io_ms is not None
+        and AGREEMENT * tool_call_ms < 2 * half
+        and low * (1 - AGREEMENT) <= harness_ms - io_ms <= high * (1 + AGREEMENT)
+    ):
+        share = f"{half / tool_call_ms:.0%} of this call" if tool_call_ms else "more than this call"
         return (
-            f"the tool's resolution: it reports its median call as {tool_call_ms:.2f} ms, in steps of {TOOL_RESOLUTION_MS} ms"
-            f" ({f'{TOOL_RESOLUTION_MS / tool_call_ms:.0%} of this call' if tool_call_ms else 'the whole of this call'});"
-            f" the harness's {harness_ms:.3f} ms call less its runner's"
-            f" {io_ms:.3f} ms around the runtime's call (timed apart), {harness_ms - io_ms:.3f} ms, is within that step"
+            f"the tool's resolution: it prints its median call as {tool_call_ms:.2f} ms, anything from {low:.3f} to {high:.3f} ms"
+            f" (half a step, {share}); the harness's {harness_ms:.3f} ms call less its runner's {io_ms:.3f} ms around the"
+            f" runtime's call (timed apart), {harness_ms - io_ms:.3f} ms, is within 5 % of that range"
         )
     if others + cell.threads > cores + BUSY_CORES:
         return (

@@ -30,6 +30,7 @@ from edgequant.params import (
     read_sections,
 )
 from edgequant.quantize.catalog import get_method
+from edgequant.quantize.precisions import get_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +73,10 @@ class Params:
                 raise ParamsError(
                     f"params.yaml: gate.methods lists {name}, which quantize.methods does not: add it there, or stop gating it"
                 )
-            precision = get_method(name).precision
-            if precision != "int8":  # its limits (size ratio, speed-up) are an INT8 release's
-                kind = f"{'an' if precision == 'fp32' else 'a'} {precision.upper()} method"
+            precision = get_precision(get_method(name).precision)
+            if precision.name != "int8":  # its limits (size ratio, speed-up) are an INT8 release's
+                # Labels are said letter by letter: an FP32, a BF16.
+                kind = f"{'an' if precision.label[0] in 'AEFHILMNORSX' else 'a'} {precision.label} method"
                 raise ParamsError(f"params.yaml: gate.methods lists {name}, {kind}: the gate holds INT8 candidates to their FP32 baseline")
         if self.download.dataset in LOCAL_KINDS:  # its size is known once imported: the prepare and benchmark stages check it
             return

@@ -75,4 +75,6 @@ def test_openvino_bf16_exports_under_an_avx2_cap_and_the_capped_probe_refuses_to
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["settings"]["inference_precision_hint"] == "bf16" and (tmp_path / "model.xml").is_file()
+    compiled = got["settings"]["runtime_precision_on_export_machine"]  # per layer where the plugin compiled it, else why not
+    assert isinstance(compiled, dict) or compiled.startswith("not compiled on the export machine: OpenVINO refuses it (")
     assert list(got["refused"]) == ["openvino_bf16"]  # no BF16 instructions, or oneDNN capped below them

@@ -80,8 +80,13 @@ def _compile(out_dir: Path, threads: int, perf_count: bool = False, model=None, 
             config["INFERENCE_PRECISION_HINT"] = hint
         return core.compile_model(model, "CPU", config)
     except RuntimeError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise ValueError(f"{out_dir / XML}: OpenVINO refuses it ({lines[-1] if lines else exc}); {remedy}") from exc
+        raise ValueError(f"{out_dir / XML}: {refusal(exc)}; {remedy}") from exc
+
+
+def refusal(exc: RuntimeError) -> str:
+    """The plugin's reason in one line: the last line of its message (the lines above are its source locations)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"OpenVINO refuses it ({lines[-1] if lines else exc})"
 
 
 def layer_precisions(out_dir: Path, model: Classifier, threads: int = 1, hint: str | None = None) -> dict[str, str]:
@@ -105,11 +110,11 @@ def settings(out_dir: Path, model: Classifier, hint: str | None = None) -> dict[
     try:
         compiled = layer_precisions(out_dir, model, hint=hint)
     except ValueError as exc:
-        if hint is None:
+        if hint is None or not isinstance(exc.__cause__, RuntimeError):  # only the plugin's refusal to compile is recorded
             raise
         # BF16 where oneDNN is capped below its kernels (ONEDNN_MAX_CPU_ISA): the IR is the FP32 one, exported as it
         # is; the benchmark refuses to time it here (edgequant/quantize/precisions.py)
-        compiled = f"not compiled on the export machine: {str(exc).split(': ', 1)[-1].split('; re-run')[0]}"
+        compiled = f"not compiled on the export machine: {refusal(exc.__cause__)}"
     return {"runtime_precision_on_export_machine": compiled, "inference_precision_hint": hint or PLUGIN_CONFIG["INFERENCE_PRECISION_HINT"]}
 
 

@@ -41,8 +41,11 @@ repro: setup runtimes fashion-mnist
 deps: setup
 	python -m edgequant.deps
 
+# The whole suite on TEST_WORKERS processes (pytest-xdist), a test file at a time each, in the order
+# tests/conftest.py gives (longest first); each worker runs one thread where a test or stage sets none.
+TEST_WORKERS ?= 2
 test: setup runtimes lint
-	python -m pytest -q --durations=25
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The unit tier: every test not marked slow (no pipeline, server, export or subprocess), in about a minute.
 # Plugin autoload off: hypothesis and hydra, installed as dependencies of dependencies, register pytest

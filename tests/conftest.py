@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,6 +25,18 @@ from edgequant.model.zoo import Net
 from edgequant.params import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The tests interrupt the commands they start with SIGINT. A suite started in the background of a script (`cmd &`)
+# inherits SIGINT ignored, and so would every command it starts: Python installs its KeyboardInterrupt handler only
+# where SIGINT is not ignored. The default handler here is reset to the default action in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each where a test or a stage does not set its own count,
+    # so one worker's OpenMP threads do not spin waiting for a core the other worker holds.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -94,6 +108,34 @@ def train_tiny(model: str):
     trained, _ = train(p, x, y, x[:64], y[:64])
     torch.use_deterministic_algorithms(False)
     return trained
+
+
+# The files in the order of their measured durations, longest first (docs/testing.md): `make test` runs the suite on
+# two workers, a file at a time each (pytest-xdist's loadfile), so the long files start first and the two finish close
+# together. test_fleet leads: its first test builds the tiny pipeline most end-to-end files share, and the two long
+# files that do without it come next, so no worker waits for it.
+LONGEST_FIRST = (
+    "test_fleet.py",
+    "test_your_model.py",
+    "test_registry.py",
+    "test_fleet_queue.py",
+    "test_s3.py",
+    "test_team.py",
+    "test_repro_faults.py",
+    "test_workloads.py",
+    "test_machine.py",
+    "test_pipeline.py",
+    "test_mixed.py",
+    "test_isa_numerics.py",
+    "test_reliability.py",
+    "test_arm.py",
+    "test_vendor.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep pytest's order
 
 
 @pytest.fixture(scope="session")
@@ -217,7 +259,23 @@ def set_params(work: Path, section: str, **values) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_origin(tmp_path_factory) -> Origin:
-    base = tmp_path_factory.mktemp("team")
+    """Built once per run: under pytest-xdist the first worker to ask builds it in the folder the workers share and
+    the others wait for it, so its minutes are paid once."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build_origin(tmp_path_factory.mktemp("team"))
+    shared = tmp_path_factory.getbasetemp().parent
+    with open(shared / "tiny_origin.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the build fails
+        record = shared / "tiny_origin.json"
+        if not record.exists():
+            origin = build_origin(shared / "team")
+            record.write_text(json.dumps(dataclasses.asdict(origin), default=str))
+        fields = json.loads(record.read_text())
+    return Origin(**{**fields, **{k: Path(fields[k]) for k in ("work", "remote", "mirror")}})
+
+
+def build_origin(base: Path) -> Origin:
+    base.mkdir(parents=True, exist_ok=True)
     mirror = base / "mirror"
     params = {**TINY, "download": {"dataset": "custom", "md5": write_mirror(mirror)}}
     env = dict(make_env(base), MNIST_MIRROR=str(mirror))
@@ -253,6 +311,13 @@ def tiny_origin(tmp_path_factory) -> Origin:
     sh(["git", "checkout", "-q", "main"], work, env)
     sh(["dvc", "checkout"], work, env)
     return Origin(work, env, remote, mirror, first, branch)
+
+
+def copy_repo(src: Path, dst: Path) -> None:
+    """Copy a repo with its DVC cache, less DVC's scratch folder (.dvc/tmp: locks, indexes), which a DVC command
+    another worker runs in `src` may be writing and deleting while it is copied."""
+    scratch = (src / ".dvc" / "tmp").resolve()
+    shutil.copytree(src, dst, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder).resolve() == scratch.parent else [])
 
 
 @pytest.fixture

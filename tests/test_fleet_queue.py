@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from edgequant.fleet import client, engine, settings
 from edgequant.fleet.engine import Job, JobError
 from edgequant.measure.machine import CAPS, probe
 
-from .conftest import set_params, sh, stat_fields
+from .conftest import copy_repo, set_params, sh, stat_fields
 from .redisserver import PASSWORD, RedisServer, redis_binary
 from .s3server import REGION, S3Server, free_ports, spawn, weed_binary
 
@@ -307,7 +306,7 @@ def fleet(tiny_origin, tmp_path_factory):
         s3.ensure_bucket(BUCKET)
         env = s3_env(tiny_origin.env, base, s3)
         lead, bare = base / "lead", base / "origin.git"
-        shutil.copytree(tiny_origin.work, lead, symlinks=True)  # with its DVC cache: the lead pushes main's outputs to S3
+        copy_repo(tiny_origin.work, lead)  # with its DVC cache: the lead pushes main's outputs to S3
         sh(["dvc", "remote", "add", "-d", "s3", f"s3://{BUCKET}/{PREFIX}"], lead, env)
         for key, value in (("endpointurl", s3.endpoint), ("region", REGION), ("verify", "true")):
             sh(["dvc", "remote", "modify", "s3", key, value], lead, env)

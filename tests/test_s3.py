@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import is_up_to_date, sh, stages_run
+from .conftest import copy_repo, is_up_to_date, sh, stages_run
 from .s3server import REGION, S3Server, free_ports, weed_binary
 
 pytest.importorskip("dvc_s3", reason="dvc-s3 is not installed")
@@ -98,7 +97,7 @@ def team(tiny_origin, s3_server, tmp_path_factory) -> Team:
     base = tmp_path_factory.mktemp("s3team")
     env = s3_env(tiny_origin.env, base, s3_server)
     lead, bare = base / "lead", base / "origin.git"
-    shutil.copytree(tiny_origin.work, lead, symlinks=True)  # with its cache
+    copy_repo(tiny_origin.work, lead)  # with its cache
     # Each revision pushes to the remote its own .dvc/config names, so both branches move to S3.
     for branch in ("calib-16", "main"):
         sh(["git", "checkout", "-q", branch], lead, env)

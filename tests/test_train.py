@@ -36,3 +36,20 @@ def test_learns_and_reports_every_epoch():
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["test_accuracy_pct"] > 50  # 10 classes: chance is 10 %
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_training_hands_back_the_callers_determinism_switch(before):
+    """The switch is process-wide: a process that trains and then runs a kernel with no deterministic version (the
+    roofline's quantized linear) must not find it refused. Handed back after a diverged run too."""
+    images, labels = make_digits(64, 0)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    torch.use_deterministic_algorithms(before)
+    try:
+        train(tiny_train_params(), x, y, x[:32], y[:32])
+        assert torch.are_deterministic_algorithms_enabled() is before
+        with pytest.raises(ValueError, match="training diverged"):
+            train(tiny_train_params(lr=1e30, optimizer="adam", epochs=50), x, y, x[:32], y[:32])
+        assert torch.are_deterministic_algorithms_enabled() is before
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -35,6 +36,20 @@ def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return loss / len(x), 100.0 * correct / len(x)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """PyTorch's deterministic algorithms for the block, then the caller's setting back: the switch is process-wide,
+    and a process that trains and goes on (a notebook, the test suite) must not find its quantized kernels refused
+    later for lacking a deterministic version."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+@deterministic_algorithms()
 def train(
     params: TrainParams,
     train_images: torch.Tensor,
@@ -50,7 +65,6 @@ def train(
     """
     torch.manual_seed(params.seed)
     torch.set_num_threads(params.threads)
-    torch.use_deterministic_algorithms(True)
     x_train, y_train = to_input(train_images), train_labels.long()
     x_test, y_test = to_input(test_images), test_labels.long()
     spec = spec_from(params.model, params.model_args, input_shape(train_images), class_count(y_train, y_test))

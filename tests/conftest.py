@@ -266,8 +266,8 @@ def tiny_origin(tmp_path_factory) -> Origin:
     with open(shared / "tiny_origin.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the build fails
         record = shared / "tiny_origin.json"
-        if not record.exists():
-            origin = build_origin(shared / "team")
+        if not record.exists():  # a worker whose build failed left no record: the next one builds in its own folder
+            origin = build_origin(shared / f"team-{os.environ['PYTEST_XDIST_WORKER']}")
             record.write_text(json.dumps(dataclasses.asdict(origin), default=str))
         fields = json.loads(record.read_text())
     return Origin(**{**fields, **{k: Path(fields[k]) for k in ("work", "remote", "mirror")}})

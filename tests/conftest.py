@@ -315,8 +315,7 @@ def build_origin(base: Path) -> Origin:
 def copy_repo(src: Path, dst: Path) -> None:
     """Copy a repo with its DVC cache, less DVC's scratch folder (.dvc/tmp: locks, indexes), which a DVC command
     another worker runs in `src` may be writing and deleting while it is copied."""
-    scratch = (src / ".dvc" / "tmp").resolve()
-    shutil.copytree(src, dst, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder).resolve() == scratch.parent else [])
+    shutil.copytree(src, dst, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder) == src / ".dvc" else [])
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from edgequant.model.zoo import Net
 from edgequant.params import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
+GROUP_EXIT_S = 30  # how long a SIGKILLed process group may take to empty
 
 # The tests interrupt the commands they start with SIGINT. A suite started in the background of a script (`cmd &`)
 # inherits SIGINT ignored, and so would every command it starts: Python installs its KeyboardInterrupt handler only
@@ -336,3 +338,23 @@ def stat_fields(pid: int | str) -> list[str] | None:
     except OSError:
         return None
     return text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+
+
+def live_members(group: int) -> list[str]:
+    """The processes of a process group that still run (zombies do not count)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        fields = stat_fields(entry.parent.name)
+        if fields and int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            found.append(f"{entry.parent.name} ({fields[0]})")
+    return found
+
+
+def members_left(group: int, timeout_s: float = GROUP_EXIT_S) -> list[str]:
+    """The members of a SIGKILLed process group still running after `timeout_s`. The kernel queues SIGKILL on each
+    member at once, but each one exits only once it is next scheduled and has torn down its memory: on two busy
+    cores a stage with torch loaded still shows state R for a while after its group leader was reaped."""
+    deadline = time.monotonic() + timeout_s
+    while (running := live_members(group)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running

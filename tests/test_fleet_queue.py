@@ -21,7 +21,7 @@ from edgequant.fleet import client, engine, settings
 from edgequant.fleet.engine import Job, JobError
 from edgequant.measure.machine import CAPS, probe
 
-from .conftest import copy_repo, set_params, sh, stat_fields
+from .conftest import copy_repo, members_left, set_params, sh
 from .redisserver import PASSWORD, RedisServer, redis_binary
 from .s3server import REGION, S3Server, free_ports, spawn, weed_binary
 
@@ -178,16 +178,6 @@ def require_servers() -> None:
     pytest.importorskip("dvc_s3", reason="dvc-s3 is not installed")
 
 
-def live_members(group: int) -> list[str]:
-    """The processes of a process group that still run (zombies do not count)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        fields = stat_fields(entry.parent.name)
-        if fields and int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            found.append(f"{entry.parent.name} ({fields[0]})")
-    return found
-
-
 class Worker:
     """`python -m edgequant.fleet worker` in its own checkout and process group, as `make worker` starts it."""
 
@@ -292,7 +282,7 @@ def s3_env(base: dict[str, str], tmp: Path, server: S3Server, keys: bool = True)
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny_origin, tmp_path_factory):
+def fleet_servers(tiny_origin, tmp_path_factory):
     require_servers()
     base = tmp_path_factory.mktemp("fleet")
     groups: list[int] = []
@@ -346,9 +336,20 @@ def fleet(tiny_origin, tmp_path_factory):
             w.stop()
         redis.stop()
         s3.stop()
-    left = {group: live_members(group) for group in groups}
+    left = {group: members_left(group) for group in groups}
     assert not any(left.values()), f"processes left behind: {left}"
     print(f"\nfleet teardown: {len(groups)} process groups (broker, S3, workers) started and stopped; none left in /proc")
+
+
+@pytest.fixture
+def fleet(fleet_servers: Fleet) -> Fleet:
+    """The module's fleet with both workers up. A test that failed between killing a worker and starting it again
+    would otherwise leave every later test's job queued for a machine with no worker, each until JOB_TIMEOUT_S."""
+    for worker in (fleet_servers.plain, fleet_servers.capped):
+        if worker.proc is None or worker.proc.poll() is not None:
+            worker.stop()
+            worker.start()
+    return fleet_servers
 
 
 def collect(fleet: Fleet, rev: str) -> list[str]:
@@ -496,7 +497,7 @@ def test_a_worker_killed_mid_job_leaves_it_to_the_next_worker_which_completes_it
     group = fleet.plain.proc.pid
     fleet.plain.kill()
     killed_at = time.monotonic()
-    assert live_members(group) == []  # dvc and the stage it ran went with the worker
+    assert members_left(group) == []  # dvc and the stage it ran went with the worker
     fleet.plain.start()  # the machine comes back
     meta = fleet.wait(job.id)
     print(f"\nworker SIGKILLed mid-job; a new worker completed the job {time.monotonic() - killed_at:.1f} s after the kill")

@@ -12,19 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import TINY, fingerprint, is_up_to_date, set_params, sh, stages_run, stat_fields
+from .conftest import TINY, fingerprint, is_up_to_date, live_members, set_params, sh, stages_run
 
 pytestmark = pytest.mark.slow
-
-
-def live_members(group: int) -> list[str]:
-    """The processes of a process group that still run (zombies do not count)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = stat_fields(stat.parent.name)
-        if fields and int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            members.append(f"{stat.parent.name} ({fields[0]})")
-    return members
 
 
 def repro_fails(work: Path, env: dict, *args: str) -> str:

@@ -242,6 +242,10 @@ class Fleet:
             if meta["status"] in done or (meta["status"] == "PROGRESS" and meta["result"].get("stage") in stages):
                 return meta
             assert time.monotonic() < deadline, f"{job_id}: still {meta['status']} {meta.get('result')} after {timeout_s} s"
+            for worker in (self.plain, self.capped):  # a worker that died by itself fails the wait now, with its log
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    log = worker.log.read_text(errors="replace")[-3000:]
+                    pytest.fail(f"{job_id}: the worker for {worker.machine} exited ({worker.proc.returncode}):\n{log}")
             time.sleep(0.2)
 
     def restart_broker(self) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -404,17 +405,22 @@ def test_a_revision_whose_models_would_be_retrained_here_fails_at_check_and_trai
     set_params(fleet.lead, "train", epochs=2)  # committed and pushed without running: its model is nowhere
     sh(["git", "commit", "-qam", "two epochs, not run"], fleet.lead, fleet.env)
     sh(["git", "push", "-q", "origin", "main"], fleet.lead, fleet.env)
-    sha = sh(["git", "rev-parse", "HEAD"], fleet.lead, fleet.env).strip()
-    fleet.submit(sha, "--machines", fleet.plain.machine)
-    meta = fleet.wait(Job(sha, fleet.plain.machine).id)
-    assert meta["status"] == "FAILURE", meta
-    message = str(meta["result"])
-    print(f"\n{message}")
-    assert message.startswith("check: stage train would run on this machine") and "dvc push" in message, message
-    assert [r["event"] for r in fleet.runs(Job(sha, fleet.plain.machine).id)] == ["start", "failed"]
-    set_params(fleet.lead, "train", epochs=1)
-    sh(["git", "commit", "-qam", "back to one epoch"], fleet.lead, fleet.env)
-    sh(["git", "push", "-q", "origin", "main"], fleet.lead, fleet.env)
+    try:
+        sha = sh(["git", "rev-parse", "HEAD"], fleet.lead, fleet.env).strip()
+        fleet.submit(sha, "--machines", fleet.plain.machine)
+        meta = fleet.wait(Job(sha, fleet.plain.machine).id)
+        assert meta["status"] == "FAILURE", meta
+        message = str(meta["result"])
+        print(f"\n{message}")
+        assert message.startswith("check: stage train would run on this machine") and "dvc push" in message, message
+        # A job that outlives the test broker's visibility timeout (VISIBILITY_S) comes back once more; that copy
+        # finds it ended and only logs "duplicate", perhaps before this reads the log
+        events = [r["event"] for r in fleet.runs(Job(sha, fleet.plain.machine).id)]
+        assert [e for e in events if e != "duplicate"] == ["start", "failed"], events
+    finally:  # main trains nothing for the tests after this one
+        set_params(fleet.lead, "train", epochs=1)
+        sh(["git", "commit", "-qam", "back to one epoch"], fleet.lead, fleet.env)
+        sh(["git", "push", "-q", "origin", "main"], fleet.lead, fleet.env)
 
 
 @pytest.mark.slow
@@ -543,7 +549,9 @@ def test_the_s3_remote_down_at_push_fails_the_attempt_clearly_and_a_retry_comple
         assert (
             meta["status"] == "RETRY" and message.startswith("push: `dvc exp push") and "Could not connect to the endpoint URL" in message
         )
-        assert "(attempt 1 of 5; again in 3 s)" in message
+        # Which attempt this is depends on how soon the wait saw it: a copy of the job that outlived VISIBILITY_S
+        # starts again as soon as the first attempt ends
+        assert re.search(r"\(attempt \d of 5; again in 3 s\)", message), message
         code, text, err, _ = fleet_cli("status", "--revision", sha, cwd=fleet.lead, env=fleet.env)
         # `status` takes about as long as RETRY_S: it finds the job waiting to retry or already in its next attempt
         retrying = f"{sha[:10]}  retrying  push: `dvc exp push"

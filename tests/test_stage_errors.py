@@ -159,18 +159,16 @@ def test_training_that_diverges_stops_at_the_first_non_finite_loss():
     "stuck",
     [
         # stuck while unwinding, as a library caught mid-write can be
-        "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    time.sleep(60)\n",
-        # stuck in C code, where no Python handler runs until it returns: one 6000^2 GEMM outlasts the 0.2 s grace here
-        "import torch\nx = torch.ones(6000, 6000)\nfor _ in range(20):\n    x @ x\n",
+        "print('ready', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    time.sleep(60)\n",
+        # stuck in C code, where no Python handler runs until it returns: one 6000^2 GEMM outlasts the 0.2 s grace here.
+        # Ready once the operand is filled, so that SIGINT lands in a GEMM however slowly a busy core allocates it.
+        "x = torch.ones(6000, 6000)\nprint('ready', flush=True)\nfor _ in range(20):\n    x @ x\n",
     ],
     ids=["while-unwinding", "in-c-code"],
 )
 @pytest.mark.slow
 def test_a_stage_stuck_after_ctrl_c_still_exits(stuck):
-    code = (
-        "import time\nimport torch\nfrom edgequant import stage\n"
-        "stage.stop_promptly_on_interrupt(grace_s=0.2)\nprint('ready', flush=True)\n" + stuck
-    )
+    code = "import time\nimport torch\nfrom edgequant import stage\nstage.stop_promptly_on_interrupt(grace_s=0.2)\n" + stuck
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.3)  # inside the stuck call

@@ -351,9 +351,10 @@ def live_members(group: int) -> list[str]:
 
 
 def members_left(group: int, timeout_s: float = GROUP_EXIT_S) -> list[str]:
-    """The members of a SIGKILLed process group still running after `timeout_s`. The kernel queues SIGKILL on each
-    member at once, but each one exits only once it is next scheduled and has torn down its memory: on two busy
-    cores a stage with torch loaded still shows state R for a while after its group leader was reaped."""
+    """The members of a process group still running after `timeout_s`, or none as soon as it is empty. Even a SIGKILLed
+    group takes a while: the kernel queues SIGKILL on each member at once, but each one exits only once it is next
+    scheduled and has torn down its memory; on two busy cores a stage with torch loaded still shows state R for a
+    while after its group leader was reaped."""
     deadline = time.monotonic() + timeout_s
     while (running := live_members(group)) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import TINY, fingerprint, is_up_to_date, live_members, set_params, sh, stages_run
+from .conftest import TINY, fingerprint, is_up_to_date, members_left, set_params, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -165,11 +165,9 @@ def test_killing_only_dvc_stops_the_stage_it_started(clone):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)  # dvc alone, not its process group
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while running := live_members(proc.pid):  # the group now holds only the orphaned stage, until it notices and stops
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"the train stage kept running 30 s after dvc died: {running}")
-        time.sleep(0.2)
+    # The group now holds only the orphaned stage, until it notices and stops
+    if running := members_left(proc.pid, timeout_s=30):
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the train stage kept running 30 s after dvc died: {running}")
     assert fingerprint(work) == before  # it wrote nothing after dvc died: the earlier outputs persist whole
     assert not list((work / "metrics").glob(".*.tmp"))  # it unwound through its atomic writers

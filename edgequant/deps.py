@@ -1,7 +1,7 @@
-"""Each stage's code deps in dvc.yaml, written from the import closure of its entry point, and every workload's
-dvc.yaml derived again from the result: one command, so no module a stage imports can be missing from its deps.
+"""Each stage's code deps in dvc.yaml and probe/dvc.yaml, written from the import closure of its entry point, and every
+workload's dvc.yaml derived again from the result: one command, so no module a stage imports can be missing from its deps.
 
-python -m edgequant.deps           # rewrite dvc.yaml's code deps and workloads/*/dvc.yaml
+python -m edgequant.deps           # rewrite the reference's code deps (dvc.yaml, probe/dvc.yaml) and workloads/*/dvc.yaml
 python -m edgequant.deps --check   # exit 1, naming the stale files, when either differs from what it would write
 """
 
@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 PACKAGES = ("edgequant", "stages")
+# The reference's pipeline files: the machine probe has one of its own (probe/dvc.yaml says why).
+REFERENCE = "dvc.yaml"
+PROBE = "probe/dvc.yaml"
 # Imported by name rather than by an import statement, so the import graph cannot see them.
 DYNAMIC = {
     "edgequant/quantize/catalog.py": ["edgequant.quantize.methods.*"],  # every module of edgequant/methods registers its methods on import
@@ -106,12 +109,13 @@ def render(dvc_yaml: Path, root: Path) -> str:
 
 
 def stale(root: Path) -> dict[Path, str]:
-    """{file: what it should hold} for dvc.yaml and each workload's dvc.yaml that differs from what would be written."""
+    """{file: what it should hold} for dvc.yaml, probe/dvc.yaml and each workload's dvc.yaml that differs from what
+    would be written."""
     from edgequant.workloads import render as render_workload
     from edgequant.workloads import workload_folders
 
-    reference = root / "dvc.yaml"
-    wanted = {reference: render(reference, root)}
+    reference = root / REFERENCE
+    wanted = {reference: render(reference, root), root / PROBE: render(root / PROBE, root)}
     for folder in workload_folders(root):
         wanted[root / folder / "dvc.yaml"] = render_workload(wanted[reference], folder, root)
     return {path: text for path, text in wanted.items() if not path.is_file() or path.read_text() != text}
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if changes:
             print(f"deps: stale: {names}; run `python -m edgequant.deps`", file=sys.stderr)
             return 1
-        print("deps: dvc.yaml and every workload's dvc.yaml are up to date")
+        print(f"deps: {REFERENCE}, {PROBE} and every workload's dvc.yaml are up to date")
         return 0
     for path, text in changes.items():
         write_text(path, text)

@@ -6,7 +6,7 @@ python -m edgequant.workloads workloads/fashion_mnist-dwsep_cnn   # writes its d
 Each workload's stages are the reference's, with every output moved under the workload's folder and every
 value read from the workload's params.yaml, so one `dvc repro -P` runs them all, a param changed in one
 workload re-runs only that workload's stages, and `dvc metrics show` / `dvc plots show` list each beside
-the reference. The machine is probed once, by the reference's probe stage, and shared.
+the reference. The machine is probed once, by the probe stage (probe/dvc.yaml), and shared.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from edgequant.files import write_text
 from edgequant.params import read_sections
 from edgequant.tracked import user_deps
 
-# What a workload leaves out: the machine probe (shared), and what concerns the shipped reference only
-# (the fleet of machines, the device bundle).
-SKIPPED = ("probe", "fleet", "bundle")
+# What a workload leaves out: what concerns the shipped reference only (the fleet of machines, the device bundle).
+# The machine probe is shared: it lives in probe/dvc.yaml, and each workload reads its output (SHARED).
+SKIPPED = ("fleet", "bundle")
 SHARED = ("metrics/machine.json",)
 OUTPUT_ROOTS = ("data", "models", "metrics", "plots")
 # A workload is a folder of its own under workloads/: its name reaches every stage's command line and every

@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from edgequant.deps import PROBE
 from edgequant.model.zoo import Net
 from edgequant.params import TrainParams
 
@@ -228,7 +229,15 @@ def sh(cmd: list[str], cwd: Path, env: dict, ok: bool = True) -> str:
     return proc.stdout + proc.stderr
 
 
-ALWAYS_RUN = "probe"  # reads the machine on every `dvc repro`; the same machine changes nothing downstream
+ALWAYS_RUN = f"{PROBE}:probe"  # reads the machine on every `dvc repro`; the same machine changes nothing downstream
+
+
+def copy_code(work: Path, items: tuple[str, ...]) -> None:
+    """Files and folders of this checkout into a temp repo, at the same relative paths, less Python's bytecode caches."""
+    for item in items:
+        src, dst = ROOT / item, work / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
 
 
 def stages_run(output: str) -> set[str]:
@@ -283,9 +292,7 @@ def build_origin(base: Path) -> Origin:
     env.pop("PYTHONPATH")  # the copy in the temp repo is what the stages must import
     work, remote = base / "origin", base / "remote"
     work.mkdir()
-    for item in ("dvc.yaml", "stages", "edgequant", "machines"):
-        src = ROOT / item
-        (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / item))
+    copy_code(work, ("dvc.yaml", PROBE, "stages", "edgequant", "machines"))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], work, env)
     sh(["dvc", "init", "-q"], work, env)

@@ -8,13 +8,14 @@ import ast
 import pytest
 import yaml
 
-from edgequant.deps import code_deps, import_closure, package_inits, stale
+from edgequant.deps import PROBE, REFERENCE, code_deps, import_closure, package_inits, stale
 
 from .conftest import ROOT
 
 
 def stages() -> dict[str, dict]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """The reference's stages: dvc.yaml's and the machine probe's, which has a file of its own."""
+    return {name: stage for spec in (REFERENCE, PROBE) for name, stage in yaml.safe_load((ROOT / spec).read_text())["stages"].items()}
 
 
 def uncovered(files: set[str], deps: list[str]) -> list[str]:

@@ -15,13 +15,14 @@ import torch
 import yaml
 
 from edgequant.data.local import import_folder, import_npz
+from edgequant.deps import PROBE
 from edgequant.model.imported import construct
 from edgequant.model.train import train
 from edgequant.params import ParamsError
 from edgequant.quantize.catalog import get_method, known_methods
 from edgequant.validate import load_all
 
-from .conftest import ROOT, TINY, make_env, sh, stages_run, tiny_train_params
+from .conftest import ROOT, TINY, copy_code, make_env, sh, stages_run, tiny_train_params
 
 # A network no built-in code knows: one convolution, global average pooling, a linear classifier.
 TINY_MODEL = """
@@ -260,9 +261,7 @@ def test_an_rgb_image_folder_and_an_outside_model_run_end_to_end_under_dvc_repro
     work.mkdir()
     env = make_env(tmp_path)
     env.pop("PYTHONPATH")  # the copy in the temp repo is what the stages must import
-    for item in ("dvc.yaml", "params.yaml", "stages", "edgequant", "machines"):
-        src = ROOT / item
-        (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / item))
+    copy_code(work, ("dvc.yaml", PROBE, "params.yaml", "stages", "edgequant", "machines"))
     # The three files a user writes: the model module, the data, the workload's params.
     model = write_model(work)
     write_folder(work / "userdata" / "rgb")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgequant.data.urls import redact
+from edgequant.deps import PROBE
 from edgequant.fleet.engine import Job
 
 # What a worker may run: the machine probe and what reads it. The rest was measured where the revision was made;
@@ -191,7 +192,7 @@ class Workspace:
         if code != 0:
             raise Failed(f"fleet: `dvc repro fleet` failed: {last_line(out)}")
         report("experiment")
-        stages = ["probe", "benchmark", "gate", "fleet", *(t for s in ("benchmark", "gate") for t in self.targets(s)[1:])]
+        stages = [f"{PROBE}:probe", "benchmark", "gate", "fleet", *(t for s in ("benchmark", "gate") for t in self.targets(s)[1:])]
         self.sh("experiment", ["dvc", "exp", "save", "--force", "--include-untracked", f"machines/{self.job.machine}",
                                "-n", self.job.experiment, *stages])  # fmt: skip
         self.marker.write_text(json.dumps({"job": self.job.id, "gate": verdicts, "ran": self.ran}))

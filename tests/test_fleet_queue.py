@@ -22,7 +22,7 @@ from edgequant.fleet import client, engine, settings
 from edgequant.fleet.engine import Job, JobError
 from edgequant.measure.machine import CAPS, probe
 
-from .conftest import copy_repo, members_left, set_params, sh
+from .conftest import ALWAYS_RUN, copy_repo, members_left, set_params, sh
 from .redisserver import PASSWORD, RedisServer, redis_binary
 from .s3server import REGION, S3Server, free_ports, spawn, weed_binary
 
@@ -386,8 +386,8 @@ def test_one_submit_brings_both_machines_rows_into_the_fleet_table(fleet):
     ran = {m: {name.split("@")[0] for name in r["result"]["ran"]} for m, r in results.items()}
     print(f"\nsubmit -> collect of the tiny workload on two workers: {seconds:.1f} s; capped {capped['seconds']}; plain {plain['seconds']}")
     print(f"stages run: {ran}")
-    assert ran[fleet.capped.machine] == {"probe", "benchmark", "gate", "fleet"}  # another machine: the benchmark and what reads it
-    assert ran[fleet.plain.machine] == {"probe", "fleet"}  # the machine the revision was measured on: nothing to re-measure
+    assert ran[fleet.capped.machine] == {ALWAYS_RUN, "benchmark", "gate", "fleet"}  # another machine: the benchmark and what reads it
+    assert ran[fleet.plain.machine] == {ALWAYS_RUN, "fleet"}  # the machine the revision was measured on: nothing to re-measure
     assert capped["gate"] == {"reference": {"passed": True, "failures": 0}}
     record = json.loads((fleet.lead / "machines" / fleet.capped.machine / "benchmark.json").read_text())["machine"]
     assert record["caps"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": None}

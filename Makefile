@@ -37,7 +37,7 @@ repro: setup runtimes fashion-mnist
 	python -m edgequant.validate params.yaml $(wildcard workloads/*/params.yaml)
 	dvc repro -P
 
-# Each stage's code deps (its import closure) into dvc.yaml, and every workload's dvc.yaml derived again.
+# Each stage's code deps (its import closure) into dvc.yaml and probe/dvc.yaml, and every workload's dvc.yaml derived again.
 deps: setup
 	python -m edgequant.deps
 

@@ -2,7 +2,7 @@
 workload's dvc.yaml derived again from the result: one command, so no module a stage imports can be missing from its deps.
 
 python -m edgequant.deps           # rewrite the reference's code deps (dvc.yaml, probe/dvc.yaml) and workloads/*/dvc.yaml
-python -m edgequant.deps --check   # exit 1, naming the stale files, when either differs from what it would write
+python -m edgequant.deps --check   # exit 1, naming the stale files, when any differs from what it would write
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import pytest
 from .conftest import ROOT
 
 COMMAND = re.compile(r"python -m (edgequant(?:\.[a-z_][a-z0-9_]*)*)")
-SOURCES = ["Makefile", "dvc.yaml", ".ci/run", "README.md", *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("docs/*.md"))]
+SOURCES = ["Makefile", "dvc.yaml", "probe/dvc.yaml", ".ci/run", "README.md"]
+SOURCES += sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("docs/*.md"))
 SOURCES += sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("workloads/*/dvc.yaml"))
 
 

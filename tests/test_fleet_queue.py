@@ -20,6 +20,7 @@ import pytest
 
 from edgequant.fleet import client, engine, settings
 from edgequant.fleet.engine import Job, JobError
+from edgequant.fleet.job import probe_target, stage_name
 from edgequant.measure.machine import CAPS, probe
 
 from .conftest import ALWAYS_RUN, copy_repo, members_left, set_params, sh
@@ -65,6 +66,15 @@ def test_a_job_names_its_task_and_experiment_by_machine_and_revision():
     assert engine.experiment_machine(job.experiment, SHA) == job.machine
     assert engine.experiment_machine("amd-epyc-avx2", SHA) is None and engine.experiment_machine("x_y-0123456789", SHA) is None
     assert Job.from_payload(job.payload()) == job
+
+
+def test_a_worker_names_the_probe_as_the_jobs_revision_places_it(tmp_path):
+    """A job may name a commit made while the probe sat in dvc.yaml: `dvc exp save` must get the name that revision has."""
+    assert probe_target(tmp_path) == "probe"
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "dvc.yaml").write_text("stages: {}\n")
+    assert probe_target(tmp_path) == ALWAYS_RUN == "probe/dvc.yaml:probe"
+    assert stage_name(ALWAYS_RUN) == "probe"  # what the worker reports and checks against MAY_RUN
 
 
 def private(path: Path, text: str) -> Path:

@@ -213,7 +213,8 @@ def test_the_pipeline_graph_is_dvc_dag_of_the_checkouts_dvc_yaml(tmp_path, monke
     block = (ROOT / "docs/pipeline.md").read_text().split(PIPELINE[0], 1)[1].split(PIPELINE[1], 1)[0].strip()
     graph = pipeline_graph(ROOT)
     assert graph.startswith("```mermaid\nflowchart TD") and '"quantize@fp32"' in graph
-    assert block == graph, "dvc.yaml or params.yaml changed the graph: run `python -m edgequant.report.readme README.md docs/*.md`"
+    regenerate = "run `python -m edgequant.report.readme README.md docs/*.md`"
+    assert block == graph, f"dvc.yaml, probe/dvc.yaml or params.yaml changed the graph: {regenerate}"
 
 
 def documents() -> list[str]:

@@ -46,6 +46,12 @@ def stage_name(dvc_name: str) -> str:
     return dvc_name.rsplit(":", 1)[-1].split("@", 1)[0]
 
 
+def probe_target(work: Path) -> str:
+    """The machine probe's DVC name in the revision checked out at `work`: `probe/dvc.yaml:probe`, or plain `probe` in a
+    revision made while the probe still sat in dvc.yaml (a job may name any commit)."""
+    return f"{PROBE}:probe" if (work / PROBE).is_file() else "probe"
+
+
 def last_line(output: str) -> str:
     """The line of a command's output that says what went wrong: DVC's ERROR line, else the last one."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -192,7 +198,7 @@ class Workspace:
         if code != 0:
             raise Failed(f"fleet: `dvc repro fleet` failed: {last_line(out)}")
         report("experiment")
-        stages = [f"{PROBE}:probe", "benchmark", "gate", "fleet", *(t for s in ("benchmark", "gate") for t in self.targets(s)[1:])]
+        stages = [probe_target(self.work), "benchmark", "gate", "fleet", *(t for s in ("benchmark", "gate") for t in self.targets(s)[1:])]
         self.sh("experiment", ["dvc", "exp", "save", "--force", "--include-untracked", f"machines/{self.job.machine}",
                                "-n", self.job.experiment, *stages])  # fmt: skip
         self.marker.write_text(json.dumps({"job": self.job.id, "gate": verdicts, "ran": self.ran}))

@@ -65,7 +65,8 @@ def replace_block(text: str, table: str, markers: tuple[str, str] = RESULTS) -> 
 
 
 def pipeline_graph(root: Path = Path(".")) -> str:
-    """`dvc dag --md dvc.yaml`: the reference pipeline's stages and edges as DVC reads them from dvc.yaml and params.yaml."""
+    """`dvc dag --md dvc.yaml`: the reference pipeline's stages and edges as DVC reads them from dvc.yaml, probe/dvc.yaml
+    (the machine probe, upstream of the benchmark) and params.yaml."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run([sys.executable, "-m", "dvc", "dag", "--md", "dvc.yaml"], cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

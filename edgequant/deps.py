@@ -17,6 +17,7 @@ PACKAGES = ("edgequant", "stages")
 # The reference's pipeline files: the machine probe has one of its own (probe/dvc.yaml says why).
 REFERENCE = "dvc.yaml"
 PROBE = "probe/dvc.yaml"
+PROBE_STAGE = f"{PROBE}:probe"  # its name in DVC's output, `dvc status` and as a target
 # Imported by name rather than by an import statement, so the import graph cannot see them.
 DYNAMIC = {
     "edgequant/quantize/catalog.py": ["edgequant.quantize.methods.*"],  # every module of edgequant/methods registers its methods on import

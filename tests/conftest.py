@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from edgequant.deps import PROBE
+from edgequant.deps import PROBE, PROBE_STAGE
 from edgequant.model.zoo import Net
 from edgequant.params import TrainParams
 
@@ -229,7 +229,7 @@ def sh(cmd: list[str], cwd: Path, env: dict, ok: bool = True) -> str:
     return proc.stdout + proc.stderr
 
 
-ALWAYS_RUN = f"{PROBE}:probe"  # reads the machine on every `dvc repro`; the same machine changes nothing downstream
+ALWAYS_RUN = PROBE_STAGE  # reads the machine on every `dvc repro`; the same machine changes nothing downstream
 
 
 def copy_code(work: Path, items: tuple[str, ...]) -> None:

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from edgequant.deps import PROBE, REFERENCE
+
 from .conftest import ROOT
 
 COMMAND = re.compile(r"python -m (edgequant(?:\.[a-z_][a-z0-9_]*)*)")
-SOURCES = ["Makefile", "dvc.yaml", "probe/dvc.yaml", ".ci/run", "README.md"]
+SOURCES = ["Makefile", REFERENCE, PROBE, ".ci/run", "README.md"]
 SOURCES += sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("docs/*.md"))
 SOURCES += sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("workloads/*/dvc.yaml"))
 

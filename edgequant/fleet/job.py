@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgequant.data.urls import redact
-from edgequant.deps import PROBE
+from edgequant.deps import PROBE, PROBE_STAGE
 from edgequant.fleet.engine import Job
 
 # What a worker may run: the machine probe and what reads it. The rest was measured where the revision was made;
@@ -49,7 +49,7 @@ def stage_name(dvc_name: str) -> str:
 def probe_target(work: Path) -> str:
     """The machine probe's DVC name in the revision checked out at `work`: `probe/dvc.yaml:probe`, or plain `probe` in a
     revision made while the probe still sat in dvc.yaml (a job may name any commit)."""
-    return f"{PROBE}:probe" if (work / PROBE).is_file() else "probe"
+    return PROBE_STAGE if (work / PROBE).is_file() else "probe"
 
 
 def last_line(output: str) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import yaml
 
 from edgequant.data.urls import redact
+from edgequant.deps import PROBE, REFERENCE
 from edgequant.files import atomic_dir
 from edgequant.report.markdown import code, escape
 from edgequant.team import dvclock
@@ -119,13 +120,14 @@ def inline_vega(html: str, scripts: dict[str, str]) -> str:
 
 
 def pipeline_paths() -> list[Path]:
-    """Every input and output of the pipelines: what the last runs recorded in dvc.lock (each workload's too) and
-    the literal paths of each dvc.yaml, so a fresh clone's or a never-run stage's are known (paths are from the repo root)."""
+    """Every input and output of the pipelines: what the last runs recorded in dvc.lock (the probe's and each
+    workload's too) and the literal paths of each dvc.yaml, so a fresh clone's or a never-run stage's are known
+    (paths are from the repo root)."""
     paths = []
-    for lock in [Path("dvc.lock"), Path("probe/dvc.lock"), *sorted(Path("workloads").glob("*/dvc.lock"))]:
+    for lock in [Path(REFERENCE).with_name("dvc.lock"), Path(PROBE).with_name("dvc.lock"), *sorted(Path("workloads").glob("*/dvc.lock"))]:
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
         paths += [entry["path"] for stage in stages.values() for key in ("deps", "outs") for entry in stage.get(key, [])]
-    for spec in [Path("dvc.yaml"), Path("probe/dvc.yaml"), *sorted(Path("workloads").glob("*/dvc.yaml"))]:
+    for spec in [Path(REFERENCE), Path(PROBE), *sorted(Path("workloads").glob("*/dvc.yaml"))]:
         stages = (yaml.safe_load(spec.read_text()) or {}).get("stages", {}) if spec.is_file() else {}
         for stage in stages.values():
             entries = [e for key in ("deps", "outs") for e in stage.get(key, []) or []]

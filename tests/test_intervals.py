@@ -99,10 +99,11 @@ def test_repeats_default_to_one_and_must_be_at_least_one():
         parse(BenchmarkParams, {**raw, "repeats": 0}, "benchmark")
 
 
-def test_measure_all_runs_every_job_once_per_round_in_the_same_order(monkeypatch, tmp_path):
-    """A B C ... A B C ...: round by round, each (method, threads) in its own call of `measure`; predictions, the
-    profile and the page-fault count only in the first round (at the largest and smallest thread counts)."""
-    asked = []
+def test_measure_all_runs_every_job_once_per_round_in_the_same_order_each_round_from_a_fresh_server(monkeypatch, tmp_path):
+    """A B C ... A B C ...: round by round, each (method, threads) in its own call of `measure`, every round after the
+    first forked from a new server; predictions, the profile and the page-fault count only in the first round (at the
+    largest and smallest thread counts)."""
+    asked, servers = [], []
 
     def fake_measure(context, request):
         asked.append(request)
@@ -117,9 +118,11 @@ def test_measure_all_runs_every_job_once_per_round_in_the_same_order(monkeypatch
 
     monkeypatch.setattr(processes, "measure", fake_measure)
     monkeypatch.setattr(processes, "start_method", lambda: None)
+    monkeypatch.setattr(processes, "fresh_server", lambda context: servers.append(len(asked)))
     p = BenchmarkParams([1, 2], 1, 8, 0, 10, 0.1, 64, False, 3, repeats=3)
     peaks, runs, predictions, logits, ops = processes.measure_all(p, ["a", "b", "c"], [1, 2], tmp_path, "test.pt")
     jobs = [(m, t) for t in (1, 2) for m in ("a", "b", "c")]
+    assert servers == [2 + 6, 2 + 12]  # after the two peaks and each full round of six
     method_requests = [r for r in asked if isinstance(r, processes.MethodRequest)]
     assert [type(r).__name__ for r in asked[:2]] == ["PeakRequest", "PeakRequest"] and set(peaks) == {1, 2}
     assert [(r.method, r.threads) for r in method_requests] == jobs * 3

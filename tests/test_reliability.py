@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from edgequant.measure.machine import probe
-from edgequant.measure.processes import clamp_threads, measure
+from edgequant.measure.processes import clamp_threads, fresh_server, measure
 from edgequant.stage import StageError
 
-from .conftest import ROOT, make_digits
+from .conftest import ROOT, make_digits, stat_fields
 
 # Every test here exports artifacts or starts processes: the slow tier (make test-fast leaves it out).
 pytestmark = pytest.mark.slow
@@ -132,6 +132,26 @@ def test_a_worker_that_dies_while_starting_is_reported_as_such(capfd):
     with pytest.raises(RuntimeError, match=r"(?s)measuring fp32 with 1 thread\(s\) failed .*died before opening its log"):
         measure(multiprocessing.get_context("spawn"), _PoisonedRequest(_Unpicklable()))
     assert "unpickling the request failed" in capfd.readouterr().err  # the child's own traceback still shows
+
+
+def test_a_fresh_server_forks_the_next_worker_and_the_one_before_it_has_exited():
+    """The benchmark's rounds each fork from their own server (edgequant/measure/processes.py: `fresh_server`)."""
+    context = multiprocessing.get_context("forkserver")
+
+    def parent_of_a_worker() -> int:
+        worker = context.Process(target=time.sleep, args=(60,))
+        worker.start()
+        try:
+            return int(stat_fields(worker.pid)[1])
+        finally:
+            worker.kill()
+            worker.join()
+
+    first = parent_of_a_worker()
+    assert parent_of_a_worker() == first  # a server serves every worker until it is replaced
+    fresh_server(context)
+    second = parent_of_a_worker()
+    assert second != first and stat_fields(first) is None, (first, second)
 
 
 def test_a_damaged_pte_fails_its_measurement_in_one_line_with_the_remedy(tmp_path):

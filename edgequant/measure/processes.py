@@ -20,9 +20,9 @@ from edgequant.params import BenchmarkParams
 from edgequant.stage import StageError
 
 WORKER_TIMEOUT_S = 600
-# Imported once by the fork server instead of by every measurement: torch and edgequant take 2 s,
-# ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s; 16 processes
-# paid that every run. A module missing here is skipped by multiprocessing and imported where used.
+# Imported once by each fork server (one per round) instead of by every measurement: torch and edgequant take 2 s,
+# ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s, which each of a round's 28
+# processes would pay. A module missing here is skipped by multiprocessing and imported where used.
 # OpenVINO comes first: in a process started by multiprocessing that had imported torch before it, OpenVINO's 2-thread
 # inference kept about one core busy (1.04-1.21 cores, half the img/s, on the AVX2 EPYC); imported first, 1.92-1.96.
 PRELOAD = [
@@ -41,6 +41,20 @@ def start_method() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def fresh_server(context: multiprocessing.context.BaseContext) -> None:
+    """Fork the next measurement from a new server. Every worker of a server inherits its memory layout (where
+    libraries and heap landed), and on an idle AVX-512 EPYC that shifted all of a run's p50s alike: XNNPACK INT8's median
+    p50 was 0.0967-0.0969 ms under two of five fresh servers and 0.0951-0.0952 ms under the other three, while the
+    workers of one server spread 0.6 %. With one server per round, a run's interval spans that layout."""
+    if context.get_start_method() != "forkserver":  # spawn: every process already starts from scratch
+        return
+    from multiprocessing import forkserver
+
+    # multiprocessing has no public call for this; _stop closes the server's alive pipe and waits for it to exit,
+    # and the next Process starts a new one with the same preloads.
+    forkserver._forkserver._stop()
 
 
 def serve(measure_request, request, result_path: str, log_path: str) -> None:
@@ -103,7 +117,8 @@ def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], arti
     """The CPU peak per thread count, then `p.repeats` rounds of every (method, threads) run, each round in the same
     order (A B C ... A B C ...), each run in a process of its own: a slow minute of the machine falls on one round of
     every method rather than on every repeat of one. Predictions, logits, the per-operator profile and the page-fault
-    count are taken in the first round only. Returns each pair's repeats in round order (edgequant/measure/intervals.py)."""
+    count are taken in the first round only. Each round forks from a fresh server (`fresh_server`). Returns each pair's
+    repeats in round order (edgequant/measure/intervals.py)."""
     context = start_method()
     peaks = {t: measure(context, PeakRequest(t, p.peak_gemm_size, p.min_run_time_s)) for t in threads}
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -112,6 +127,8 @@ def measure_all(p: BenchmarkParams, methods: list[str], threads: list[int], arti
     schedule = [(r, m, t) for r in range(p.repeats) for m, t in jobs]
     for r, m, t in tqdm(schedule, desc="benchmark", unit="run", disable=None):
         first = r == 0
+        if r > 0 and (m, t) == jobs[0]:
+            fresh_server(context)
         # Accuracy does not depend on threads: predict once, at the largest count (fastest).
         # The per-operator profile is taken once, at the smallest count: the edge-device case.
         request = MethodRequest(

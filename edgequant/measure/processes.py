@@ -47,13 +47,15 @@ def fresh_server(context: multiprocessing.context.BaseContext) -> None:
     """Fork the next measurement from a new server. Every worker of a server inherits its memory layout (where
     libraries and heap landed), and on an idle AVX-512 EPYC that shifted all of a run's p50s alike: XNNPACK INT8's median
     p50 was 0.0967-0.0969 ms under two of five fresh servers and 0.0951-0.0952 ms under the other three, while the
-    workers of one server spread 0.6 %. With one server per round, a run's interval spans that layout."""
+    workers of one server spread 0.6 %. With one server per round, a run's rounds sample that layout rather than share
+    one, and its interval widens toward the shift between runs."""
     if context.get_start_method() != "forkserver":  # spawn: every process already starts from scratch
         return
     from multiprocessing import forkserver
 
     # multiprocessing has no public call for this; _stop closes the server's alive pipe and waits for it to exit,
-    # and the next Process starts a new one with the same preloads.
+    # which it does once every worker (each holds that pipe) has exited: `measure` joins or kills each one before it
+    # returns. The next Process starts a new server with the same preloads.
     forkserver._forkserver._stop()
 
 

@@ -21,8 +21,9 @@ from edgequant.stage import StageError
 
 WORKER_TIMEOUT_S = 600
 # Imported once by each fork server (one per round) instead of by every measurement: torch and edgequant take 2 s,
-# ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s, which each of a round's 28
-# processes would pay. A module missing here is skipped by multiprocessing and imported where used.
+# ExecuTorch's runtime 3.5 s more (it imports its exporter), torchao's pt2e ops 1 s, which every process of a round
+# (28 in the reference: 14 methods at 2 thread counts) would pay. A module missing here is skipped by
+# multiprocessing and imported where used.
 # OpenVINO comes first: in a process started by multiprocessing that had imported torch before it, OpenVINO's 2-thread
 # inference kept about one core busy (1.04-1.21 cores, half the img/s, on the AVX2 EPYC); imported first, 1.92-1.96.
 PRELOAD = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgequant import params, stage
 from edgequant.files import write_text
-from edgequant.fleet import numerics, table
+from edgequant.fleet import numerics, reduced, table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fleet: not shown: {line}", file=sys.stderr)
         skipped += unreadable
         entries = [here] + [e for e in others if e["name"] != here["name"]]  # this run replaces its own saved copy
-        text = table.markdown([table.summarize(e, gate) for e in entries], skipped)
+        rows = [table.summarize(e, gate) for e in entries]
+        text = table.markdown(rows, skipped)
+        below_fp32 = reduced.markdown(*reduced.collect(entries), threads=rows[0]["threads"])  # BF16 beside FP32, per machine
+        if below_fp32:
+            text += "\n\n" + below_fp32
         if emulated:
             text += "\n\n" + numerics.markdown(emulated)
         write_text(args.md, text + "\n")

@@ -1,0 +1,84 @@
+"""Every machine's reduced-precision float methods (BF16 today) against their own runtime's FP32, one row each.
+
+The fleet table ranks INT8; a float format between FP32 and INT8 (every precision of edgequant/quantize/precisions.py
+but the baseline and INT8) is a choice of its own, with its own accuracy cost. Each row is read from that machine's
+benchmark record, in one run: accuracy and the images that flipped against FP32, and the batch-256 throughput and
+batch-1 p50 as ratios to the same runtime's FP32 with their 95 % intervals. A machine with no row for a precision is
+named with the reason: the probe's (its CPU lacks the instructions, from the flags its record holds) or, where the
+CPU has them, that the record was made without such a method.
+"""
+
+from __future__ import annotations
+
+from edgequant.quantize.precisions import PRECISIONS, lacking
+from edgequant.report.markdown import code, escape
+
+RANKED = "int8"  # the precision the fleet table ranks; every other non-baseline precision is shown here
+HEAD = ["machine", "method", "own FP32", "accuracy %", "drop vs FP32 pp [95 % CI]", "images lost / gained"]
+HEAD += ["× own FP32, batch 256 [95 % CI]", "× own FP32, batch-1 p50 [95 % CI]"]
+
+
+def shown_precisions() -> list[str]:
+    """The precisions this table covers, in the order of the precision table."""
+    return [name for name, p in PRECISIONS.items() if not p.baseline and name != RANKED]
+
+
+def record_flags(machine: dict) -> dict[str, bool]:
+    """The CPU flags a machine record holds: the probe's `flags`, or the `flag_*` fields of records made before it."""
+    if isinstance(machine.get("flags"), dict):
+        return machine["flags"]
+    return {key.removeprefix("flag_"): on for key, on in machine.items() if key.startswith("flag_")}
+
+
+def ratio(run: dict, key: str) -> str:
+    """ "4.91× [4.80–5.02]"; the figure alone for a record without an interval, "–" where the record has no such ratio."""
+    value = run.get(key)
+    if value is None:
+        return "–"
+    low, high = run.get(f"{key}_ci95_low"), run.get(f"{key}_ci95_high")
+    return f"{value:.2f}×" if low is None or high is None else f"{value:.2f}× [{low:.2f}–{high:.2f}]"
+
+
+def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
+    """The rows of every machine (`entries` as edgequant.fleet.table.load gives them), and one line for each
+    machine and precision without a row, saying why."""
+    rows: list[dict] = []
+    missing: list[str] = []
+    for entry in entries:
+        metrics = entry["metrics"]
+        t = f"threads_{min(int(k.removeprefix('threads_')) for k in metrics['peak'])}"
+        for precision in shown_precisions():
+            methods = {m: r for m, r in metrics["methods"].items() if r["precision"] == precision}
+            for method, r in methods.items():
+                rows.append({**r, "machine": entry["name"], "method": method, "run": r[t]})
+            if not methods:
+                machine = metrics.get("machine", {})
+                onednn = machine["isa"].get("onednn") if isinstance(machine.get("isa"), dict) else None
+                label = PRECISIONS[precision].label
+                why = lacking(precision, record_flags(machine), onednn)
+                why = why or f"this CPU has {label} instructions, but its record holds no {label} method"
+                missing.append(f"{code(entry['name'])}: {escape(why)}")
+    return rows, missing
+
+
+def markdown(rows: list[dict], missing: list[str], threads: int) -> str:
+    """The table, its reading, and the machines without a row; empty when the fleet has neither."""
+    if not rows and not missing:
+        return ""
+    labels = " and ".join(PRECISIONS[p].label for p in shown_precisions())
+    lines = [f"{labels} beside FP32, per machine:", ""]
+    if rows:
+        lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+        for r in rows:
+            drop = f"{r['accuracy_drop_pp']:+.2f} [{r['accuracy_drop_pp_ci95_low']:+.2f}, {r['accuracy_drop_pp_ci95_high']:+.2f}]"
+            cells = [code(r["machine"]), code(r["method"]), code(r["baseline"]) if r.get("baseline") else "–", f"{r['accuracy_pct']:.2f}"]
+            cells += [drop, f"{r['flips_lost']} / {r['flips_gained']}"]
+            cells += [ratio(r["run"], "throughput_speedup_vs_runtime_fp32"), ratio(r["run"], "latency_speedup_vs_runtime_fp32")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"At {threads} thread, one benchmark run per machine: each method against the FP32 of its own runtime (`own FP32`), "
+            "as the median of the round-by-round ratios; the accuracy drop against FP32 with its interval from the images that flipped.",
+        ]
+    lines += [f"No {labels} row: {line}" for line in missing]
+    return "\n".join(lines)

@@ -47,8 +47,9 @@ def test_a_machine_without_a_bf16_row_is_named_with_why_and_shown_in_no_row():
     rows, missing = reduced.collect([lacking, unmeasured])
     text = reduced.markdown(rows, missing, threads=1)
     assert rows == [] and "| machine |" not in text
-    assert f"No BF16 row: `{lacking['name']}`: this CPU has no BF16 instructions (none of avx512_bf16, bf16 in the machine record)" in text
-    assert f"No BF16 row: `{unmeasured['name']}`: this CPU has BF16 instructions, but its record holds no BF16 method" in text
+    no_instructions = "this CPU has no BF16 instructions (none of avx512_bf16, bf16 in the machine record)"
+    assert f"No BF16 row for `{lacking['name']}`: {no_instructions}" in text
+    assert f"No BF16 row for `{unmeasured['name']}`: this CPU has BF16 instructions, but its record holds no BF16 method" in text
 
 
 def test_a_oneDNN_cap_below_bf16_is_the_reason_given():
@@ -64,6 +65,14 @@ def test_a_fleet_of_int8_only_records_without_flags_adds_nothing():
     rows, missing = reduced.collect([old])
     assert rows == [] and "this CPU has no BF16 instructions" in missing[0]
     assert reduced.markdown([], [], threads=1) == ""
+
+
+def test_a_record_missing_a_figure_shows_a_dash_rather_than_stopping_the_fleet():
+    name, record = bf16()
+    for key in ("accuracy_pct", "flips_lost", "accuracy_drop_pp_ci95_low"):
+        del record[key]
+    rows, missing = reduced.collect([with_methods(BF16_CPU, (name, record))])
+    assert "| `openvino_fp32` | – | +0.01 | – / 0 | 4.91× [4.80–5.02] |" in reduced.markdown(rows, missing, threads=1)
 
 
 def test_strings_from_a_record_cannot_shift_cells():

@@ -39,6 +39,19 @@ def ratio(run: dict, key: str) -> str:
     return f"{value:.2f}×" if low is None or high is None else f"{value:.2f}× [{low:.2f}–{high:.2f}]"
 
 
+def figure(record: dict, key: str, fmt: str = ".2f") -> str:
+    """A number of an imported record, or "–" where that record has none (the fleet shows what it can)."""
+    value = record.get(key)
+    return "–" if not isinstance(value, int | float) or isinstance(value, bool) else f"{value:{fmt}}"
+
+
+def drop(record: dict) -> str:
+    """ "+0.01 [-0.01, +0.01]": the accuracy drop against FP32 in pp, with its interval where the record has it."""
+    low, high = record.get("accuracy_drop_pp_ci95_low"), record.get("accuracy_drop_pp_ci95_high")
+    value = figure(record, "accuracy_drop_pp", "+.2f")
+    return value if low is None or high is None else f"{value} [{low:+.2f}, {high:+.2f}]"
+
+
 def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
     """The rows of every machine (`entries` as edgequant.fleet.table.load gives them), and one line for each
     machine and precision without a row, saying why."""
@@ -57,7 +70,7 @@ def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
                 label = PRECISIONS[precision].label
                 why = lacking(precision, record_flags(machine), onednn)
                 why = why or f"this CPU has {label} instructions, but its record holds no {label} method"
-                missing.append(f"{code(entry['name'])}: {escape(why)}")
+                missing.append(f"No {label} row for {code(entry['name'])}: {escape(why)}")
     return rows, missing
 
 
@@ -70,9 +83,8 @@ def markdown(rows: list[dict], missing: list[str], threads: int) -> str:
     if rows:
         lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
         for r in rows:
-            drop = f"{r['accuracy_drop_pp']:+.2f} [{r['accuracy_drop_pp_ci95_low']:+.2f}, {r['accuracy_drop_pp_ci95_high']:+.2f}]"
-            cells = [code(r["machine"]), code(r["method"]), code(r["baseline"]) if r.get("baseline") else "–", f"{r['accuracy_pct']:.2f}"]
-            cells += [drop, f"{r['flips_lost']} / {r['flips_gained']}"]
+            cells = [code(r["machine"]), code(r["method"]), code(r["baseline"]) if r.get("baseline") else "–", figure(r, "accuracy_pct")]
+            cells += [drop(r), f"{figure(r, 'flips_lost', 'd')} / {figure(r, 'flips_gained', 'd')}"]
             cells += [ratio(r["run"], "throughput_speedup_vs_runtime_fp32"), ratio(r["run"], "latency_speedup_vs_runtime_fp32")]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
@@ -80,5 +92,5 @@ def markdown(rows: list[dict], missing: list[str], threads: int) -> str:
             f"At {threads} thread, one benchmark run per machine: each method against the FP32 of its own runtime (`own FP32`), "
             "as the median of the round-by-round ratios; the accuracy drop against FP32 with its interval from the images that flipped.",
         ]
-    lines += [f"No {labels} row: {line}" for line in missing]
+    lines += ([""] if rows and missing else []) + missing
     return "\n".join(lines)

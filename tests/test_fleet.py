@@ -437,6 +437,7 @@ def test_a_run_on_another_cpu_keeps_every_committed_machines_row(tmp_path):
     folders = {p.name for p in (ROOT / "machines").iterdir() if p.is_dir()}
     assert rc == 0 and fleet_rows(md)[0] == here["machine"]["name"]
     assert set(machine_rows(md)) == {here["machine"]["name"], committed_machine(), *folders}, md  # emulated rows too
+    assert "| `intel-xeon-amx` | `openvino_bf16` | `openvino_fp32` |" in md  # the stage sets each machine's BF16 beside its FP32
 
 
 @pytest.mark.slow

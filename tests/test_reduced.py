@@ -75,6 +75,25 @@ def test_a_record_missing_a_figure_shows_a_dash_rather_than_stopping_the_fleet()
     assert "| `openvino_fp32` | – | +0.01 | – / 0 | 4.91× [4.80–5.02] |" in reduced.markdown(rows, missing, threads=1)
 
 
+def test_each_machine_is_read_at_its_smallest_thread_count():
+    name, record = bf16()
+    record["threads_2"] = {"throughput_speedup_vs_runtime_fp32": 9.99}  # measured too, but not the row's thread count
+    machine = with_methods(BF16_CPU, (name, record))
+    machine["metrics"]["peak"]["threads_2"] = machine["metrics"]["peak"]["threads_1"]
+    text = reduced.markdown(*reduced.collect([machine]), threads=1)
+    assert "4.91× [4.80–5.02]" in text and "9.99" not in text
+
+
+def test_ratios_a_device_record_lacks_or_holds_as_text_show_a_dash_or_the_figure_alone():
+    name, record = bf16()
+    run = record["threads_1"]
+    run["throughput_speedup_vs_runtime_fp32"] = None  # a device with no FP32 of that runtime (the bench bundle)
+    run["latency_speedup_vs_runtime_fp32_ci95_low"] = "1.9"  # an imported record: records.py does not check this field
+    record["accuracy_drop_pp_ci95_high"] = "0.01"
+    text = reduced.markdown(*reduced.collect([with_methods(BF16_CPU, (name, record))]), threads=1)
+    assert "| 98.93 | +0.01 | 1 / 0 | – | 2.05× |" in text
+
+
 def test_strings_from_a_record_cannot_shift_cells():
     rows, missing = reduced.collect([with_methods(BF16_CPU, bf16(baseline="x|y\n<!-- fleet:end -->", name="a|b"))])
     text = reduced.markdown(rows, missing, threads=1)

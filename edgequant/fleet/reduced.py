@@ -18,38 +18,42 @@ HEAD = ["machine", "method", "own FP32", "accuracy %", "drop vs FP32 pp [95 % CI
 HEAD += ["× own FP32, batch 256 [95 % CI]", "× own FP32, batch-1 p50 [95 % CI]"]
 
 
-def shown_precisions() -> list[str]:
+def list_precisions() -> list[str]:
     """The precisions this table covers, in the order of the precision table."""
     return [name for name, p in PRECISIONS.items() if not p.baseline and name != RANKED]
 
 
-def record_flags(machine: dict) -> dict[str, bool]:
+def read_flags(machine: dict) -> dict[str, bool]:
     """The CPU flags a machine record holds: the probe's `flags`, or the `flag_*` fields of records made before it."""
     if isinstance(machine.get("flags"), dict):
         return machine["flags"]
     return {key.removeprefix("flag_"): on for key, on in machine.items() if key.startswith("flag_")}
 
 
-def ratio(run: dict, key: str) -> str:
+def is_number(value: object) -> bool:
+    """An imported record's field is shown only where it holds a number (records.py checks some fields, not all)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def format_ratio(run: dict, key: str) -> str:
     """ "4.91× [4.80–5.02]"; the figure alone for a record without an interval, "–" where the record has no such ratio."""
-    value = run.get(key)
-    if value is None:
+    value, low, high = run.get(key), run.get(f"{key}_ci95_low"), run.get(f"{key}_ci95_high")
+    if not is_number(value):
         return "–"
-    low, high = run.get(f"{key}_ci95_low"), run.get(f"{key}_ci95_high")
-    return f"{value:.2f}×" if low is None or high is None else f"{value:.2f}× [{low:.2f}–{high:.2f}]"
+    return f"{value:.2f}× [{low:.2f}–{high:.2f}]" if is_number(low) and is_number(high) else f"{value:.2f}×"
 
 
-def figure(record: dict, key: str, fmt: str = ".2f") -> str:
+def format_figure(record: dict, key: str, fmt: str = ".2f") -> str:
     """A number of an imported record, or "–" where that record has none (the fleet shows what it can)."""
     value = record.get(key)
-    return "–" if not isinstance(value, int | float) or isinstance(value, bool) else f"{value:{fmt}}"
+    return f"{value:{fmt}}" if is_number(value) else "–"
 
 
-def drop(record: dict) -> str:
+def format_drop(record: dict) -> str:
     """ "+0.01 [-0.01, +0.01]": the accuracy drop against FP32 in pp, with its interval where the record has it."""
     low, high = record.get("accuracy_drop_pp_ci95_low"), record.get("accuracy_drop_pp_ci95_high")
-    value = figure(record, "accuracy_drop_pp", "+.2f")
-    return value if low is None or high is None else f"{value} [{low:+.2f}, {high:+.2f}]"
+    value = format_figure(record, "accuracy_drop_pp", "+.2f")
+    return f"{value} [{low:+.2f}, {high:+.2f}]" if is_number(low) and is_number(high) else value
 
 
 def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
@@ -60,15 +64,15 @@ def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
     for entry in entries:
         metrics = entry["metrics"]
         t = f"threads_{min(int(k.removeprefix('threads_')) for k in metrics['peak'])}"
-        for precision in shown_precisions():
+        for precision in list_precisions():
             methods = {m: r for m, r in metrics["methods"].items() if r["precision"] == precision}
             for method, r in methods.items():
-                rows.append({**r, "machine": entry["name"], "method": method, "run": r[t]})
+                rows.append({**r, "machine": entry["name"], "method": method, "run": r.get(t) if isinstance(r.get(t), dict) else {}})
             if not methods:
                 machine = metrics.get("machine", {})
                 onednn = machine["isa"].get("onednn") if isinstance(machine.get("isa"), dict) else None
                 label = PRECISIONS[precision].label
-                why = lacking(precision, record_flags(machine), onednn)
+                why = lacking(precision, read_flags(machine), onednn)
                 why = why or f"this CPU has {label} instructions, but its record holds no {label} method"
                 missing.append(f"No {label} row for {code(entry['name'])}: {escape(why)}")
     return rows, missing
@@ -78,19 +82,28 @@ def markdown(rows: list[dict], missing: list[str], threads: int) -> str:
     """The table, its reading, and the machines without a row; empty when the fleet has neither."""
     if not rows and not missing:
         return ""
-    labels = " and ".join(PRECISIONS[p].label for p in shown_precisions())
+    labels = " and ".join(PRECISIONS[p].label for p in list_precisions())
     lines = [f"{labels} beside FP32, per machine:", ""]
     if rows:
         lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
         for r in rows:
-            cells = [code(r["machine"]), code(r["method"]), code(r["baseline"]) if r.get("baseline") else "–", figure(r, "accuracy_pct")]
-            cells += [drop(r), f"{figure(r, 'flips_lost', 'd')} / {figure(r, 'flips_gained', 'd')}"]
-            cells += [ratio(r["run"], "throughput_speedup_vs_runtime_fp32"), ratio(r["run"], "latency_speedup_vs_runtime_fp32")]
+            cells = [
+                code(r["machine"]),
+                code(r["method"]),
+                code(r["baseline"]) if r.get("baseline") else "–",
+                format_figure(r, "accuracy_pct"),
+            ]
+            cells += [format_drop(r), f"{format_figure(r, 'flips_lost', '.0f')} / {format_figure(r, 'flips_gained', '.0f')}"]
+            cells += [
+                format_ratio(r["run"], "throughput_speedup_vs_runtime_fp32"),
+                format_ratio(r["run"], "latency_speedup_vs_runtime_fp32"),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
-            f"At {threads} thread, one benchmark run per machine: each method against the FP32 of its own runtime (`own FP32`), "
-            "as the median of the round-by-round ratios; the accuracy drop against FP32 with its interval from the images that flipped.",
+            f"At each machine's smallest thread count ({threads} here), one benchmark run per machine: each method against the FP32 of its "
+            "own runtime (`own FP32`), as the median of the round-by-round ratios where the record keeps its rounds; the accuracy "
+            "drop against FP32 with its interval from the images that flipped.",
         ]
     lines += ([""] if rows and missing else []) + missing
     return "\n".join(lines)

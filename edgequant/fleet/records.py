@@ -150,6 +150,18 @@ def is_machine_name(name: object) -> bool:
     return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and MACHINE_NAME.fullmatch(name) is not None
 
 
+def read_flags(machine: dict) -> dict:
+    """The CPU flags a machine record holds: the probe's `flags`, or the `flag_*` fields of records made before it."""
+    if isinstance(machine.get("flags"), dict):
+        return machine["flags"]
+    return {key.removeprefix("flag_"): on for key, on in machine.items() if key.startswith("flag_")}
+
+
+def smallest_threads(metrics: dict) -> str:
+    """The key of the smallest thread count a benchmark record measured ("threads_1"): the count the fleet compares at."""
+    return f"threads_{min(int(k.removeprefix('threads_')) for k in metrics['peak'])}"
+
+
 def machine_name(machine: object, where: str) -> str:
     """The probe's name for the machine, computed from what it recorded (CPU, flags, arch, caps), never read
     from the record's `name`; records made before the probe carry `flag_*` fields and are named the same way."""
@@ -176,7 +188,7 @@ def machine_name(machine: object, where: str) -> str:
         except (KeyError, TypeError, AttributeError) as exc:
             raise RecordError(f"{where}: the machine record lacks what the probe names a machine by ({type(exc).__name__}: {exc})") from exc
     else:
-        flags = {key.removeprefix("flag_"): on for key, on in machine.items() if key.startswith("flag_")}
+        flags = read_flags(machine)
         if not flags or not all(isinstance(on, bool) for on in flags.values()):
             raise RecordError(f"{where}: machine has neither the probe's `flags` nor `flag_*` fields of true or false")
         name = name_of(cpu, flags, text(machine.get("arch", "cpu"), where, "machine", "arch"))

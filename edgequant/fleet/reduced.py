@@ -10,6 +10,7 @@ CPU has them, that the record was made without such a method.
 
 from __future__ import annotations
 
+from edgequant.fleet import records
 from edgequant.quantize.precisions import PRECISIONS, lacking
 from edgequant.report.markdown import code, escape
 
@@ -21,13 +22,6 @@ HEAD += ["× own FP32, batch 256 [95 % CI]", "× own FP32, batch-1 p50 [95 % CI]
 def list_precisions() -> list[str]:
     """The precisions this table covers, in the order of the precision table."""
     return [name for name, p in PRECISIONS.items() if not p.baseline and name != RANKED]
-
-
-def read_flags(machine: dict) -> dict[str, bool]:
-    """The CPU flags a machine record holds: the probe's `flags`, or the `flag_*` fields of records made before it."""
-    if isinstance(machine.get("flags"), dict):
-        return machine["flags"]
-    return {key.removeprefix("flag_"): on for key, on in machine.items() if key.startswith("flag_")}
 
 
 def is_number(value: object) -> bool:
@@ -63,7 +57,7 @@ def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
     missing: list[str] = []
     for entry in entries:
         metrics = entry["metrics"]
-        t = f"threads_{min(int(k.removeprefix('threads_')) for k in metrics['peak'])}"
+        t = records.smallest_threads(metrics)
         for precision in list_precisions():
             methods = {m: r for m, r in metrics["methods"].items() if r["precision"] == precision}
             for method, r in methods.items():
@@ -72,7 +66,7 @@ def collect(entries: list[dict]) -> tuple[list[dict], list[str]]:
                 machine = metrics.get("machine", {})
                 onednn = machine["isa"].get("onednn") if isinstance(machine.get("isa"), dict) else None
                 label = PRECISIONS[precision].label
-                why = lacking(precision, read_flags(machine), onednn)
+                why = lacking(precision, records.read_flags(machine), onednn)
                 why = why or f"this CPU has {label} instructions, but its record holds no {label} method"
                 missing.append(f"No {label} row for {code(entry['name'])}: {escape(why)}")
     return rows, missing

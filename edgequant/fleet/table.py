@@ -51,9 +51,7 @@ def machine_name(machine: dict) -> str:
 def int8_isa(machine: dict) -> str:
     """The INT8 dot product by today's rules (edgequant.measure.machine.int8_dot) from the CPU flags the record holds, as its
     name is: a record made before a rule was refined (AMX named apart from VNNI) reads as a new one would."""
-    if isinstance(machine.get("flags"), dict):
-        return int8_dot({flag for flag, on in machine["flags"].items() if on})
-    return int8_dot({key.removeprefix("flag_") for key, on in machine.items() if key.startswith("flag_") and on})
+    return int8_dot({flag for flag, on in records.read_flags(machine).items() if on})
 
 
 def load(folder: Path, file: str = "benchmark.json") -> dict:
@@ -100,7 +98,7 @@ def summarize(entry: dict, gate: GateParams) -> dict:
     """One fleet row: the fastest INT8 method, the recommendation by the stated rule, and how close to the roofline."""
     metrics = entry["metrics"]
     methods = metrics["methods"]
-    t = f"threads_{min(int(k.removeprefix('threads_')) for k in metrics['peak'])}"
+    t = records.smallest_threads(metrics)
     int8 = [m for m, r in methods.items() if r["precision"] == "int8"]
     failed = {c.method for c in check(metrics, gate) if not c.passed}
     candidates = [m for m in gate.methods if m in methods and m not in failed]
@@ -198,7 +196,7 @@ def speedup_rows(entries: list[dict]) -> list[dict]:
     rows = []
     for entry in entries:
         metrics = entry["metrics"]
-        t = f"threads_{min(int(k.removeprefix('threads_')) for k in metrics['peak'])}"
+        t = records.smallest_threads(metrics)
         for method, r in metrics["methods"].items():
             if r["precision"] == "int8" and r[t]["throughput_speedup_vs_fp32_eager"] is not None:
                 rows.append({"machine": entry["name"], "method": method, "speedup": r[t]["throughput_speedup_vs_fp32_eager"]})
